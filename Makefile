@@ -1,0 +1,49 @@
+# celery_exporter — see README.md. `make test` and `make demo` do their own set-up on a fresh machine.
+GO        ?= go
+BIN       ?= celery_exporter
+VERSION   ?= $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+REVISION  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+BRANCH    ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
+PKG_VER   := github.com/prometheus/common/version
+LDFLAGS   := -s -w -X $(PKG_VER).Version=$(VERSION) -X $(PKG_VER).Revision=$(REVISION) \
+             -X $(PKG_VER).Branch=$(BRANCH) -X $(PKG_VER).BuildUser=make \
+             -X $(PKG_VER).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
+# Integration tests start real redis-server, Celery workers and Prometheus; they share CPU, so run
+# packages one at a time.
+TEST_FLAGS ?= -count=1 -p 1 -timeout 20m
+
+.PHONY: all build test unit lint deps bench rules rules-check demo clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/celery_exporter
+
+deps:
+	@./test/deps.sh
+
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+unit:
+	$(GO) test -count=1 -short ./...
+
+test: deps lint rules-check build
+	CELERY_EXPORTER_BIN=$(CURDIR)/$(BIN) $(GO) test $(TEST_FLAGS) ./...
+
+bench: deps build
+	CELERY_EXPORTER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 20m ./...
+
+rules:
+	$(GO) run ./rules/render
+
+rules-check:
+	$(GO) run ./rules/render -check
+
+demo: deps build
+	./test/demo/run.sh
+
+clean:
+	rm -f $(BIN)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests (and the demo) need, when they are missing.
+# Where it cannot (not root, no apt-get), it prints the exact command to run and fails.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_py() { /usr/bin/python3 -c "import $1" >/dev/null 2>&1; }
+
+have_cmd redis-server || need+=(redis-server)
+have_py celery || need+=(python3-celery)
+have_py django_redis || need+=(python3-django-redis)
+have_cmd promtool || need+=(prometheus)
+have_cmd amtool || need+=(prometheus-alertmanager)
+
+[ ${#need[@]} -eq 0 ] && exit 0
+
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${need[*]}"
+if [ "$(id -u)" -ne 0 ] || ! have_cmd apt-get; then
+  echo "test/deps.sh: missing: ${need[*]}" >&2
+  echo "test/deps.sh: install them with:  sudo sh -c '$cmd'" >&2
+  exit 1
+fi
+echo "test/deps.sh: installing missing Debian packages: ${need[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian's packages may start their services; the tests start their own instances on other ports.
+for svc in redis-server prometheus prometheus-alertmanager; do
+  (service "$svc" stop >/dev/null 2>&1 || true)
+done
+echo "test/deps.sh: installed ${need[*]}"

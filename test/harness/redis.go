@@ -1,0 +1,164 @@
+// Package harness starts the real parts the integration tests run against: redis-server, Celery
+// workers, the exporter binary, Prometheus. Everything binds to 127.0.0.1 on free ports and is
+// stopped by t.Cleanup.
+package harness
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Require fails the test under CI=true when a tool is missing (CI must have everything; make test
+// installs it) and skips it loudly elsewhere.
+func Require(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err == nil {
+			continue
+		}
+		msg := fmt.Sprintf("%s is not installed: run `make deps` (or test/deps.sh) to install it", tool)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip("SKIPPED, NOT TESTED: " + msg)
+	}
+}
+
+// RequirePython is Require for a module of Debian's /usr/bin/python3.
+func RequirePython(t testing.TB, modules ...string) {
+	t.Helper()
+	for _, m := range modules {
+		if err := exec.Command(Python, "-c", "import "+m).Run(); err == nil {
+			continue
+		}
+		msg := fmt.Sprintf("python module %s is missing for %s: run `make deps` (or test/deps.sh)", m, Python)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip("SKIPPED, NOT TESTED: " + msg)
+	}
+}
+
+// Python is Debian's interpreter, the one python3-celery is installed for (a pyenv python3 earlier
+// on PATH would not have it).
+const Python = "/usr/bin/python3"
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Redis is a redis-server run for one test.
+type Redis struct {
+	Port int
+	Dir  string
+	cmd  *exec.Cmd
+	args []string
+}
+
+// Addr is host:port.
+func (r *Redis) Addr() string { return fmt.Sprintf("127.0.0.1:%d", r.Port) }
+
+// URL is the broker URL for db.
+func (r *Redis) URL(db int) string { return fmt.Sprintf("redis://127.0.0.1:%d/%d", r.Port, db) }
+
+// StartRedis starts a redis-server without persistence. extra are more `--name value` arguments.
+func StartRedis(t testing.TB, extra ...string) *Redis {
+	t.Helper()
+	Require(t, "redis-server")
+	r := &Redis{Port: FreePort(t), Dir: t.TempDir()}
+	r.args = append([]string{
+		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", r.Dir, "--logfile", filepath.Join(r.Dir, "redis.log"),
+	}, extra...)
+	r.start(t)
+	t.Cleanup(func() { r.Stop() })
+	return r
+}
+
+func (r *Redis) start(t testing.TB) {
+	t.Helper()
+	r.cmd = exec.Command("redis-server", r.args...)
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if r.Ping() == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("redis-server on %d did not answer PING; log: %s", r.Port, r.Log())
+}
+
+// Stop kills the server (a broker outage, as far as clients can tell).
+func (r *Redis) Stop() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Kill()
+		_, _ = r.cmd.Process.Wait()
+		r.cmd = nil
+	}
+}
+
+// Restart starts the server again on the same port, with an empty dataset.
+func (r *Redis) Restart(t testing.TB) {
+	t.Helper()
+	r.Stop()
+	r.start(t)
+}
+
+// Log returns the server's log file.
+func (r *Redis) Log() string {
+	b, _ := os.ReadFile(filepath.Join(r.Dir, "redis.log"))
+	return string(b)
+}
+
+// Ping sends a raw PING, without a client library, so the harness does not depend on the code
+// under test.
+func (r *Redis) Ping() error {
+	_, err := r.Do("PING")
+	return err
+}
+
+// Do sends one command over a fresh connection and returns the first line of the reply (enough for
+// status and integer replies).
+func (r *Redis) Do(args ...string) (string, error) {
+	c, err := net.DialTimeout("tcp", r.Addr(), time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := c.Write([]byte(b.String())); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if strings.HasPrefix(line, "-") {
+		return "", fmt.Errorf("redis: %s", line[1:])
+	}
+	return line, nil
+}
