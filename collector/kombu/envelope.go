@@ -57,6 +57,10 @@ func (d *EnvelopeDecoder) Decode(msg []byte) ([]byte, error) {
 	if err != nil {
 		return nil, &DecodeError{Reason: ReasonInvalidEnvelope, Err: err}
 	}
+	return d.decodeValue(v)
+}
+
+func (d *EnvelopeDecoder) decodeValue(v *fastjson.Value) ([]byte, error) {
 	o, err := v.Object()
 	if err != nil {
 		return nil, &DecodeError{Reason: ReasonInvalidEnvelope, Err: err}
@@ -227,4 +231,14 @@ func NewUUID() string {
 		j += 2
 	}
 	return string(out)
+}
+
+// DecodeString is Decode for a payload held in a string (what a Redis client hands over), without
+// copying it first.
+func (d *EnvelopeDecoder) DecodeString(msg string) ([]byte, error) {
+	v, err := d.p.Parse(msg)
+	if err != nil {
+		return nil, &DecodeError{Reason: ReasonInvalidEnvelope, Err: err}
+	}
+	return d.decodeValue(v)
 }

@@ -1,0 +1,199 @@
+package event
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+)
+
+type sample struct {
+	Label   string   `json:"label"`
+	Command string   `json:"command"`
+	Args    []string `json:"args"`
+}
+
+func eventSamples(t testing.TB) []sample {
+	t.Helper()
+	f, err := os.Open("../../test/fixtures/celery-wire-samples.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []sample
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var s sample
+		if err := json.Unmarshal(sc.Bytes(), &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Command == "PUBLISH" && strings.Contains(s.Args[0], "celeryev") {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Every event record of the capture decodes, into as many events as the capture's independent
+// decoding found, with their types.
+func TestDecodeEveryCapturedEvent(t *testing.T) {
+	var env kombu.EnvelopeDecoder
+	d := NewDecoder(NewInterner(100))
+	samples := eventSamples(t)
+	if len(samples) < 40 {
+		t.Fatalf("only %d event samples", len(samples))
+	}
+	for _, s := range samples {
+		body, err := env.Decode([]byte(s.Args[1]))
+		if err != nil {
+			t.Fatalf("%s: %v", s.Label, err)
+		}
+		var generic any
+		_ = json.Unmarshal(body, &generic)
+		var wantTypes []string
+		switch g := generic.(type) {
+		case []any:
+			for _, e := range g {
+				wantTypes = append(wantTypes, e.(map[string]any)["type"].(string))
+			}
+		case map[string]any:
+			wantTypes = []string{g["type"].(string)}
+		}
+		var got []string
+		err = d.Decode(body, func(e *Event) {
+			if e.Type == Unknown {
+				t.Errorf("%s: unknown type", s.Label)
+			}
+			got = append(got, e.Type.String())
+		}, func(err error) { t.Errorf("%s: %v", s.Label, err) })
+		if err != nil {
+			t.Fatalf("%s: %v", s.Label, err)
+		}
+		if strings.Join(got, ",") != strings.Join(wantTypes, ",") {
+			t.Errorf("%s: decoded %v, want %v", s.Label, got, wantTypes)
+		}
+	}
+}
+
+func decodeOne(t *testing.T, payload string) Event {
+	t.Helper()
+	d := NewDecoder(NewInterner(100))
+	var out []Event
+	if err := d.Decode([]byte(payload), func(e *Event) { out = append(out, *e) }, func(err error) { t.Fatal(err) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 {
+		t.Fatalf("%d events", len(out))
+	}
+	return out[0]
+}
+
+func TestDecodeFields(t *testing.T) {
+	e := decodeOne(t, `{"hostname": "gen1@h", "utcoffset": -1, "pid": 1, "clock": 3, "uuid": "u1", "root_id": "u1",
+		"parent_id": null, "name": "tasks.add", "args": "(2, 3)", "kwargs": "{}", "retries": 0,
+		"eta": "2026-11-28T16:00:30.500000+00:00", "expires": null, "queue": "chat", "exchange": "", "routing_key": "chat",
+		"timestamp": 1795879446.5, "type": "task-sent"}`)
+	if e.Type != TaskSent || e.UUID != "u1" || e.Name != "tasks.add" || e.Queue != "chat" || e.Hostname != "gen1@h" ||
+		e.Timestamp != 1795879446.5 || e.ETA != 1795881630.5 {
+		t.Errorf("task-sent: %+v", e)
+	}
+	e = decodeOne(t, `{"hostname": "celery@w1", "freq": 2.0, "active": 3, "processed": 41, "loadavg": [0.5, 0.25, 0.13],
+		"sw_ident": "py-celery", "sw_ver": "5.2.6", "sw_sys": "Linux", "timestamp": 10.0, "type": "worker-heartbeat"}`)
+	if e.Type != WorkerHeartbeat || !e.HasCounts || e.Active != 3 || e.Processed != 41 || e.LoadAvg != [3]float64{0.5, 0.25, 0.13} ||
+		e.Freq != 2 || e.SWVer != "5.2.6" {
+		t.Errorf("heartbeat: %+v", e)
+	}
+	// The heartbeat the `heartbeat` control command triggers has no counts.
+	e = decodeOne(t, `{"hostname": "celery@w1", "freq": 5, "sw_ident": "py-celery", "sw_ver": "5.2.6", "sw_sys": "Linux", "timestamp": 10.0, "type": "worker-heartbeat"}`)
+	if e.HasCounts || e.Freq != 5 {
+		t.Errorf("remote heartbeat: %+v", e)
+	}
+	e = decodeOne(t, `{"uuid": "u", "terminated": true, "signum": 15, "expired": false, "hostname": "celery@w", "type": "task-revoked"}`)
+	if !e.Terminated || e.Expired {
+		t.Errorf("revoked: %+v", e)
+	}
+}
+
+func TestDecodeBadInput(t *testing.T) {
+	tests := []struct {
+		payload string
+		events  int
+		reasons []string
+		fatal   bool
+	}{
+		{payload: `[]`, events: 0},
+		{payload: `[1, "x", {"type": "task-started", "uuid": "u"}]`, events: 1, reasons: []string{ReasonNotObject, ReasonNotObject}},
+		{payload: `{"uuid": "u"}`, reasons: []string{ReasonNoType}},
+		{payload: `{"type": "task-started"}`, reasons: []string{ReasonNoUUID}},
+		{payload: `{"type": "worker-heartbeat"}`, reasons: []string{ReasonNoHost}},
+		{payload: `{"type": "task-teleported", "uuid": "u"}`, events: 1},
+		{payload: `{"type": "task-started", "uuid": "u", "timestamp": "soon"}`, events: 1},
+		{payload: `not json`, fatal: true},
+		{payload: ``, fatal: true},
+	}
+	d := NewDecoder(NewInterner(10))
+	for _, tt := range tests {
+		var n int
+		var reasons []string
+		err := d.Decode([]byte(tt.payload), func(*Event) { n++ }, func(err error) { reasons = append(reasons, ReasonOf(err)) })
+		if (err != nil) != tt.fatal || n != tt.events || strings.Join(reasons, ",") != strings.Join(tt.reasons, ",") {
+			t.Errorf("%q: err %v, %d events, reasons %v", tt.payload, err, n, reasons)
+		}
+	}
+	if ReasonOf(errors.New("x")) != ReasonInvalidJSON {
+		t.Error("default reason")
+	}
+}
+
+func TestExceptionClass(t *testing.T) {
+	tests := []struct{ repr, tb, want string }{
+		{"ValueError('boom')", "Traceback...\nValueError: boom\n", "ValueError"},
+		{"KeyError('again')", "", "KeyError"},
+		{"SoftTimeLimitExceeded()", "...\nbilliard.exceptions.SoftTimeLimitExceeded: SoftTimeLimitExceeded()\n", "SoftTimeLimitExceeded"},
+		{"ExceptionWithTraceback()", "Traceback (most recent call last):\n  File \"x\"\nbilliard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1.5,)\n", "TimeLimitExceeded"},
+		{"ExceptionWithTraceback()", "Traceback:\nbilliard.exceptions.WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL) Job: 12.\n", "WorkerLostError"},
+		{"TimeLimitExceeded(180)", "", "TimeLimitExceeded"},
+		{"NotRegistered('tasks.nope')", "", "NotRegistered"},
+		{"myapp.errors.ZepError('x')", "", "ZepError"},
+		{"<object at 0x7f>", "Traceback\nmyapp.Custom: bad\n", "Custom"},
+		{"", "", "unknown"},
+		{"ExceptionWithTraceback()", "", "ExceptionWithTraceback"},
+		{"'quoted'(x)", "", "unknown"},
+	}
+	for _, tt := range tests {
+		if got := string(ExceptionClass([]byte(tt.repr), []byte(tt.tb))); got != tt.want {
+			t.Errorf("ExceptionClass(%q, %q) = %q, want %q", tt.repr, tt.tb, got, tt.want)
+		}
+	}
+}
+
+func TestInternerIsBounded(t *testing.T) {
+	in := NewInterner(2)
+	a, b := in.Bytes([]byte("a")), in.Bytes([]byte("a"))
+	if a != b {
+		t.Fatal("same value")
+	}
+	in.Bytes([]byte("b"))
+	in.Bytes([]byte("c"))
+	if len(in.m) != 2 || in.Bytes([]byte("c")) != "c" {
+		t.Fatalf("interner grew past its cap: %d", len(in.m))
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, s := range eventSamples(f) {
+		var env kombu.EnvelopeDecoder
+		if body, err := env.Decode([]byte(s.Args[1])); err == nil {
+			f.Add(append([]byte(nil), body...))
+		}
+	}
+	d := NewDecoder(NewInterner(100))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		_ = d.Decode(payload, func(*Event) {}, func(error) {})
+	})
+}

@@ -1,0 +1,89 @@
+package event
+
+import "bytes"
+
+// ExceptionClass names the exception of a task-failed or task-retried event: the class in the
+// repr ("ValueError('boom')" → ValueError). Celery ≥ 5.3 (billiard ≥ 4.0.1) reports hard time
+// limits and lost workers as "ExceptionWithTraceback()", created in the pool's parent process; the
+// real class is only on the traceback's last line
+// ("billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1.5,)"), so that line decides then.
+func ExceptionClass(repr, traceback []byte) []byte {
+	cls := classFromRepr(repr)
+	if len(cls) == 0 || string(cls) == "ExceptionWithTraceback" {
+		if fromTB := classFromTraceback(traceback); len(fromTB) > 0 {
+			return fromTB
+		}
+	}
+	if len(cls) == 0 {
+		return []byte("unknown")
+	}
+	return cls
+}
+
+// classFromRepr takes the identifier before "(" of a repr, without a module path.
+func classFromRepr(repr []byte) []byte {
+	repr = bytes.TrimSpace(repr)
+	i := bytes.IndexByte(repr, '(')
+	if i <= 0 {
+		return nil
+	}
+	name := repr[:i]
+	if !isDottedIdent(name) {
+		return nil
+	}
+	return lastSegment(name)
+}
+
+// classFromTraceback reads "pkg.module.Class: message" (or "Class" alone) from the last non-empty
+// line of a formatted traceback.
+func classFromTraceback(tb []byte) []byte {
+	tb = bytes.TrimRight(tb, " \t\r\n")
+	if len(tb) == 0 {
+		return nil
+	}
+	line := tb
+	if i := bytes.LastIndexByte(tb, '\n'); i >= 0 {
+		line = tb[i+1:]
+	}
+	line = bytes.TrimSpace(line)
+	if i := bytes.IndexByte(line, ':'); i >= 0 {
+		line = line[:i]
+	}
+	if !isDottedIdent(line) {
+		return nil
+	}
+	return lastSegment(line)
+}
+
+func lastSegment(name []byte) []byte {
+	if i := bytes.LastIndexByte(name, '.'); i >= 0 {
+		return name[i+1:]
+	}
+	return name
+}
+
+func isDottedIdent(b []byte) bool {
+	if len(b) == 0 || len(b) > 200 {
+		return false
+	}
+	prevDot := true
+	for _, c := range b {
+		switch {
+		case c == '.':
+			if prevDot {
+				return false
+			}
+			prevDot = true
+			continue
+		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+		case c >= '0' && c <= '9':
+			if prevDot {
+				return false
+			}
+		default:
+			return false
+		}
+		prevDot = false
+	}
+	return !prevDot
+}

@@ -1,0 +1,34 @@
+package event
+
+import "sync"
+
+// Interner returns one shared string per distinct value, so label values repeated in every event
+// are allocated once. It is bounded: past its cap it stops remembering new values (they are still
+// returned, just not shared), so hostile input cannot grow it without limit.
+type Interner struct {
+	mu  sync.Mutex
+	m   map[string]string
+	cap int
+}
+
+// NewInterner returns an Interner that remembers at most capacity strings.
+func NewInterner(capacity int) *Interner {
+	return &Interner{m: make(map[string]string), cap: capacity}
+}
+
+// Bytes returns the interned string equal to b.
+func (in *Interner) Bytes(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	in.mu.Lock()
+	s, ok := in.m[string(b)] // no allocation for the lookup
+	if !ok {
+		s = string(b)
+		if len(in.m) < in.cap {
+			in.m[s] = s
+		}
+	}
+	in.mu.Unlock()
+	return s
+}
