@@ -1,0 +1,377 @@
+// Package pidbox is a remote-control client for Celery workers on a Redis broker: it broadcasts
+// commands (ping, stats, active_queues, enable_events, ...) to every worker's pidbox and collects
+// the replies, exactly as Celery's own client (kombu.pidbox.Mailbox) does on the wire. It knows
+// the protocol only; what the replies mean is the caller's business.
+//
+// The sequence of one round, as kombu does it:
+//
+//  1. SADD the reply binding "<oid> sep sep <oid>.reply.celery.pidbox" to
+//     "_kombu.binding.reply.celery.pidbox". Workers look the binding up when they reply; without
+//     it the reply is silently dropped, so it must exist before the request is published.
+//  2. PUBLISH one request per command to "/<db>.celery.pidbox" (no routing-key suffix).
+//  3. BRPOP the reply list until no reply came for the idle timeout (Celery's "timeout"), the total
+//     deadline passed, or every expected reply arrived.
+//  4. SREM the binding and DEL the reply lists, whatever happened before: a client that leaves
+//     them behind leaks a key per round, for ever.
+package pidbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+)
+
+// Call is one command of a round.
+type Call struct {
+	Method string
+	// Arguments are the command's keyword arguments; nil sends {}.
+	Arguments map[string]any
+	// Cast sends the command without asking for a reply (no ticket, no reply_to), as Celery's
+	// control.broadcast(..., reply=False) does.
+	Cast bool
+}
+
+// Options bound the collection of replies.
+type Options struct {
+	// Timeout is the idle timeout between two replies (Celery's `timeout`, default 1s).
+	Timeout time.Duration
+	// Deadline bounds the whole collection, however often replies trickle in (default 10×Timeout).
+	Deadline time.Duration
+	// Limit ends the collection once this many replies arrived (kombu's `limit`); 0: no limit.
+	Limit int
+	// Expect ends the collection once each of these workers answered every call that wants a
+	// reply. Replies of other workers are still collected until then.
+	Expect []string
+	// Destination limits the request to these workers (Celery's `destination`); nil: all.
+	Destination []string
+	// MaxReplies bounds how many replies are kept; more are read and dropped (default 10000).
+	MaxReplies int
+}
+
+// Reply is one worker's answer to one call.
+type Reply struct {
+	Method   string
+	Hostname string
+	// Result is the reply's JSON value, e.g. {"ok": "pong"}.
+	Result json.RawMessage
+}
+
+// Result is what a round collected.
+type Result struct {
+	Replies []Reply
+	// Malformed counts replies that could not be decoded; Foreign counts replies for tickets of no
+	// call of this round (a late reply of an earlier client that used the same list).
+	Malformed, Foreign, Dropped int
+}
+
+// Client sends remote-control commands. It is safe for concurrent use; each round has its own oid.
+type Client struct {
+	rdb      redis.UniversalClient
+	ks       kombu.Keyspace
+	exchange string // control_exchange, "celery" by default
+	clock    atomic.Int64
+	now      func() time.Time
+	newID    func() string
+
+	mu        sync.Mutex
+	intSecond bool // the server refused a fractional BRPOP timeout (Redis < 6): whole seconds only
+}
+
+// New returns a client for the control exchange (Celery's control_exchange setting, "celery").
+func New(rdb redis.UniversalClient, ks kombu.Keyspace, controlExchange string) *Client {
+	if controlExchange == "" {
+		controlExchange = kombu.DefaultControlExchange
+	}
+	return &Client{rdb: rdb, ks: ks, exchange: controlExchange, now: time.Now, newID: kombu.NewUUID}
+}
+
+// request is the body kombu's Mailbox._publish sends, keys in its order.
+type request struct {
+	Method      string         `json:"method"`
+	Arguments   map[string]any `json:"arguments"`
+	Destination []string       `json:"destination"`
+	Pattern     *string        `json:"pattern"`
+	Matcher     *string        `json:"matcher"`
+	Ticket      string         `json:"ticket,omitempty"`
+	ReplyTo     *replyTo       `json:"reply_to,omitempty"`
+}
+
+type replyTo struct {
+	Exchange   string `json:"exchange"`
+	RoutingKey string `json:"routing_key"`
+}
+
+// Broadcast sends the calls in one round and collects the replies. The error is about Redis (or
+// ctx); replies collected before it are returned with it.
+func (c *Client) Broadcast(ctx context.Context, calls []Call, o Options) (Result, error) {
+	o = withDefaults(o)
+	oid := c.newID()
+	replyQueue := kombu.ReplyQueue(oid, c.exchange)
+	binding := c.ks.BindingMember(oid, "", replyQueue)
+	bindingKey := c.ks.BindingKey(kombu.ReplyExchange(c.exchange))
+	replyKeys := make([]string, 0, len(c.ks.Steps))
+	for _, pk := range c.ks.QueueKeys(replyQueue) {
+		replyKeys = append(replyKeys, pk.Key)
+	}
+	if len(replyKeys) == 0 {
+		replyKeys = append(replyKeys, c.ks.Key(replyQueue))
+	}
+
+	tickets := map[string]string{} // ticket -> method
+	msgs := make([][]byte, 0, len(calls))
+	expires := float64(c.now().Add(o.Timeout).UnixNano()) / 1e9
+	for _, call := range calls {
+		req := request{Method: call.Method, Arguments: call.Arguments, Destination: o.Destination}
+		if req.Arguments == nil {
+			req.Arguments = map[string]any{}
+		}
+		if !call.Cast {
+			req.Ticket = c.newID()
+			req.ReplyTo = &replyTo{Exchange: kombu.ReplyExchange(c.exchange), RoutingKey: oid}
+			tickets[req.Ticket] = call.Method
+		}
+		body, err := json.Marshal(req)
+		if err != nil {
+			return Result{}, fmt.Errorf("pidbox: encode %s: %w", call.Method, err)
+		}
+		headers := map[string]any{"clock": c.clock.Add(1), "expires": expires}
+		msg, err := kombu.NewMessage(body, kombu.PidboxExchange(c.exchange), "", headers)
+		if err != nil {
+			return Result{}, fmt.Errorf("pidbox: envelope %s: %w", call.Method, err)
+		}
+		msgs = append(msgs, msg)
+	}
+	channels := c.ks.FanoutChannels(kombu.PidboxExchange(c.exchange))
+
+	wantReplies := len(tickets) > 0
+	if wantReplies {
+		// Remove what this round created whatever happens next, with a context of its own: the
+		// caller's may be the reason we stop.
+		defer c.cleanup(bindingKey, binding, replyKeys)
+	}
+
+	// One round trip: pipelining keeps the order, so the binding exists before any request.
+	pipe := c.rdb.Pipeline()
+	if wantReplies {
+		pipe.SAdd(ctx, bindingKey, binding)
+	}
+	for _, msg := range msgs {
+		for _, ch := range channels {
+			pipe.Publish(ctx, ch, msg)
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return Result{}, fmt.Errorf("pidbox: publish: %w", err)
+	}
+	if !wantReplies {
+		return Result{}, nil
+	}
+	return c.collect(ctx, replyKeys, tickets, o)
+}
+
+// Cast sends commands that want no reply (enable_events, heartbeat, ...).
+func (c *Client) Cast(ctx context.Context, calls ...Call) error {
+	for i := range calls {
+		calls[i].Cast = true
+	}
+	_, err := c.Broadcast(ctx, calls, Options{})
+	return err
+}
+
+func withDefaults(o Options) Options {
+	if o.Timeout <= 0 {
+		o.Timeout = time.Second
+	}
+	if o.Deadline <= 0 {
+		o.Deadline = 10 * o.Timeout
+	}
+	if o.MaxReplies <= 0 {
+		o.MaxReplies = 10000
+	}
+	return o
+}
+
+// maxWait bounds a single BRPOP: go-redis reads with its ReadTimeout (3s by default) plus nothing
+// for a plain Do, so a longer block would be cut as a network error. The idle timer is ours.
+const maxWait = time.Second
+
+func (c *Client) collect(ctx context.Context, keys []string, tickets map[string]string, o Options) (Result, error) {
+	var res Result
+	start := c.now()
+	deadline := start.Add(o.Deadline)
+	idleUntil := start.Add(o.Timeout)
+	pending := map[string]map[string]bool{} // ticket -> expected hostnames not yet heard
+	if len(o.Expect) > 0 {
+		for t := range tickets {
+			m := make(map[string]bool, len(o.Expect))
+			for _, h := range o.Expect {
+				m[h] = true
+			}
+			pending[t] = m
+		}
+	}
+	got := 0
+	for {
+		now := c.now()
+		until := idleUntil
+		if deadline.Before(until) {
+			until = deadline
+		}
+		wait := until.Sub(now)
+		if wait <= 0 {
+			return res, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("pidbox: collect: %w", err)
+		}
+		if wait > maxWait {
+			wait = maxWait
+		}
+		key, val, err := c.brpop(ctx, keys, wait)
+		if errors.Is(err, redis.Nil) {
+			continue // the loop re-checks the idle timer and the deadline
+		}
+		if err != nil {
+			return res, fmt.Errorf("pidbox: collect: %w", err)
+		}
+		_ = key
+		idleUntil = c.now().Add(o.Timeout)
+		got += c.decode(&res, val, tickets, pending, o.MaxReplies)
+		if o.Limit > 0 && got >= o.Limit {
+			return res, nil
+		}
+		if len(pending) > 0 && allHeard(pending) {
+			return res, nil
+		}
+	}
+}
+
+func allHeard(pending map[string]map[string]bool) bool {
+	for _, m := range pending {
+		if len(m) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// decode adds one reply message to res and returns how many replies it held (kombu counts one
+// message as one reply towards the limit).
+func (c *Client) decode(res *Result, val []byte, tickets map[string]string, pending map[string]map[string]bool, maxReplies int) int {
+	msg, err := kombu.ParseMessage(val)
+	if err != nil {
+		res.Malformed++
+		return 0
+	}
+	if clk, ok := toInt(msg.Headers["clock"]); ok {
+		c.adjustClock(clk)
+	}
+	ticket := msg.HeaderString("ticket")
+	method, ok := tickets[ticket]
+	if !ok {
+		res.Foreign++
+		return 0
+	}
+	// {"<nodename>": <result>}
+	var body map[string]json.RawMessage
+	if err := json.Unmarshal(msg.Body, &body); err != nil || len(body) == 0 {
+		res.Malformed++
+		return 0
+	}
+	for host, r := range body {
+		if len(res.Replies) >= maxReplies {
+			res.Dropped++
+			continue
+		}
+		res.Replies = append(res.Replies, Reply{Method: method, Hostname: host, Result: r})
+		if p := pending[ticket]; p != nil {
+			delete(p, host)
+		}
+	}
+	return 1
+}
+
+// adjustClock keeps the Lamport clock ahead of every clock seen, as kombu's clock.adjust does.
+func (c *Client) adjustClock(other int64) {
+	for {
+		cur := c.clock.Load()
+		if other <= cur || c.clock.CompareAndSwap(cur, other) {
+			return
+		}
+	}
+}
+
+func toInt(v any) (int64, bool) {
+	switch x := v.(type) {
+	case float64:
+		if x >= 0 && x < math.MaxInt64 {
+			return int64(x), true
+		}
+	case string:
+		n, err := strconv.ParseInt(x, 10, 64)
+		return n, err == nil
+	}
+	return 0, false
+}
+
+// brpop blocks for at most wait. go-redis's BRPop rounds timeouts down to whole seconds, so the
+// command is sent by hand with a fractional timeout (Redis >= 6), falling back to whole seconds
+// for older servers.
+func (c *Client) brpop(ctx context.Context, keys []string, wait time.Duration) (string, []byte, error) {
+	c.mu.Lock()
+	intSecond := c.intSecond
+	c.mu.Unlock()
+	args := make([]any, 0, len(keys)+2)
+	args = append(args, "brpop")
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	if intSecond {
+		args = append(args, int64(math.Ceil(wait.Seconds())))
+	} else {
+		args = append(args, strconv.FormatFloat(math.Ceil(wait.Seconds()*1000)/1000, 'f', -1, 64))
+	}
+	v, err := c.rdb.Do(ctx, args...).Slice()
+	if err != nil {
+		if !intSecond && strings.Contains(strings.ToLower(err.Error()), "timeout is not") {
+			c.mu.Lock()
+			c.intSecond = true
+			c.mu.Unlock()
+			return "", nil, redis.Nil // retried by the caller's loop with whole seconds
+		}
+		return "", nil, err
+	}
+	if len(v) != 2 {
+		return "", nil, fmt.Errorf("brpop: unexpected reply of %d elements", len(v))
+	}
+	k, _ := v[0].(string)
+	s, ok := v[1].(string)
+	if !ok {
+		return "", nil, fmt.Errorf("brpop: unexpected value type %T", v[1])
+	}
+	return k, []byte(s), nil
+}
+
+// cleanupTimeout bounds the removal of a round's binding and list.
+const cleanupTimeout = 5 * time.Second
+
+func (c *Client) cleanup(bindingKey, binding string, replyKeys []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	// kombu's Channel._delete: SREM the binding, then DEL every priority list of the queue.
+	pipe := c.rdb.Pipeline()
+	pipe.SRem(ctx, bindingKey, binding)
+	pipe.Del(ctx, replyKeys...)
+	_, _ = pipe.Exec(ctx) // nothing to do about a failure here; the next round uses a new oid
+}
