@@ -97,3 +97,13 @@ func (e *Exporter) logTransition(name string, err error) {
 		level.Info(e.logger).Log("msg", "source recovered", "collector", name)
 	}
 }
+
+// AsCollector exposes one Scraper as a plain prometheus.Collector, without the health metrics
+// (tests and tools that look at one source).
+func AsCollector(s Scraper) prometheus.Collector { return scraperCollector{s} }
+
+type scraperCollector struct{ s Scraper }
+
+func (c scraperCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (c scraperCollector) Collect(ch chan<- prometheus.Metric) { _ = c.s.Scrape(context.Background(), ch) }

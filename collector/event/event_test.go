@@ -164,6 +164,9 @@ func TestExceptionClass(t *testing.T) {
 		{"", "", "unknown"},
 		{"ExceptionWithTraceback()", "", "ExceptionWithTraceback"},
 		{"'quoted'(x)", "", "unknown"},
+		{"Retry(Retry(...), KeyError('again'), 0)", "", "KeyError"},
+		{"Retry(Retry(...), RuntimeError('transient'), 1)", "", "RuntimeError"},
+		{"Retry('Retry in 5s')", "", "Retry"},
 	}
 	for _, tt := range tests {
 		if got := string(ExceptionClass([]byte(tt.repr), []byte(tt.tb))); got != tt.want {

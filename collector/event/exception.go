@@ -17,7 +17,38 @@ func ExceptionClass(repr, traceback []byte) []byte {
 	if len(cls) == 0 {
 		return []byte("unknown")
 	}
+	if string(cls) == "Retry" {
+		// self.retry(exc=...) reports Retry(Retry(...), KeyError('again'), 0): the cause is what
+		// an operator needs to see.
+		if cause := retryCause(repr); len(cause) > 0 {
+			return cause
+		}
+	}
 	return cls
+}
+
+// retryCause finds the first exception repr inside a Retry repr that is not Retry itself.
+func retryCause(repr []byte) []byte {
+	inner := repr[bytes.IndexByte(repr, '(')+1:]
+	for len(inner) > 0 {
+		i := bytes.IndexByte(inner, '(')
+		if i < 0 {
+			return nil
+		}
+		start := i
+		for start > 0 && (isIdentByte(inner[start-1]) || inner[start-1] == '.') {
+			start--
+		}
+		if name := inner[start:i]; isDottedIdent(name) && string(lastSegment(name)) != "Retry" {
+			return lastSegment(name)
+		}
+		inner = inner[i+1:]
+	}
+	return nil
+}
+
+func isIdentByte(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
 // classFromRepr takes the identifier before "(" of a repr, without a module path.

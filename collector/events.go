@@ -1,0 +1,731 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/celery-exporter/celery_exporter/collector/clock"
+	"github.com/celery-exporter/celery_exporter/collector/event"
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/collector/listener"
+	"github.com/celery-exporter/celery_exporter/collector/tasks"
+)
+
+// DefaultRuntimeBuckets fit long tasks and the usual time limits (120, 150, 180 s), not only the
+// sub-10 s range of client_golang's defaults.
+var DefaultRuntimeBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 100, 120, 150, 180, 300, 600, 1800, 3600}
+
+// DefaultQueueWaitBuckets cover from a warm queue to a backlog of an hour.
+var DefaultQueueWaitBuckets = []float64{0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
+
+// overflowValue replaces a label value past its cardinality cap.
+const overflowValue = "other"
+
+// unknownName labels task events whose name never reached the exporter (no task-sent or
+// task-received seen, e.g. a task revoked on receipt).
+const unknownName = "unknown"
+
+// EventOptions configure the event source.
+type EventOptions struct {
+	// BufferSize is how many payloads may wait between the Redis reader and the decoder.
+	BufferSize int
+	// WorkerTimeout is the slack after 2×freq past the last heartbeat before a worker is down.
+	WorkerTimeout time.Duration
+	// PurgeAfter is how long a down worker's series stay (at celery_worker_up 0) before they go.
+	PurgeAfter       time.Duration
+	RuntimeBuckets   []float64
+	QueueWaitBuckets []float64
+	MaxTracked       int
+	TaskTTL          time.Duration
+	// SentWait is how long a task's events wait for its task-sent (which carries the queue) when
+	// they arrive first: a producer publishes the event after pushing the message, so a worker's
+	// task-received often wins the race.
+	SentWait     time.Duration
+	DefaultQueue string
+	// Cardinality caps; past them the label value becomes "other".
+	MaxTaskNames         int
+	MaxExceptionsPerTask int
+	MaxWorkers           int
+	Clock                clock.Clock
+}
+
+// QueueHinter knows the queue of a worker that consumes exactly one (from remote control).
+type QueueHinter interface {
+	SingleQueue(hostname string) (string, bool)
+}
+
+// EventSource turns the Celery event stream into metrics: listener → decoder → task and worker
+// state → metrics, data flowing one way. Payloads are applied by a single goroutine (Run), so the
+// task state needs no lock; worker state is shared with scrapes under mu.
+type EventSource struct {
+	opts   EventOptions
+	logger log.Logger
+	clk    clock.Clock
+	sub    *listener.Subscriber
+
+	env   kombu.EnvelopeDecoder
+	dec   *event.Decoder
+	cache *tasks.Cache
+	holds []*tasks.Task // tasks waiting for task-sent, oldest first
+
+	// Owned by the applying goroutine.
+	nameQueue     map[string]string // queue task-sent last showed per task name
+	names         map[string]struct{}
+	exceptions    map[string]map[string]struct{}
+	hosts         map[string]struct{}
+	lastTaskEvent map[string]time.Time
+	counters      map[seriesKey]prometheus.Counter
+	observers     map[seriesKey]prometheus.Observer
+	lastExpire    time.Time
+
+	syncMu       sync.Mutex
+	errBufSynced uint64
+
+	hints atomic.Value // QueueHinter
+
+	mu      sync.Mutex
+	workers map[string]*workerState
+
+	lastEvent atomic.Int64 // unix nanos on the exporter's clock
+
+	sent, received, started, succeeded, rejected, failed, retried, revoked *prometheus.CounterVec
+	runtime, queueWait                                                     *prometheus.HistogramVec
+	eventsTotal, eventErrors, overflow                                     *prometheus.CounterVec
+}
+
+type seriesKey struct {
+	metric     uint8
+	a, b, c, d string
+}
+
+const (
+	mSent uint8 = iota
+	mReceived
+	mStarted
+	mSucceeded
+	mRejected
+	mFailed
+	mRetried
+	mRevoked
+	mRuntime
+	mQueueWait
+)
+
+type workerState struct {
+	lastSeen  time.Time
+	freq      float64
+	offline   bool
+	offlineAt time.Time
+
+	hasCounts      bool
+	active         int64
+	processed      int64
+	processedTotal float64 // grows across worker restarts, never resets while we run
+	loadavg        [3]float64
+	swIdent        string
+	swVer          string
+	swSys          string
+
+	// Task-event detection compares the heartbeat before last with the one before it, so task
+	// events batched after a heartbeat still count for the interval they belong to.
+	hb            [2]heartbeatMark
+	eventsEnabled bool
+}
+
+type heartbeatMark struct {
+	at        time.Time
+	processed int64
+}
+
+// NewEventSource returns an event source; sub may be nil when payloads are fed by HandlePayload
+// (tests, benchmarks).
+func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptions) *EventSource {
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if len(opts.RuntimeBuckets) == 0 {
+		opts.RuntimeBuckets = DefaultRuntimeBuckets
+	}
+	if len(opts.QueueWaitBuckets) == 0 {
+		opts.QueueWaitBuckets = DefaultQueueWaitBuckets
+	}
+	if opts.DefaultQueue == "" {
+		opts.DefaultQueue = "celery"
+	}
+	for _, p := range []*int{&opts.MaxTracked, &opts.MaxTaskNames, &opts.MaxExceptionsPerTask, &opts.MaxWorkers} {
+		if *p <= 0 {
+			*p = math.MaxInt32
+		}
+	}
+	if opts.TaskTTL <= 0 {
+		opts.TaskTTL = 24 * time.Hour
+	}
+	task := []string{"name", "hostname", "queue_name"}
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help}, labels)
+	}
+	s := &EventSource{
+		opts: opts, logger: logger, clk: opts.Clock, sub: sub,
+		dec:           event.NewDecoder(event.NewInterner(opts.MaxTaskNames + opts.MaxWorkers + 10000)),
+		cache:         tasks.NewCache(opts.MaxTracked, opts.TaskTTL),
+		nameQueue:     map[string]string{},
+		names:         map[string]struct{}{},
+		exceptions:    map[string]map[string]struct{}{},
+		hosts:         map[string]struct{}{},
+		lastTaskEvent: map[string]time.Time{},
+		counters:      map[seriesKey]prometheus.Counter{},
+		observers:     map[seriesKey]prometheus.Observer{},
+		workers:       map[string]*workerState{},
+
+		sent:      counter("task_sent_total", "Tasks sent (task-sent events).", "name", "queue_name"),
+		received:  counter("task_received_total", "Tasks received by a worker.", task...),
+		started:   counter("task_started_total", "Tasks started.", task...),
+		succeeded: counter("task_succeeded_total", "Tasks that succeeded.", task...),
+		rejected:  counter("task_rejected_total", "Tasks rejected by a worker.", task...),
+		failed:    counter("task_failed_total", "Tasks that failed, by exception class.", append(task, "exception")...),
+		retried:   counter("task_retried_total", "Task retries, by the exception that caused them.", append(task, "exception")...),
+		revoked:   counter("task_revoked_total", "Tasks revoked, terminated or expired.", append(task, "reason")...),
+		runtime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "task_runtime_seconds",
+			Help: "Task run time: runtime of task-succeeded; failed minus started time for failures.", Buckets: opts.RuntimeBuckets},
+			append(task, "state")),
+		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "task_queue_wait_seconds",
+			Help: "Time from sent (or ETA, or received) to started.", Buckets: opts.QueueWaitBuckets},
+			[]string{"name", "queue_name"}),
+		eventsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Subsystem: "exporter", Name: "events_total",
+			Help: "Events received, by type."}, []string{"type"}),
+		eventErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Subsystem: "exporter", Name: "event_errors_total",
+			Help: "Event messages or events skipped, by reason."}, []string{"reason"}),
+		overflow: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Subsystem: "exporter", Name: "label_overflow_total",
+			Help: "Label values replaced by \"other\" because a cardinality cap was reached."}, []string{"label"}),
+	}
+	for _, t := range event.Types() {
+		s.eventsTotal.WithLabelValues(t.String())
+	}
+	s.lastExpire = s.clk.Now()
+	return s
+}
+
+// SetQueueHints gives the source the remote-control view of which worker consumes which queue.
+func (s *EventSource) SetQueueHints(h QueueHinter) { s.hints.Store(&h) }
+
+// Ready reports whether the event subscription was established at least once.
+func (s *EventSource) Ready() bool { return s.sub != nil && s.sub.Ready() }
+
+// Run applies payloads from the subscriber until ctx is done.
+func (s *EventSource) Run(ctx context.Context) {
+	go s.sub.Run(ctx)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	in := s.sub.Out()
+	for {
+		select {
+		case p, ok := <-in:
+			if !ok {
+				return
+			}
+			s.HandlePayload(p)
+		case <-tick.C:
+			s.Tick()
+		}
+	}
+}
+
+// HandlePayload applies one pub/sub message. Bad input is counted by reason and skipped.
+func (s *EventSource) HandlePayload(payload string) {
+	body, err := s.env.DecodeString(payload)
+	if err != nil {
+		s.eventErrors.WithLabelValues(kombu.ReasonOf(err, kombu.ReasonInvalidEnvelope)).Inc()
+		return
+	}
+	if err := s.dec.Decode(body, s.apply, s.badEvent); err != nil {
+		s.eventErrors.WithLabelValues(event.ReasonInvalidJSON).Inc()
+	}
+}
+
+func (s *EventSource) badEvent(err error) { s.eventErrors.WithLabelValues(event.ReasonOf(err)).Inc() }
+
+// Tick settles what waits on time: held events whose task-sent never came, expired tasks, and
+// workers past their purge time. Run calls it periodically; tests call it after moving the clock.
+func (s *EventSource) Tick() {
+	now := s.clk.Now()
+	for len(s.holds) > 0 && !s.holds[0].HoldUntil.After(now) {
+		t := s.holds[0]
+		s.holds[0] = nil
+		s.holds = s.holds[1:]
+		if len(t.Pending) > 0 && t.Queue == "" {
+			s.release(t)
+		}
+	}
+	if now.Sub(s.lastExpire) >= 5*time.Second {
+		s.lastExpire = now
+		for _, t := range s.cache.Expire(now) {
+			s.settle(t)
+		}
+		s.purgeWorkers(now)
+	}
+}
+
+func (s *EventSource) apply(ev *event.Event) {
+	now := s.clk.Now()
+	s.lastEvent.Store(now.UnixNano())
+	s.eventsTotal.WithLabelValues(ev.Type.String()).Inc()
+	switch {
+	case ev.Type.IsWorker():
+		s.applyWorker(ev, now)
+	case ev.Type.IsTask():
+		s.applyTaskEvent(ev, now)
+	}
+}
+
+func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
+	t, _, evicted := s.cache.GetOrCreate(ev.UUID, now)
+	if evicted != nil {
+		s.settle(evicted)
+	}
+	if _, known := s.hosts[ev.Hostname]; known && ev.Type != event.TaskSent {
+		s.lastTaskEvent[ev.Hostname] = now
+	}
+	switch ev.Type {
+	case event.TaskSent:
+		t.Name, t.SentAt = ev.Name, ev.Timestamp
+		if ev.ETA > 0 {
+			t.ETA = ev.ETA
+		}
+		queue := ev.Queue
+		if queue == "" {
+			queue = s.opts.DefaultQueue
+		}
+		t.Queue = queue
+		s.nameQueue[ev.Name] = queue
+		s.inc(mSent, s.nameLabel(t.Name), queue, "", "")
+		s.release(t)
+		return
+	case event.TaskReceived:
+		if t.Name == "" {
+			t.Name = ev.Name
+		}
+		t.Hostname, t.ReceivedAt = ev.Hostname, ev.Timestamp
+		if ev.ETA > 0 && t.ETA == 0 {
+			t.ETA = ev.ETA
+		}
+	}
+	if t.Queue != "" || s.opts.SentWait <= 0 {
+		s.applyTask(ev, t)
+		return
+	}
+	if len(t.Pending) == 0 {
+		t.HoldUntil = now.Add(s.opts.SentWait)
+		s.holds = append(s.holds, t)
+	}
+	t.Pending = append(t.Pending, *ev)
+	if len(t.Pending) >= 16 { // a task's whole life fits well below; more means task-sent is not coming
+		s.release(t)
+	}
+}
+
+// release applies a task's held events, with the queue task-sent gave or a fallback.
+func (s *EventSource) release(t *tasks.Task) {
+	if len(t.Pending) == 0 {
+		return
+	}
+	if t.Queue == "" {
+		t.Queue = s.fallbackQueue(t)
+	}
+	pending := t.Pending
+	t.Pending = nil
+	for i := range pending {
+		s.applyTask(&pending[i], t)
+	}
+}
+
+// settle is release for a task the cache dropped.
+func (s *EventSource) settle(t *tasks.Task) { s.release(t) }
+
+// fallbackQueue: the only queue the receiving worker consumes; else the queue task-sent showed
+// for this task name before; else the configured default queue.
+func (s *EventSource) fallbackQueue(t *tasks.Task) string {
+	if h, ok := s.hints.Load().(*QueueHinter); ok && t.Hostname != "" {
+		if q, ok := (*h).SingleQueue(t.Hostname); ok {
+			return q
+		}
+	}
+	if q, ok := s.nameQueue[t.Name]; ok {
+		return q
+	}
+	return s.opts.DefaultQueue
+}
+
+// applyTask counts one task event with its task's labels.
+func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
+	name := t.Name
+	if name == "" {
+		name = unknownName
+	}
+	name = s.nameLabel(name)
+	host := s.hostLabel(ev.Hostname)
+	q := t.Queue
+	finished := false
+	switch ev.Type {
+	case event.TaskReceived:
+		s.inc(mReceived, name, host, q, "")
+	case event.TaskStarted:
+		s.inc(mStarted, name, host, q, "")
+		t.StartedAt = ev.Timestamp
+		from := max(t.SentAt, t.ETA)
+		if from == 0 {
+			from = t.ReceivedAt
+		}
+		if from > 0 && ev.Timestamp > 0 {
+			s.observe(mQueueWait, name, q, "", "", max(ev.Timestamp-from, 0))
+		}
+	case event.TaskSucceeded:
+		s.inc(mSucceeded, name, host, q, "")
+		s.observe(mRuntime, name, host, q, "succeeded", max(ev.Runtime, 0))
+		finished = true
+	case event.TaskFailed:
+		s.inc(mFailed, name, host, q, s.exceptionLabel(name, ev.Exception))
+		if t.StartedAt > 0 && ev.Timestamp >= t.StartedAt {
+			s.observe(mRuntime, name, host, q, "failed", ev.Timestamp-t.StartedAt)
+		}
+		finished = true
+	case event.TaskRetried:
+		s.inc(mRetried, name, host, q, s.exceptionLabel(name, ev.Exception))
+		t.StartedAt = 0
+	case event.TaskRejected:
+		s.inc(mRejected, name, host, q, "")
+		finished = !ev.Requeue
+	case event.TaskRevoked:
+		reason := "revoked"
+		switch {
+		case ev.Terminated:
+			reason = "terminated"
+		case ev.Expired:
+			reason = "expired"
+		}
+		s.inc(mRevoked, name, host, q, reason)
+		finished = true
+	}
+	if finished {
+		s.cache.Delete(t)
+	}
+}
+
+func (s *EventSource) vecFor(metric uint8) *prometheus.CounterVec {
+	switch metric {
+	case mSent:
+		return s.sent
+	case mReceived:
+		return s.received
+	case mStarted:
+		return s.started
+	case mSucceeded:
+		return s.succeeded
+	case mRejected:
+		return s.rejected
+	case mFailed:
+		return s.failed
+	case mRetried:
+		return s.retried
+	default:
+		return s.revoked
+	}
+}
+
+// inc adds one to a counter, resolving its series once: WithLabelValues hashes every label on
+// every call, which the hot path cannot afford.
+func (s *EventSource) inc(metric uint8, a, b, c, d string) {
+	k := seriesKey{metric, a, b, c, d}
+	ctr, ok := s.counters[k]
+	if !ok {
+		labels := []string{a, b, c, d}
+		switch metric {
+		case mSent:
+			labels = labels[:2]
+		case mReceived, mStarted, mSucceeded, mRejected:
+			labels = labels[:3]
+		}
+		ctr = s.vecFor(metric).WithLabelValues(labels...)
+		s.counters[k] = ctr
+	}
+	ctr.Inc()
+}
+
+func (s *EventSource) observe(metric uint8, a, b, c, d string, v float64) {
+	k := seriesKey{metric, a, b, c, d}
+	o, ok := s.observers[k]
+	if !ok {
+		if metric == mQueueWait {
+			o = s.queueWait.WithLabelValues(a, b)
+		} else {
+			o = s.runtime.WithLabelValues(a, b, c, d)
+		}
+		s.observers[k] = o
+	}
+	o.Observe(v)
+}
+
+func (s *EventSource) nameLabel(name string) string {
+	if _, ok := s.names[name]; ok {
+		return name
+	}
+	if len(s.names) >= s.opts.MaxTaskNames {
+		s.overflow.WithLabelValues("name").Inc()
+		return overflowValue
+	}
+	s.names[name] = struct{}{}
+	return name
+}
+
+func (s *EventSource) hostLabel(host string) string {
+	if _, ok := s.hosts[host]; ok {
+		return host
+	}
+	if len(s.hosts) >= s.opts.MaxWorkers {
+		s.overflow.WithLabelValues("hostname").Inc()
+		return overflowValue
+	}
+	s.hosts[host] = struct{}{}
+	return host
+}
+
+func (s *EventSource) exceptionLabel(name, exc string) string {
+	seen := s.exceptions[name]
+	if seen == nil {
+		seen = map[string]struct{}{}
+		s.exceptions[name] = seen
+	}
+	if _, ok := seen[exc]; ok {
+		return exc
+	}
+	if len(seen) >= s.opts.MaxExceptionsPerTask {
+		s.overflow.WithLabelValues("exception").Inc()
+		return overflowValue
+	}
+	seen[exc] = struct{}{}
+	return exc
+}
+
+func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
+	if s.hostLabel(ev.Hostname) == overflowValue {
+		return // past the worker cap: counted, not tracked
+	}
+	lastTask := s.lastTaskEvent[ev.Hostname]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.workers[ev.Hostname]
+	if w == nil {
+		w = &workerState{freq: 2, eventsEnabled: true}
+		s.workers[ev.Hostname] = w
+	}
+	if ev.Type == event.WorkerOffline {
+		w.offline, w.offlineAt = true, now
+		return
+	}
+	w.offline = false
+	w.lastSeen = now
+	if ev.SWVer != "" {
+		w.swIdent, w.swVer, w.swSys = ev.SWIdent, ev.SWVer, ev.SWSys
+	}
+	// The heartbeat the `heartbeat` control command triggers (every `celery events` or Flower
+	// start) carries freq 5 and no counts: it proves life but must not change the rest.
+	if !ev.HasCounts {
+		return
+	}
+	if ev.Freq > 0 {
+		w.freq = ev.Freq
+	}
+	switch delta := ev.Processed - w.processed; {
+	case !w.hasCounts:
+		// First sight: what the worker processed before we ran is not ours to count.
+	case delta >= 0:
+		w.processedTotal += float64(delta)
+	default: // the worker restarted
+		w.processedTotal += float64(ev.Processed)
+	}
+	w.hasCounts, w.active, w.processed, w.loadavg = true, ev.Active, ev.Processed, ev.LoadAvg
+	if ev.Type == event.WorkerHeartbeat {
+		older, last := w.hb[0], w.hb[1]
+		if !older.at.IsZero() && last.processed > older.processed {
+			// Tasks were accepted between those two heartbeats: their task events, if the worker
+			// sends any, have had a whole interval to arrive.
+			w.eventsEnabled = !lastTask.Before(older.at.Add(-time.Duration(w.freq * float64(time.Second))))
+		}
+		w.hb[0], w.hb[1] = last, heartbeatMark{at: now, processed: ev.Processed}
+	}
+}
+
+// alive is the liveness rule: up while now < last heartbeat + 2×freq + timeout, on the
+// exporter's own clock (sender clocks and utcoffset play no part); worker-offline ends it at once.
+func (s *EventSource) alive(w *workerState, now time.Time) bool {
+	return !w.offline && now.Before(s.deadline(w))
+}
+
+func (s *EventSource) deadline(w *workerState) time.Time {
+	return w.lastSeen.Add(time.Duration(2*w.freq*float64(time.Second)) + s.opts.WorkerTimeout)
+}
+
+// purgeWorkers drops every series of workers down for longer than PurgeAfter.
+func (s *EventSource) purgeWorkers(now time.Time) {
+	var gone []string
+	s.mu.Lock()
+	for h, w := range s.workers {
+		if s.alive(w, now) {
+			continue
+		}
+		down := s.deadline(w)
+		if w.offline {
+			down = w.offlineAt
+		}
+		if now.Sub(down) >= s.opts.PurgeAfter {
+			delete(s.workers, h)
+			gone = append(gone, h)
+		}
+	}
+	s.mu.Unlock()
+	for _, h := range gone {
+		level.Info(s.logger).Log("msg", "purged worker series", "hostname", h)
+		match := prometheus.Labels{"hostname": h}
+		for _, v := range []*prometheus.CounterVec{s.received, s.started, s.succeeded, s.rejected, s.failed, s.retried, s.revoked} {
+			v.DeletePartialMatch(match)
+		}
+		s.runtime.DeletePartialMatch(match)
+		for k := range s.counters {
+			if k.metric != mSent && k.b == h {
+				delete(s.counters, k)
+			}
+		}
+		for k := range s.observers {
+			if k.metric == mRuntime && k.b == h {
+				delete(s.observers, k)
+			}
+		}
+		delete(s.hosts, h)
+		delete(s.lastTaskEvent, h)
+	}
+}
+
+// WorkerNames lists the workers heartbeating now and those not yet purged.
+func (s *EventSource) WorkerNames() (alive, known []string) {
+	now := s.clk.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for h, w := range s.workers {
+		known = append(known, h)
+		if s.alive(w, now) {
+			alive = append(alive, h)
+		}
+	}
+	sort.Strings(alive)
+	sort.Strings(known)
+	return alive, known
+}
+
+// TaskSentAt returns when a tracked task was sent.
+func (s *EventSource) TaskSentAt(uuid string) (time.Time, bool) {
+	at, ok := s.cache.SentAt(uuid)
+	if !ok {
+		return time.Time{}, false
+	}
+	return time.Unix(0, int64(at*1e9)), true
+}
+
+var (
+	workerUpDesc        = desc("worker_up", "1 while the worker heartbeats (within 2×freq + --worker.timeout), 0 once it stopped or went offline.", "hostname")
+	workerActiveDesc    = desc("worker_tasks_active", "Tasks the worker is executing, from its last heartbeat.", "hostname")
+	workerProcessedDesc = desc("worker_tasks_processed_total", "Tasks the worker accepted, from heartbeats (works without task events).", "hostname")
+	workerLastHBDesc    = desc("worker_last_heartbeat_timestamp_seconds", "When the exporter last heard the worker's heartbeat.", "hostname")
+	workerFreqDesc      = desc("worker_heartbeat_interval_seconds", "The worker's heartbeat interval (freq).", "hostname")
+	workerLoadDesc      = desc("worker_load_average", "The worker host's load average.", "hostname", "period")
+	workerInfoDesc      = desc("worker_info", "Worker software, always 1.", "hostname", "sw_ident", "sw_ver", "sw_sys")
+	workerEventsDesc    = desc("worker_task_events_enabled", "0 when the worker's processed count grows but none of its task events arrive.", "hostname")
+	subUpDesc           = desc("exporter_subscription_up", "1 while the event subscription is established.")
+	lastEventDesc       = desc("exporter_last_event_timestamp_seconds", "When the last event arrived, on the exporter's clock.")
+	reconnectsDesc      = desc("exporter_subscription_reconnects_total", "Times the event subscription was lost.")
+	trackedDesc         = desc("exporter_tracked_tasks", "Tasks held in the task cache.")
+	evictedDesc         = desc("exporter_tracked_tasks_evicted_total", "Tasks dropped from the task cache for capacity or age before they finished.")
+)
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, labels, nil)
+}
+
+// Name implements Scraper.
+func (s *EventSource) Name() string { return "events" }
+
+// Scrape implements Scraper. It fails while the subscription is down; the metrics kept so far are
+// still reported.
+func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) error {
+	now := s.clk.Now()
+	s.mu.Lock()
+	for h, w := range s.workers {
+		up := 0.0
+		if s.alive(w, now) {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(workerUpDesc, prometheus.GaugeValue, up, h)
+		ch <- prometheus.MustNewConstMetric(workerLastHBDesc, prometheus.GaugeValue, float64(w.lastSeen.UnixNano())/1e9, h)
+		ch <- prometheus.MustNewConstMetric(workerFreqDesc, prometheus.GaugeValue, w.freq, h)
+		if w.swIdent != "" || w.swVer != "" {
+			ch <- prometheus.MustNewConstMetric(workerInfoDesc, prometheus.GaugeValue, 1, h, w.swIdent, w.swVer, w.swSys)
+		}
+		if w.hasCounts {
+			ch <- prometheus.MustNewConstMetric(workerActiveDesc, prometheus.GaugeValue, float64(w.active), h)
+			ch <- prometheus.MustNewConstMetric(workerProcessedDesc, prometheus.CounterValue, w.processedTotal, h)
+			for i, p := range []string{"1m", "5m", "15m"} {
+				ch <- prometheus.MustNewConstMetric(workerLoadDesc, prometheus.GaugeValue, w.loadavg[i], h, p)
+			}
+		}
+		enabled := 0.0
+		if w.eventsEnabled {
+			enabled = 1
+		}
+		ch <- prometheus.MustNewConstMetric(workerEventsDesc, prometheus.GaugeValue, enabled, h)
+	}
+	s.mu.Unlock()
+
+	up, reconnects := 0.0, 0.0
+	if s.sub != nil {
+		if s.sub.Up() {
+			up = 1
+		}
+		reconnects = float64(s.sub.Reconnects())
+		s.syncDropped()
+	}
+	ch <- prometheus.MustNewConstMetric(subUpDesc, prometheus.GaugeValue, up)
+	ch <- prometheus.MustNewConstMetric(reconnectsDesc, prometheus.CounterValue, reconnects)
+	if last := s.lastEvent.Load(); last > 0 {
+		ch <- prometheus.MustNewConstMetric(lastEventDesc, prometheus.GaugeValue, float64(last)/1e9)
+	}
+	ch <- prometheus.MustNewConstMetric(trackedDesc, prometheus.GaugeValue, float64(s.cache.Len()))
+	ch <- prometheus.MustNewConstMetric(evictedDesc, prometheus.CounterValue, float64(s.cache.Evicted()))
+
+	for _, c := range []prometheus.Collector{s.sent, s.received, s.started, s.succeeded, s.rejected, s.failed,
+		s.retried, s.revoked, s.runtime, s.queueWait, s.eventsTotal, s.eventErrors, s.overflow} {
+		c.Collect(ch)
+	}
+	if s.sub != nil && up == 0 {
+		return errors.New("event subscription is down")
+	}
+	return nil
+}
+
+// syncDropped carries the reader's count of payloads dropped on a full buffer into
+// event_errors_total, so every lost message shows under one metric.
+func (s *EventSource) syncDropped() {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	d := s.sub.Dropped()
+	if d > s.errBufSynced {
+		s.eventErrors.WithLabelValues("buffer_full").Add(float64(d - s.errBufSynced))
+		s.errBufSynced = d
+	}
+}

@@ -1,0 +1,134 @@
+// Package listener reads Celery's event stream from Redis pub/sub and hands the raw payloads on.
+// It does nothing else: Redis disconnects a pub/sub client whose output buffer grows past its
+// limit (32 MB hard by default), so the reader must never wait for the code that turns events into
+// metrics. When the hand-off buffer is full a payload is dropped and counted instead.
+package listener
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/redis/go-redis/v9"
+)
+
+// Subscriber PSUBSCRIBEs to patterns and sends every message payload to Out.
+type Subscriber struct {
+	client   redis.UniversalClient
+	patterns []string
+	logger   log.Logger
+	out      chan string
+
+	// MinBackoff and MaxBackoff bound the wait between reconnection attempts.
+	MinBackoff, MaxBackoff time.Duration
+	// IdleCheck is how long a silent connection waits before a PING proves it alive.
+	IdleCheck time.Duration
+
+	up         atomic.Bool
+	ready      atomic.Bool
+	reconnects atomic.Uint64
+	dropped    atomic.Uint64
+	received   atomic.Uint64
+}
+
+// New returns a Subscriber with a hand-off buffer of size payloads.
+func New(logger log.Logger, client redis.UniversalClient, patterns []string, size int) *Subscriber {
+	return &Subscriber{
+		client: client, patterns: patterns, logger: logger, out: make(chan string, size),
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: 30 * time.Second, IdleCheck: 15 * time.Second,
+	}
+}
+
+// Out is the stream of payloads, closed when Run returns.
+func (s *Subscriber) Out() <-chan string { return s.out }
+
+// Up reports whether the subscription is established now.
+func (s *Subscriber) Up() bool { return s.up.Load() }
+
+// Ready reports whether the subscription was established at least once.
+func (s *Subscriber) Ready() bool { return s.ready.Load() }
+
+// Reconnects counts lost subscriptions.
+func (s *Subscriber) Reconnects() uint64 { return s.reconnects.Load() }
+
+// Dropped counts payloads dropped because the hand-off buffer was full.
+func (s *Subscriber) Dropped() uint64 { return s.dropped.Load() }
+
+// Received counts payloads read from Redis.
+func (s *Subscriber) Received() uint64 { return s.received.Load() }
+
+// Run subscribes and reads until ctx is done, reconnecting with capped exponential backoff. It
+// logs once per change of state, not once per attempt.
+func (s *Subscriber) Run(ctx context.Context) {
+	defer close(s.out)
+	backoff := s.MinBackoff
+	failing := false
+	for ctx.Err() == nil {
+		err := s.session(ctx, func() { backoff = s.MinBackoff; failing = false })
+		if ctx.Err() != nil {
+			return
+		}
+		if s.up.Swap(false) {
+			s.reconnects.Add(1)
+		}
+		if !failing {
+			level.Warn(s.logger).Log("msg", "event subscription lost; retrying", "err", err)
+			failing = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, s.MaxBackoff)
+	}
+}
+
+// session runs one subscription until it fails.
+func (s *Subscriber) session(ctx context.Context, established func()) error {
+	ps := s.client.PSubscribe(ctx)
+	defer ps.Close()
+	if err := ps.PSubscribe(ctx, s.patterns...); err != nil {
+		return err
+	}
+	pinged := false
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, s.IdleCheck)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+				// Quiet is normal between heartbeats; silence past IdleCheck must still prove the
+				// connection is alive, or a half-open TCP connection would hide an outage.
+				if pinged {
+					return errors.New("no answer to PING on the event subscription")
+				}
+				if err := ps.Ping(ctx); err != nil {
+					return err
+				}
+				pinged = true
+				continue
+			}
+			return err
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Message:
+			s.received.Add(1)
+			select {
+			case s.out <- m.Payload:
+			default:
+				s.dropped.Add(1)
+			}
+		case *redis.Subscription:
+			if m.Kind == "psubscribe" && m.Count == len(s.patterns) && !s.up.Swap(true) {
+				s.ready.Store(true)
+				established()
+				level.Info(s.logger).Log("msg", "subscribed to events", "patterns", len(s.patterns))
+			}
+		}
+	}
+}
