@@ -106,4 +106,6 @@ type scraperCollector struct{ s Scraper }
 
 func (c scraperCollector) Describe(chan<- *prometheus.Desc) {}
 
-func (c scraperCollector) Collect(ch chan<- prometheus.Metric) { _ = c.s.Scrape(context.Background(), ch) }
+func (c scraperCollector) Collect(ch chan<- prometheus.Metric) {
+	_ = c.s.Scrape(context.Background(), ch)
+}
