@@ -119,6 +119,9 @@ func StartPrometheus(t testing.TB, configYAML string, ruleFiles ...string) *Prom
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr,
 		"--web.enable-lifecycle",
+		// Firing alerts are re-sent every second, not every minute: the first send can happen
+		// before the Alertmanager target is discovered.
+		"--rules.alert.resend-delay=1s",
 		"--log.level=warn")
 	waitHTTP(t, "prometheus", p.p, p.URL+"/-/ready", 30*time.Second)
 	return p
