@@ -1,0 +1,651 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/big"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/celery-exporter/celery_exporter/collector/config"
+	"github.com/celery-exporter/celery_exporter/collector/pickle"
+)
+
+var (
+	breakerOpenDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "breaker", "open"),
+		"Whether the circuit breaker is open (1) or closed (0), decided as the application does: open while its key exists and its until time has not passed.",
+		[]string{"breaker"}, nil,
+	)
+	breakerInfoDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "breaker", "info"),
+		"The mode and reason of an open circuit breaker (1 while open; no series while closed).",
+		[]string{"breaker", "mode", "reason"}, nil,
+	)
+	breakerUntilDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "breaker", "open_until_timestamp_seconds"),
+		"When an open circuit breaker closes by itself (its until field, or else the key's TTL).",
+		[]string{"breaker"}, nil,
+	)
+	breakerOpenedDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "breaker", "opened_timestamp_seconds"),
+		"When an open circuit breaker was opened (its opened_at field).",
+		[]string{"breaker"}, nil,
+	)
+	breakerTripsDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "breaker", "trips_total"),
+		"Circuit breaker trips seen by the exporter: closed to open transitions, and re-opens with a new opened_at.",
+		[]string{"breaker", "reason"}, nil,
+	)
+	breakerReadOKDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "breaker", "read_ok"),
+		"Whether the circuit breaker's key was read and understood at the last scrape (1) or not (0).",
+		[]string{"breaker"}, nil,
+	)
+	appValueDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "app", "value"),
+		"A numeric value the application keeps in Redis (app_values in the configuration file).",
+		[]string{"name"}, nil,
+	)
+	pickleRefusedDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "exporter", "pickle_refused_total"),
+		"Reads of a breaker whose pickle named Python code (a global, a call): refused, nothing decoded or run.",
+		[]string{"breaker"}, nil,
+	)
+)
+
+// maxValueBytes bounds what is decoded from one key; a flag is about 100 bytes.
+const maxValueBytes = pickle.MaxInputBytes
+
+// maxLabelBytes bounds mode and reason label values taken from Redis.
+const maxLabelBytes = 128
+
+// BreakerScraper reads circuit-breaker flags and application values from Redis at scrape time.
+type BreakerScraper struct {
+	logger        log.Logger
+	dial          func(rawURL string) (redis.UniversalClient, error)
+	defaultClient redis.UniversalClient
+	now           func() time.Time
+
+	mu        sync.Mutex
+	breakers  []config.Breaker
+	appValues []config.AppValue
+	clients   map[string]redis.UniversalClient // dialed here, by URL; the default client is not in it
+	state     map[string]*breakerState         // by breaker name; survives reloads
+	lastErr   map[string]string                // per breaker/app value, to log changes only
+}
+
+type breakerState struct {
+	seen     bool // a successful read happened
+	open     bool
+	openedAt float64 // of the current open period; NaN when unknown
+	trips    map[string]float64
+	refused  float64
+}
+
+// NewBreakerScraper returns a scraper with no breakers until ApplyConfig. dial connects to a
+// redis_url from the configuration; defaultClient (the broker's) serves entries without one.
+func NewBreakerScraper(logger log.Logger, dial func(rawURL string) (redis.UniversalClient, error), defaultClient redis.UniversalClient) *BreakerScraper {
+	if logger == nil {
+		logger = log.NewNopLogger()
+	}
+	return &BreakerScraper{
+		logger:        logger,
+		dial:          dial,
+		defaultClient: defaultClient,
+		now:           time.Now,
+		clients:       map[string]redis.UniversalClient{},
+		state:         map[string]*breakerState{},
+		lastErr:       map[string]string{},
+	}
+}
+
+// Name implements Scraper.
+func (s *BreakerScraper) Name() string { return "breakers" }
+
+// ApplyConfig switches to cfg's breakers and app values. Trip counts of breakers that keep their
+// name are kept. Connections for URLs no longer used are closed; a scrape running at that moment
+// may fail once.
+func (s *BreakerScraper) ApplyConfig(cfg *config.Config) error {
+	need := map[string]bool{}
+	for _, b := range cfg.Breakers {
+		need[b.RedisURL] = true
+	}
+	for _, a := range cfg.AppValues {
+		need[a.RedisURL] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if need[""] && s.defaultClient == nil {
+		return errors.New("breakers: an entry has no redis_url and there is no broker connection to default to")
+	}
+	dialed := map[string]redis.UniversalClient{}
+	for u := range need {
+		if u == "" || s.clients[u] != nil {
+			continue
+		}
+		c, err := s.dial(u)
+		if err != nil {
+			for _, c := range dialed {
+				_ = c.Close()
+			}
+			// The dial error is the caller's (kombu's), which never repeats the URL's password.
+			return fmt.Errorf("breakers: connect: %w", err)
+		}
+		dialed[u] = c
+	}
+	for u, c := range s.clients {
+		if !need[u] {
+			_ = c.Close()
+			delete(s.clients, u)
+		}
+	}
+	for u, c := range dialed {
+		s.clients[u] = c
+	}
+	keep := map[string]bool{}
+	for _, b := range cfg.Breakers {
+		keep[b.Name] = true
+	}
+	for name := range s.state {
+		if !keep[name] {
+			delete(s.state, name)
+		}
+	}
+	s.breakers = append([]config.Breaker(nil), cfg.Breakers...)
+	s.appValues = append([]config.AppValue(nil), cfg.AppValues...)
+	return nil
+}
+
+// Close closes the connections this scraper dialed (not the broker's).
+func (s *BreakerScraper) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for u, c := range s.clients {
+		errs = append(errs, c.Close())
+		delete(s.clients, u)
+	}
+	return errors.Join(errs...)
+}
+
+// breakerRead is what one scrape learnt about one breaker.
+type breakerRead struct {
+	err      error // the value could not be read or understood
+	refused  bool  // the pickle named code
+	open     bool
+	mode     string
+	reason   string
+	until    float64 // NaN when unknown
+	openedAt float64 // NaN when unknown
+}
+
+// readGroup is every key read over one client, in one pipeline.
+type readGroup struct {
+	client    redis.UniversalClient
+	breakers  []int // indexes into the snapshot
+	appValues []int
+}
+
+// Scrape implements Scraper. It fails only when Redis cannot be read; a value that cannot be
+// understood shows as celery_breaker_read_ok 0 and leaves the other breakers reported.
+func (s *BreakerScraper) Scrape(ctx context.Context, ch chan<- prometheus.Metric) error {
+	s.mu.Lock()
+	breakers, appValues := s.breakers, s.appValues
+	groups := map[redis.UniversalClient]*readGroup{}
+	var order []*readGroup
+	group := func(u string) *readGroup {
+		c := s.defaultClient
+		if u != "" {
+			c = s.clients[u]
+		}
+		g := groups[c]
+		if g == nil {
+			g = &readGroup{client: c}
+			groups[c] = g
+			order = append(order, g)
+		}
+		return g
+	}
+	for i, b := range breakers {
+		g := group(b.RedisURL)
+		g.breakers = append(g.breakers, i)
+	}
+	for i, a := range appValues {
+		g := group(a.RedisURL)
+		g.appValues = append(g.appValues, i)
+	}
+	s.mu.Unlock()
+
+	reads := make([]breakerRead, len(breakers))
+	values := make([]*float64, len(appValues))
+	valueErrs := make([]error, len(appValues))
+	var scrapeErrs []error
+	for _, g := range order {
+		if err := s.readGroup(ctx, g, breakers, appValues, reads, values, valueErrs); err != nil {
+			scrapeErrs = append(scrapeErrs, err)
+		}
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, b := range breakers {
+		r := reads[i]
+		st := s.state[b.Name]
+		if st == nil {
+			st = &breakerState{trips: map[string]float64{}, openedAt: math.NaN()}
+			s.state[b.Name] = st
+		}
+		s.logChange("breaker "+b.Name, r.err)
+		if r.refused {
+			st.refused++
+		}
+		ok := 0.0
+		if r.err == nil {
+			ok = 1
+			// A trip is a closed→open transition, or an open breaker whose opened_at changed
+			// between scrapes (it closed and re-opened, or the app forced it again): each
+			// force_write_only() call is one trip, as the app's own downgrade counter counts.
+			reopened := st.open && r.open && !math.IsNaN(r.openedAt) && !math.IsNaN(st.openedAt) && r.openedAt != st.openedAt
+			if r.open && (!st.open || reopened) {
+				st.trips[r.reason]++
+			}
+			st.seen, st.open, st.openedAt = true, r.open, r.openedAt
+			if !r.open {
+				st.openedAt = math.NaN()
+			}
+			ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, b2f(r.open), b.Name)
+			if r.open {
+				ch <- prometheus.MustNewConstMetric(breakerInfoDesc, prometheus.GaugeValue, 1, b.Name, r.mode, r.reason)
+				if !math.IsNaN(r.until) {
+					ch <- prometheus.MustNewConstMetric(breakerUntilDesc, prometheus.GaugeValue, r.until, b.Name)
+				}
+				if !math.IsNaN(r.openedAt) {
+					ch <- prometheus.MustNewConstMetric(breakerOpenedDesc, prometheus.GaugeValue, r.openedAt, b.Name)
+				}
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(breakerReadOKDesc, prometheus.GaugeValue, ok, b.Name)
+		for reason, n := range st.trips {
+			ch <- prometheus.MustNewConstMetric(breakerTripsDesc, prometheus.CounterValue, n, b.Name, reason)
+		}
+		if b.Format == config.FormatPickle || b.Format == config.FormatDjangoPickle {
+			ch <- prometheus.MustNewConstMetric(pickleRefusedDesc, prometheus.CounterValue, st.refused, b.Name)
+		}
+	}
+	for i, a := range appValues {
+		s.logChange("app value "+a.Name, valueErrs[i])
+		if values[i] != nil {
+			ch <- prometheus.MustNewConstMetric(appValueDesc, prometheus.GaugeValue, *values[i], a.Name)
+		}
+	}
+	return errors.Join(scrapeErrs...)
+}
+
+// logChange logs a read problem when it appears or changes, not on every scrape.
+func (s *BreakerScraper) logChange(what string, err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if s.lastErr[what] == msg {
+		return
+	}
+	s.lastErr[what] = msg
+	if err != nil {
+		level.Warn(s.logger).Log("msg", "cannot read "+what, "err", err)
+	} else {
+		level.Info(s.logger).Log("msg", "reading "+what+" again")
+	}
+}
+
+// readGroup reads one client's keys in one round trip. It returns an error only when Redis could
+// not be asked (connection, timeout); a key Redis refuses (e.g. WRONGTYPE) is that key's problem.
+func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers []config.Breaker, appValues []config.AppValue,
+	reads []breakerRead, values []*float64, valueErrs []error) error {
+	if g.client == nil {
+		err := errors.New("no connection for this redis_url")
+		for _, i := range g.breakers {
+			reads[i] = breakerRead{err: err}
+		}
+		for _, i := range g.appValues {
+			valueErrs[i] = err
+		}
+		return err
+	}
+	pipe := g.client.Pipeline()
+	type breakerCmds struct {
+		get    *redis.StringCmd
+		exists *redis.IntCmd
+		pttl   *redis.DurationCmd
+	}
+	bcmds := make([]breakerCmds, len(g.breakers))
+	for j, i := range g.breakers {
+		b := breakers[i]
+		if b.Format == config.FormatExists {
+			bcmds[j].exists = pipe.Exists(ctx, b.Key)
+		} else {
+			bcmds[j].get = pipe.Get(ctx, b.Key)
+		}
+		bcmds[j].pttl = pipe.PTTL(ctx, b.Key)
+	}
+	vcmds := make([]*redis.StringCmd, len(g.appValues))
+	for j, i := range g.appValues {
+		vcmds[j] = pipe.Get(ctx, appValues[i].Key)
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil && !isReply(err) {
+		err = fmt.Errorf("read breakers and app values: %w", err)
+		for _, i := range g.breakers {
+			reads[i] = breakerRead{err: err}
+		}
+		for _, i := range g.appValues {
+			valueErrs[i] = err
+		}
+		return err
+	}
+
+	now := s.now()
+	for j, i := range g.breakers {
+		b := breakers[i]
+		c := bcmds[j]
+		var ttl time.Duration = -1
+		if d, err := c.pttl.Result(); err == nil && d > 0 {
+			ttl = d
+		}
+		if c.exists != nil {
+			n, err := c.exists.Result()
+			if err != nil {
+				reads[i] = breakerRead{err: fmt.Errorf("EXISTS %s: %w", b.Key, err)}
+				continue
+			}
+			reads[i] = breakerRead{open: n > 0, until: ttlUntil(now, ttl, n > 0), openedAt: math.NaN()}
+			continue
+		}
+		raw, err := c.get.Bytes()
+		switch {
+		case errors.Is(err, redis.Nil):
+			reads[i] = breakerRead{until: math.NaN(), openedAt: math.NaN()}
+			continue
+		case err != nil:
+			reads[i] = breakerRead{err: fmt.Errorf("GET %s: %w", b.Key, err)}
+			continue
+		}
+		reads[i] = evalBreaker(b, raw, now, ttl)
+		if reads[i].err != nil {
+			reads[i].err = fmt.Errorf("key %s: %w", b.Key, reads[i].err)
+		}
+	}
+	for j, i := range g.appValues {
+		a := appValues[i]
+		raw, err := vcmds[j].Bytes()
+		switch {
+		case errors.Is(err, redis.Nil):
+			values[i] = a.Default
+		case err != nil:
+			valueErrs[i] = fmt.Errorf("GET %s: %w", a.Key, err)
+		default:
+			v, err := parseAppValue(raw)
+			if err != nil {
+				valueErrs[i] = fmt.Errorf("key %s: %w", a.Key, err)
+			} else {
+				values[i] = &v
+			}
+		}
+	}
+	return nil
+}
+
+// isReply reports whether err is Redis's answer about one key (nil reply, WRONGTYPE...) rather
+// than a failure to talk to Redis.
+func isReply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
+}
+
+func ttlUntil(now time.Time, ttl time.Duration, open bool) float64 {
+	if !open || ttl <= 0 {
+		return math.NaN()
+	}
+	return float64(now.Add(ttl).UnixNano()) / 1e9
+}
+
+var asciiInt = regexp.MustCompile(`^-?[0-9]+$`)
+
+// evalBreaker decides whether a present key means open, as the application would.
+func evalBreaker(b config.Breaker, raw []byte, now time.Time, ttl time.Duration) breakerRead {
+	r := breakerRead{until: math.NaN(), openedAt: math.NaN()}
+	if len(raw) > maxValueBytes {
+		r.err = fmt.Errorf("value of %d bytes is over the %d limit", len(raw), maxValueBytes)
+		return r
+	}
+	var v any
+	switch b.Format {
+	case config.FormatString:
+		s := string(raw)
+		r.open = true
+		if len(b.OpenValues) > 0 {
+			r.open = false
+			for _, ov := range b.OpenValues {
+				if s == ov {
+					// Only configured values become labels.
+					r.open, r.mode = true, ov
+				}
+			}
+		}
+		r.until = ttlUntil(now, ttl, r.open)
+		return r
+	case config.FormatJSON:
+		if err := json.Unmarshal(raw, &v); err != nil {
+			r.err = fmt.Errorf("not JSON: %w", err)
+			return r
+		}
+	case config.FormatDjangoPickle, config.FormatPickle:
+		if b.Format == config.FormatDjangoPickle && asciiInt.Match(raw) {
+			// django-redis stores a plain int as its digits, unpickled.
+			n, _ := strconv.ParseFloat(string(raw), 64)
+			v = n
+			break
+		}
+		d, err := pickle.Decode(raw)
+		if err != nil {
+			r.refused = pickle.IsUnsafe(err)
+			r.err = err
+			return r
+		}
+		v = d
+	default:
+		r.err = fmt.Errorf("unknown format %q", b.Format)
+		return r
+	}
+
+	var get func(string) (any, bool)
+	switch m := v.(type) {
+	case *pickle.Dict:
+		if m.Len() == 0 {
+			return r // an empty dict is falsy: get_forced_mode() returns None
+		}
+		get = m.Get
+	case map[string]any:
+		if len(m) == 0 {
+			return r
+		}
+		get = func(k string) (any, bool) { x, ok := m[k]; return x, ok }
+	default:
+		// A scalar: open when Python would find it true.
+		r.open = truthy(v)
+		r.until = ttlUntil(now, ttl, r.open)
+		return r
+	}
+
+	f := b.Fields
+	if name := f.UntilField(); name != "" {
+		until := 0.0 // get_forced_mode(): forced.get("until", 0)
+		if x, ok := get(name); ok {
+			t, err := toTimestamp(x)
+			if err != nil {
+				r.err = fmt.Errorf("field %s: %w", name, err)
+				return r
+			}
+			until = t
+		}
+		r.open = until > float64(now.UnixNano())/1e9
+		r.until = until
+	} else {
+		r.open = true
+		r.until = ttlUntil(now, ttl, true)
+	}
+	if !r.open {
+		r.until = math.NaN()
+		return r
+	}
+	if name := f.ModeField(); name != "" {
+		if x, ok := get(name); ok {
+			r.mode = labelValue(x)
+		}
+	}
+	if name := f.ReasonField(); name != "" {
+		if x, ok := get(name); ok {
+			r.reason = labelValue(x)
+		}
+	}
+	if name := f.OpenedAtField(); name != "" {
+		if x, ok := get(name); ok {
+			if t, err := toTimestamp(x); err == nil {
+				r.openedAt = t
+			}
+		}
+	}
+	return r
+}
+
+// toTimestamp reads epoch seconds (a number, or a string of one) or an RFC 3339 time.
+func toTimestamp(v any) (float64, error) {
+	switch x := v.(type) {
+	case float64:
+		return x, nil
+	case int64:
+		return float64(x), nil
+	case *big.Int:
+		f, _ := new(big.Float).SetInt(x).Float64()
+		return f, nil
+	case bool:
+		return b2f(x), nil
+	case nil:
+		return 0, nil
+	case string:
+		if f, err := strconv.ParseFloat(strings.TrimSpace(x), 64); err == nil {
+			return f, nil
+		}
+		if t, err := time.Parse(time.RFC3339Nano, x); err == nil {
+			return float64(t.UnixNano()) / 1e9, nil
+		}
+		return 0, fmt.Errorf("%q is neither epoch seconds nor an RFC 3339 time", truncate(x))
+	default:
+		return 0, fmt.Errorf("a %T is not a time", v)
+	}
+}
+
+func truthy(v any) bool {
+	switch x := v.(type) {
+	case nil:
+		return false
+	case bool:
+		return x
+	case float64:
+		return x != 0
+	case int64:
+		return x != 0
+	case *big.Int:
+		return x.Sign() != 0
+	case string:
+		return x != ""
+	case []byte:
+		return len(x) > 0
+	case pickle.ByteArray:
+		return len(x) > 0
+	case pickle.Tuple:
+		return len(x) > 0
+	case *pickle.List:
+		return len(x.Items) > 0
+	case *pickle.Set:
+		return len(x.Items) > 0
+	case []any:
+		return len(x) > 0
+	default:
+		return true
+	}
+}
+
+// labelValue renders a field for a label: valid UTF-8, bounded.
+func labelValue(v any) string {
+	var s string
+	switch x := v.(type) {
+	case string:
+		s = x
+	case []byte:
+		s = string(x)
+	case nil:
+		return ""
+	case float64:
+		s = strconv.FormatFloat(x, 'g', -1, 64)
+	case int64:
+		s = strconv.FormatInt(x, 10)
+	case bool:
+		s = strconv.FormatBool(x)
+	default:
+		s = fmt.Sprintf("%v", x)
+	}
+	return truncate(strings.ToValidUTF8(s, "\uFFFD"))
+}
+
+func truncate(s string) string {
+	if len(s) <= maxLabelBytes {
+		return s
+	}
+	s = s[:maxLabelBytes]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// parseAppValue reads a number as django-redis stores it: digits for an int, a pickle for a
+// float or bool; plain decimal strings (e.g. set by redis-cli or INCRBYFLOAT) too.
+func parseAppValue(raw []byte) (float64, error) {
+	if f, err := strconv.ParseFloat(strings.TrimSpace(string(raw)), 64); err == nil {
+		return f, nil
+	}
+	if len(raw) > maxValueBytes {
+		return 0, fmt.Errorf("value of %d bytes is over the %d limit", len(raw), maxValueBytes)
+	}
+	v, err := pickle.Decode(raw)
+	if err != nil {
+		return 0, fmt.Errorf("neither a number nor a pickle: %w", err)
+	}
+	switch x := v.(type) {
+	case float64, int64, *big.Int, bool:
+		return toTimestamp(x)
+	default:
+		return 0, fmt.Errorf("pickled %T is not a number", v)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
