@@ -1,0 +1,309 @@
+// Package bundle renders the alerting and recording rules, the Grafana dashboards and their
+// Kubernetes wrappers from one configuration of selectors and thresholds (rules/config.yaml).
+//
+// Everything application-specific (job selector, expected workers and queues, thresholds, the
+// breaker, log event and task names) comes from Config; nothing is hard-wired in the templates.
+// Render is deterministic: the same Config always gives byte-identical files, so the committed
+// files can be checked for staleness (Check) and a test can render a variant (short windows, short
+// `for`) into a temporary directory.
+package bundle
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the one place for selectors and thresholds. Field docs are in rules/config.yaml.
+type Config struct {
+	// Selector holds label matchers without braces (e.g. `job="celery"`), applied to every raw
+	// metric the rules read. Recorded series keep the `job` label, so alerts and dashboards
+	// can tell several selected jobs apart.
+	Selector string `yaml:"selector"`
+	// Interval is the evaluation interval of every rule group; empty uses Prometheus' global one.
+	Interval Duration `yaml:"interval"`
+	// AlertLabels are added to every alert (e.g. team: payments).
+	AlertLabels map[string]string `yaml:"alert_labels"`
+
+	URLs struct {
+		// Runbooks is the URL of docs/runbooks.md; each alert links to its anchor there.
+		Runbooks string `yaml:"runbooks"`
+		// Grafana is the base URL of the Grafana that serves the dashboards.
+		Grafana string `yaml:"grafana"`
+	} `yaml:"urls"`
+
+	Workers struct {
+		Expected  int     `yaml:"expected"`
+		MaxRSSMiB float64 `yaml:"max_rss_mib"`
+		// CPURatio is the dashboard threshold of a worker's CPU (1 = one core).
+		CPURatio float64 `yaml:"cpu_ratio"`
+	} `yaml:"workers"`
+
+	Queues struct {
+		// Expected queues must always have a consumer, even when empty.
+		Expected        []string `yaml:"expected"`
+		BacklogWarning  float64  `yaml:"backlog_warning"`
+		BacklogCritical float64  `yaml:"backlog_critical"`
+	} `yaml:"queues"`
+
+	Tasks struct {
+		FailureRatio         float64  `yaml:"failure_ratio"`
+		RuntimeP95Seconds    float64  `yaml:"runtime_p95_seconds"`
+		TimeLimitExceptions  []string `yaml:"time_limit_exceptions"`
+		WorkerLostExceptions []string `yaml:"worker_lost_exceptions"`
+	} `yaml:"tasks"`
+
+	Events struct {
+		StaleAfter Duration `yaml:"stale_after"`
+	} `yaml:"events"`
+
+	App struct {
+		Breaker               string   `yaml:"breaker"`
+		ZepErrorEvent         string   `yaml:"zep_error_event"`
+		PreferenceTask        string   `yaml:"preference_task"`
+		PreferenceFailedEvent string   `yaml:"preference_failed_event"`
+		LogEvents             []string `yaml:"log_events"`
+	} `yaml:"app"`
+
+	// Windows are the ranges of the rate/increase based rules, by name (see WindowNames).
+	Windows map[string]Duration `yaml:"windows"`
+	// For holds each alert's `for`, by alert name; 0 fires on the first evaluation.
+	For map[string]Duration `yaml:"for"`
+
+	Kubernetes struct {
+		Namespace                 string            `yaml:"namespace"`
+		PrometheusRuleName        string            `yaml:"prometheusrule_name"`
+		PrometheusRuleLabels      map[string]string `yaml:"prometheusrule_labels"`
+		DashboardFolder           string            `yaml:"dashboard_folder"`
+		DashboardLabel            string            `yaml:"dashboard_label"`
+		DashboardLabelValue       string            `yaml:"dashboard_label_value"`
+		DashboardFolderAnnotation string            `yaml:"dashboard_folder_annotation"`
+	} `yaml:"kubernetes"`
+}
+
+// Window names, the keys of Config.Windows.
+const (
+	WindowTaskFailureRatio  = "task_failure_ratio"
+	WindowTaskRuntime       = "task_runtime"
+	WindowTimeLimit         = "time_limit"
+	WindowWorkerLost        = "worker_lost"
+	WindowZepCallErrors     = "zep_call_errors"
+	WindowPreferenceFailure = "preference_failures"
+)
+
+// WindowNames lists every window the rules use.
+var WindowNames = []string{
+	WindowTaskFailureRatio, WindowTaskRuntime, WindowTimeLimit, WindowWorkerLost,
+	WindowZepCallErrors, WindowPreferenceFailure,
+}
+
+// LoadConfig reads and validates a config file. Unknown fields are errors, so a typo in a
+// threshold name cannot silently keep the default.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read rules config: %w", err)
+	}
+	cfg, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes and validates config YAML.
+func ParseConfig(b []byte) (*Config, error) {
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("decode rules config: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+var labelName = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
+
+// Validate reports every invalid field at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("field %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if strings.TrimSpace(c.Selector) == "" {
+		bad("selector", "must hold at least one label matcher, e.g. job=\"celery\"")
+	} else if strings.ContainsAny(c.Selector, "{}") {
+		bad("selector", "label matchers without braces, got %q", c.Selector)
+	}
+	for k := range c.AlertLabels {
+		if !labelName.MatchString(k) {
+			bad("alert_labels", "%q is not a label name", k)
+		}
+		if k == "severity" || k == "alertname" {
+			bad("alert_labels", "%q is set by the rules", k)
+		}
+	}
+	if !strings.HasPrefix(c.URLs.Runbooks, "http") {
+		bad("urls.runbooks", "must be an http(s) URL, got %q", c.URLs.Runbooks)
+	}
+	if !strings.HasPrefix(c.URLs.Grafana, "http") {
+		bad("urls.grafana", "must be an http(s) URL, got %q", c.URLs.Grafana)
+	}
+	if c.Workers.Expected < 1 {
+		bad("workers.expected", "must be at least 1, got %d", c.Workers.Expected)
+	}
+	if c.Workers.MaxRSSMiB <= 0 {
+		bad("workers.max_rss_mib", "must be positive, got %v", c.Workers.MaxRSSMiB)
+	}
+	if c.Workers.CPURatio <= 0 {
+		bad("workers.cpu_ratio", "must be positive, got %v", c.Workers.CPURatio)
+	}
+	for _, q := range c.Queues.Expected {
+		if q == "" {
+			bad("queues.expected", "empty queue name")
+		}
+	}
+	if c.Queues.BacklogWarning <= 0 || c.Queues.BacklogCritical < c.Queues.BacklogWarning {
+		bad("queues", "need 0 < backlog_warning <= backlog_critical, got %v and %v",
+			c.Queues.BacklogWarning, c.Queues.BacklogCritical)
+	}
+	if c.Tasks.FailureRatio <= 0 || c.Tasks.FailureRatio >= 1 {
+		bad("tasks.failure_ratio", "must be in (0, 1), got %v", c.Tasks.FailureRatio)
+	}
+	if c.Tasks.RuntimeP95Seconds <= 0 {
+		bad("tasks.runtime_p95_seconds", "must be positive, got %v", c.Tasks.RuntimeP95Seconds)
+	}
+	if len(c.Tasks.TimeLimitExceptions) == 0 {
+		bad("tasks.time_limit_exceptions", "must list at least one exception class")
+	}
+	if len(c.Tasks.WorkerLostExceptions) == 0 {
+		bad("tasks.worker_lost_exceptions", "must list at least one exception class")
+	}
+	if c.Events.StaleAfter <= 0 {
+		bad("events.stale_after", "must be a positive duration")
+	}
+	for field, v := range map[string]string{
+		"app.breaker": c.App.Breaker, "app.zep_error_event": c.App.ZepErrorEvent,
+		"app.preference_task": c.App.PreferenceTask, "app.preference_failed_event": c.App.PreferenceFailedEvent,
+	} {
+		if v == "" {
+			bad(field, "must not be empty")
+		}
+	}
+	for _, w := range WindowNames {
+		if c.Windows[w] <= 0 {
+			bad("windows."+w, "must be a positive duration")
+		}
+	}
+	for w := range c.Windows {
+		if !slices.Contains(WindowNames, w) {
+			bad("windows."+w, "unknown window; known: %s", strings.Join(WindowNames, ", "))
+		}
+	}
+	names := AlertNames()
+	for _, a := range names {
+		if _, ok := c.For[a]; !ok {
+			bad("for."+a, "missing (use 0s to fire on the first evaluation)")
+		}
+	}
+	for a, d := range c.For {
+		if !slices.Contains(names, a) {
+			bad("for."+a, "unknown alert; known: %s", strings.Join(names, ", "))
+		} else if d < 0 {
+			bad("for."+a, "must not be negative")
+		}
+	}
+	if c.Kubernetes.PrometheusRuleName == "" {
+		bad("kubernetes.prometheusrule_name", "must not be empty")
+	}
+	if c.Kubernetes.DashboardLabel == "" || c.Kubernetes.DashboardLabelValue == "" {
+		bad("kubernetes.dashboard_label", "label and value must not be empty")
+	}
+	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+	return errors.Join(errs...)
+}
+
+// Duration is a Prometheus-style duration ("90s", "1h30m", "2d"); it renders back in the
+// shortest Prometheus form, so rendered files stay stable.
+type Duration time.Duration
+
+var durationRE = regexp.MustCompile(`^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$`)
+
+var durationUnits = []struct {
+	suffix string
+	d      time.Duration
+}{
+	{"y", 365 * 24 * time.Hour}, {"w", 7 * 24 * time.Hour}, {"d", 24 * time.Hour},
+	{"h", time.Hour}, {"m", time.Minute}, {"s", time.Second}, {"ms", time.Millisecond},
+}
+
+// ParseDuration parses a Prometheus duration; "", "0" and "0s" are zero.
+func ParseDuration(s string) (Duration, error) {
+	if s == "0" || s == "" {
+		return 0, nil
+	}
+	m := durationRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, fmt.Errorf("not a Prometheus duration: %q (e.g. 30s, 5m, 1h30m)", s)
+	}
+	var total time.Duration
+	for i, u := range durationUnits {
+		if m[i+1] == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(m[i+1], 10, 64)
+		if err != nil || n > int64(1<<62)/int64(u.d) {
+			return 0, fmt.Errorf("duration %q out of range", s)
+		}
+		total += time.Duration(n) * u.d
+	}
+	return Duration(total), nil
+}
+
+// String renders the duration the way Prometheus does ("1h30m", "0s").
+func (d Duration) String() string {
+	if d == 0 {
+		return "0s"
+	}
+	var b strings.Builder
+	rest := time.Duration(d)
+	for _, u := range durationUnits {
+		if n := rest / u.d; n > 0 {
+			fmt.Fprintf(&b, "%d%s", n, u.suffix)
+			rest -= n * u.d
+		}
+	}
+	return b.String()
+}
+
+// Seconds is the duration in seconds, for thresholds compared with timestamps.
+func (d Duration) Seconds() float64 { return time.Duration(d).Seconds() }
+
+// UnmarshalYAML accepts a duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: duration: %w", n.Line, err)
+	}
+	v, err := ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = v
+	return nil
+}
+
+// MarshalYAML writes the duration string.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
