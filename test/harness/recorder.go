@@ -525,13 +525,16 @@ func RevokeReason(e Event) string {
 
 var (
 	reprClass = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.]*)\(`)
+	anyCall   = regexp.MustCompile(`([A-Za-z_][A-Za-z0-9_.]*)\(`)
 	tbClass   = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.]*)(:|$)`)
 )
 
 // ExceptionClass is the class name of a task-failed/task-retried exception: the name before "(" in
 // its repr, without the module; "ExceptionWithTraceback()" (hard time limit and lost worker under
 // billiard >= 4.0.1) is resolved from the traceback's last line, e.g.
-// "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)". "" when neither tells.
+// "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)"; a Retry wrapping its cause
+// ("Retry(Retry(...), KeyError('again'), 0)", task-retried on the solo and threads pools) gives
+// the cause. "" when nothing tells.
 func ExceptionClass(exception, traceback string) string {
 	cls := ""
 	if m := reprClass.FindStringSubmatch(strings.TrimSpace(exception)); m != nil {
@@ -550,10 +553,22 @@ func ExceptionClass(exception, traceback string) string {
 			break
 		}
 	}
-	if i := strings.LastIndex(cls, "."); i >= 0 {
-		cls = cls[i+1:]
+	cls = lastDotted(cls)
+	if cls == "Retry" {
+		for _, m := range anyCall.FindAllStringSubmatch(exception, -1) {
+			if c := lastDotted(m[1]); c != "Retry" {
+				return c
+			}
+		}
 	}
 	return cls
+}
+
+func lastDotted(s string) string {
+	if i := strings.LastIndex(s, "."); i >= 0 {
+		return s[i+1:]
+	}
+	return s
 }
 
 // --- a minimal RESP2 client ------------------------------------------------------------------------
