@@ -75,6 +75,13 @@ func CleanupBuilds() {
 // (unless args has one) and waits until /-/healthy answers 200. It is killed in t.Cleanup.
 func StartExporter(t testing.TB, args ...string) *Exporter {
 	t.Helper()
+	return StartExporterEnv(t, nil, args...)
+}
+
+// StartExporterEnv is StartExporter with extra KEY=VALUE environment variables. The test's own
+// CELERY_* variables are never passed on, so a developer's shell cannot change what is tested.
+func StartExporterEnv(t testing.TB, extraEnv []string, args ...string) *Exporter {
+	t.Helper()
 	bin := ExporterBinary(t)
 	e := &Exporter{}
 	listen := ""
@@ -88,13 +95,13 @@ func StartExporter(t testing.TB, args ...string) *Exporter {
 		args = append(args, "--web.listen-address="+listen)
 	}
 	e.Addr, e.URL, e.Args = listen, "http://"+listen, args
-	// The exporter must not pick up a broker or settings from the developer's environment.
 	env := []string{}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "CELERY_") {
 			env = append(env, kv)
 		}
 	}
+	env = append(env, extraEnv...)
 	e.p = startProc(t, "celery_exporter", t.TempDir(), env, bin, args...)
 	deadline := time.Now().Add(15 * time.Second)
 	for {

@@ -74,7 +74,6 @@ type Recorder struct {
 	messages int     // pmessages read, a task.multi list counting once
 	errs     []error // messages that did not decode
 	readErr  error   // why the read loop ended
-	lastAt   time.Time
 }
 
 // RecordRedis starts a recorder on db of a harness redis-server.
@@ -166,7 +165,6 @@ func (r *Recorder) loop(rd *bufio.Reader) {
 		evs, derr := DecodeEventMessage([]byte(payload))
 		r.mu.Lock()
 		r.messages++
-		r.lastAt = now
 		if derr != nil {
 			r.errs = append(r.errs, fmt.Errorf("channel %s: %w", channel, derr))
 		}
