@@ -1,0 +1,485 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/collector/pidbox"
+)
+
+// WorkerDirectory is what the event stream knows about workers.
+type WorkerDirectory interface {
+	// WorkerNames lists the workers the event stream knows: alive = heartbeating now, known = not
+	// yet purged.
+	WorkerNames() (alive, known []string)
+}
+
+// workerSystems is optionally implemented by the WorkerDirectory: the sw_sys ("Linux", "Darwin")
+// of a worker's heartbeats, which decides the unit of rusage.maxrss.
+type workerSystems interface {
+	WorkerSystem(hostname string) (string, bool)
+}
+
+// ControlOptions configure the remote-control source.
+type ControlOptions struct {
+	// Interval between rounds (default 15s).
+	Interval time.Duration
+	// Timeout is the idle timeout between replies, as Celery's inspect --timeout (default 1s).
+	Timeout time.Duration
+	// Deadline bounds a whole round (default 10×Timeout).
+	Deadline time.Duration
+	// EnableEvents also casts enable_events every round, so task events come back after a worker
+	// restart.
+	EnableEvents bool
+	// ControlExchange is Celery's control_exchange setting (default "celery").
+	ControlExchange string
+}
+
+// Bounds on what one round keeps, whatever the workers send.
+const (
+	maxControlReplies       = 30000 // 3 per worker: 10000 workers
+	maxTaskNamesPerWorker   = 2000
+	maxQueuesPerWorker      = 1000
+	controlRoundGracePeriod = 5 * time.Second
+)
+
+// ControlSource asks every worker for ping, active_queues and stats on a timer, as `celery
+// inspect` does, and reports the last round's answers.
+type ControlSource struct {
+	logger  log.Logger
+	client  *pidbox.Client
+	opts    ControlOptions
+	workers WorkerDirectory
+	now     func() time.Time
+
+	mu         sync.RWMutex
+	last       *controlRound
+	hostQueues map[string][]string // queues per worker, kept while the worker is known
+	failing    bool
+}
+
+type controlRound struct {
+	at      time.Time
+	err     error
+	known   []string
+	ping    map[string]bool // hostname -> answered pong
+	queues  map[string][]string
+	stats   map[string]*workerStats
+	allQs   []string
+	replies int
+}
+
+type workerStats struct {
+	maxConcurrency, prefetch, uptime *float64
+	processes                        *int
+	maxRSSKiB, userCPU, systemCPU    *float64
+	total                            map[string]float64
+	rusageDarwin                     bool
+}
+
+// NewControlSource returns the remote-control source. workers may be nil (then every round waits
+// for the idle timeout, and only answering workers are reported).
+func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts ControlOptions, workers WorkerDirectory) *ControlSource {
+	if opts.Interval <= 0 {
+		opts.Interval = 15 * time.Second
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = time.Second
+	}
+	if opts.Deadline <= 0 {
+		opts.Deadline = 10 * opts.Timeout
+	}
+	if opts.ControlExchange == "" {
+		opts.ControlExchange = kombu.DefaultControlExchange
+	}
+	if logger == nil {
+		logger = log.NewNopLogger()
+	}
+	return &ControlSource{
+		logger:     logger,
+		client:     pidbox.New(client, ks, opts.ControlExchange),
+		opts:       opts,
+		workers:    workers,
+		now:        time.Now,
+		hostQueues: map[string][]string{},
+	}
+}
+
+// Name implements Scraper.
+func (c *ControlSource) Name() string { return "control" }
+
+// Run does a round now, then one every Interval, until ctx is done.
+func (c *ControlSource) Run(ctx context.Context) {
+	c.Round(ctx)
+	t := time.NewTicker(c.opts.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.Round(ctx)
+		}
+	}
+}
+
+// Round does one round of broadcasts and keeps its result. Run calls it; tests call it directly.
+func (c *ControlSource) Round(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Deadline+controlRoundGracePeriod)
+	defer cancel()
+	var alive, known []string
+	if c.workers != nil {
+		alive, known = c.workers.WorkerNames()
+	}
+	calls := []pidbox.Call{{Method: "ping"}, {Method: "active_queues"}, {Method: "stats"}}
+	if c.opts.EnableEvents {
+		calls = append(calls, pidbox.Call{Method: "enable_events", Cast: true})
+	}
+	res, err := c.client.Broadcast(ctx, calls, pidbox.Options{
+		Timeout:    c.opts.Timeout,
+		Deadline:   c.opts.Deadline,
+		Expect:     alive,
+		MaxReplies: maxControlReplies,
+	})
+	r := &controlRound{at: c.now(), known: known}
+	if err != nil {
+		r.err = err
+	} else {
+		c.digest(r, res)
+	}
+	c.store(r)
+	if ctx.Err() != nil && err != nil {
+		return err // shutting down: no log
+	}
+	c.logTransition(r)
+	return err
+}
+
+func (c *ControlSource) logTransition(r *controlRound) {
+	c.mu.Lock()
+	was := c.failing
+	c.failing = r.err != nil
+	c.mu.Unlock()
+	switch {
+	case r.err != nil && !was:
+		level.Warn(c.logger).Log("msg", "remote-control round failed", "err", r.err)
+	case r.err == nil && was:
+		level.Info(c.logger).Log("msg", "remote-control rounds work again", "workers", len(r.ping))
+	default:
+		level.Debug(c.logger).Log("msg", "remote-control round", "replies", r.replies, "pong", len(r.ping), "err", r.err)
+	}
+}
+
+func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
+	r.ping = map[string]bool{}
+	r.queues = map[string][]string{}
+	r.stats = map[string]*workerStats{}
+	r.replies = len(res.Replies)
+	sys, _ := c.workers.(workerSystems)
+	seen := map[string]bool{}
+	for _, rep := range res.Replies {
+		switch rep.Method {
+		case "ping":
+			var pong struct {
+				OK string `json:"ok"`
+			}
+			r.ping[rep.Hostname] = json.Unmarshal(rep.Result, &pong) == nil && pong.OK == "pong"
+		case "active_queues":
+			var qs []struct {
+				Name string `json:"name"`
+			}
+			if json.Unmarshal(rep.Result, &qs) != nil {
+				continue // {"error": ...} from a worker that cannot answer
+			}
+			names := make([]string, 0, len(qs))
+			dup := map[string]bool{}
+			for _, q := range qs {
+				if q.Name != "" && !dup[q.Name] && len(names) < maxQueuesPerWorker {
+					dup[q.Name] = true
+					names = append(names, q.Name)
+				}
+			}
+			sort.Strings(names)
+			r.queues[rep.Hostname] = names
+			for _, n := range names {
+				if !seen[n] {
+					seen[n] = true
+					r.allQs = append(r.allQs, n)
+				}
+			}
+		case "stats":
+			st := parseStats(rep.Result)
+			if st == nil {
+				continue
+			}
+			if sys != nil {
+				if s, ok := sys.WorkerSystem(rep.Hostname); ok && strings.EqualFold(s, "Darwin") {
+					st.rusageDarwin = true
+				}
+			}
+			r.stats[rep.Hostname] = st
+		}
+	}
+	sort.Strings(r.allQs)
+}
+
+// parseStats reads the parts of a `stats` reply the metrics use. Every part is optional: pools
+// and platforms differ (rusage is "N/A" where unsupported, threads pools have no processes).
+func parseStats(raw json.RawMessage) *workerStats {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(raw, &top) != nil {
+		return nil
+	}
+	if _, isErr := top["error"]; isErr && len(top) == 1 {
+		return nil
+	}
+	st := &workerStats{}
+	num := func(m map[string]json.RawMessage, k string) *float64 {
+		var f float64
+		if v, ok := m[k]; ok && json.Unmarshal(v, &f) == nil {
+			return &f
+		}
+		return nil
+	}
+	st.uptime = num(top, "uptime")
+	st.prefetch = num(top, "prefetch_count")
+	var pool map[string]json.RawMessage
+	if json.Unmarshal(top["pool"], &pool) == nil && pool != nil {
+		st.maxConcurrency = num(pool, "max-concurrency")
+		var procs []json.RawMessage
+		if v, ok := pool["processes"]; ok && json.Unmarshal(v, &procs) == nil {
+			n := len(procs)
+			st.processes = &n
+		}
+	}
+	var ru map[string]json.RawMessage
+	if json.Unmarshal(top["rusage"], &ru) == nil && ru != nil {
+		st.maxRSSKiB = num(ru, "maxrss")
+		st.userCPU = num(ru, "utime")
+		st.systemCPU = num(ru, "stime")
+	}
+	var total map[string]float64
+	if json.Unmarshal(top["total"], &total) == nil && total != nil {
+		if len(total) > maxTaskNamesPerWorker {
+			names := make([]string, 0, len(total))
+			for n := range total {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			for _, n := range names[maxTaskNamesPerWorker:] {
+				delete(total, n)
+			}
+		}
+		st.total = total
+	}
+	return st
+}
+
+func (c *ControlSource) store(r *controlRound) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.last = r
+	if r.err != nil {
+		return
+	}
+	knownSet := make(map[string]bool, len(r.known))
+	for _, h := range r.known {
+		knownSet[h] = true
+	}
+	// A worker that missed one round keeps its queues while the event stream still knows it, so
+	// its events keep their queue through a slow reply.
+	for h := range c.hostQueues {
+		if _, answered := r.queues[h]; !answered && !knownSet[h] {
+			delete(c.hostQueues, h)
+		}
+	}
+	for h, qs := range r.queues {
+		c.hostQueues[h] = qs
+	}
+}
+
+// SingleQueue returns the queue of a worker that consumes exactly one.
+func (c *ControlSource) SingleQueue(hostname string) (string, bool) {
+	if c == nil {
+		return "", false
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	qs := c.hostQueues[hostname]
+	if len(qs) != 1 {
+		return "", false
+	}
+	return qs[0], true
+}
+
+// Queues lists the queues named in the last round's active_queues replies.
+func (c *ControlSource) Queues() []string {
+	if c == nil {
+		return nil
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.last == nil || c.last.err != nil {
+		return nil
+	}
+	return append([]string(nil), c.last.allQs...)
+}
+
+// QueueUse says who consumes a queue.
+type QueueUse struct {
+	// Workers that named the queue in their active_queues reply.
+	Workers int
+	// Processes is the sum of those workers' pool sizes: the number of pool processes for prefork
+	// and solo (stats.pool.processes, as the Python celery-exporter counts), else the pool's
+	// max-concurrency (threads, gevent, eventlet report no processes).
+	Processes int
+}
+
+// QueueConsumers returns, per queue named in the last round, who consumes it. ok is false when the
+// last round failed or none ran yet: nothing is known then.
+func (c *ControlSource) QueueConsumers() (map[string]QueueUse, bool) {
+	if c == nil {
+		return nil, false
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.last == nil || c.last.err != nil {
+		return nil, false
+	}
+	out := map[string]QueueUse{}
+	for h, qs := range c.last.queues {
+		procs := 0
+		if st := c.last.stats[h]; st != nil {
+			switch {
+			case st.processes != nil:
+				procs = *st.processes
+			case st.maxConcurrency != nil:
+				procs = int(*st.maxConcurrency)
+			}
+		}
+		for _, q := range qs {
+			u := out[q]
+			u.Workers++
+			u.Processes += procs
+			out[q] = u
+		}
+	}
+	return out, true
+}
+
+var (
+	workerQueueInfoDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "queue_info"),
+		"1 for each queue a worker consumes, from its last active_queues reply.", []string{"hostname", "queue_name"}, nil)
+	workerPingOKDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "ping_ok"),
+		"Whether the worker answered the last remote-control ping (0 for a worker the event stream knows that did not: heartbeating but stuck, or gone).",
+		[]string{"hostname"}, nil)
+	workerPoolMaxConcurrencyDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "pool_max_concurrency"),
+		"The worker pool's maximum concurrency (stats.pool.max-concurrency).", []string{"hostname"}, nil)
+	workerPrefetchCountDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "prefetch_count"),
+		"How many messages the worker may hold unacknowledged (stats.prefetch_count).", []string{"hostname"}, nil)
+	workerUptimeDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "uptime_seconds"),
+		"The worker's uptime at the last remote-control round (stats.uptime).", []string{"hostname"}, nil)
+	workerMaxRSSDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "max_rss_bytes"),
+		"Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).", []string{"hostname"}, nil)
+	workerCPUDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "cpu_seconds_total"),
+		"CPU time of the worker's main process (stats.rusage utime/stime; pool children are not included).", []string{"hostname", "mode"}, nil)
+	workerTasksAcceptedDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "tasks_accepted_total"),
+		"Tasks the worker accepted since it started, per task name (stats.total; counts work without task events).", []string{"hostname", "name"}, nil)
+)
+
+// Scrape sends the last round's metrics. It fails when the last round failed.
+func (c *ControlSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) error {
+	c.mu.RLock()
+	r := c.last
+	c.mu.RUnlock()
+	if r == nil {
+		return nil // no round yet: nothing known, nothing wrong
+	}
+	if r.err != nil {
+		return fmt.Errorf("last remote-control round at %s: %w", r.at.UTC().Format(time.RFC3339), r.err)
+	}
+	hosts := map[string]bool{}
+	for _, h := range r.known {
+		hosts[h] = true
+	}
+	for h := range r.ping {
+		hosts[h] = true
+	}
+	for _, h := range sortedStringKeys(hosts) {
+		sendConstGauge(ch, workerPingOKDesc, gaugeBool(r.ping[h]), h)
+	}
+	for _, h := range sortedStringKeys(r.queues) {
+		for _, q := range r.queues[h] {
+			sendConstGauge(ch, workerQueueInfoDesc, 1, h, q)
+		}
+	}
+	for _, h := range sortedStringKeys(r.stats) {
+		st := r.stats[h]
+		if st.maxConcurrency != nil {
+			sendConstGauge(ch, workerPoolMaxConcurrencyDesc, *st.maxConcurrency, h)
+		}
+		if st.prefetch != nil {
+			sendConstGauge(ch, workerPrefetchCountDesc, *st.prefetch, h)
+		}
+		if st.uptime != nil {
+			sendConstGauge(ch, workerUptimeDesc, *st.uptime, h)
+		}
+		if st.maxRSSKiB != nil {
+			// getrusage's ru_maxrss is KiB on Linux and bytes on macOS.
+			rss := *st.maxRSSKiB * 1024
+			if st.rusageDarwin {
+				rss = *st.maxRSSKiB
+			}
+			sendConstGauge(ch, workerMaxRSSDesc, rss, h)
+		}
+		if st.userCPU != nil {
+			sendConstMetric(ch, workerCPUDesc, prometheus.CounterValue, *st.userCPU, h, "user")
+		}
+		if st.systemCPU != nil {
+			sendConstMetric(ch, workerCPUDesc, prometheus.CounterValue, *st.systemCPU, h, "system")
+		}
+		for _, name := range sortedStringKeys(st.total) {
+			sendConstMetric(ch, workerTasksAcceptedDesc, prometheus.CounterValue, st.total[name], h, name)
+		}
+	}
+	return nil
+}
+
+func sendConstGauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	sendConstMetric(ch, d, prometheus.GaugeValue, v, labels...)
+}
+
+// sendConstMetric skips a series Prometheus refuses (invalid UTF-8 in a queue or host name read
+// from Redis) instead of panicking as MustNewConstMetric would.
+func sendConstMetric(ch chan<- prometheus.Metric, d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+	if m, err := prometheus.NewConstMetric(d, t, v, labels...); err == nil {
+		ch <- m
+	}
+}
+
+func gaugeBool(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func sortedStringKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

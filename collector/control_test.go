@@ -1,0 +1,384 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/collector/pidbox/pidboxtest"
+)
+
+// errCapturingCollector lets testutil read a Scraper.
+type errCapturingCollector struct {
+	s   Scraper
+	err error
+}
+
+func (c *errCapturingCollector) Describe(chan<- *prometheus.Desc) {}
+func (c *errCapturingCollector) Collect(ch chan<- prometheus.Metric) {
+	c.err = c.s.Scrape(context.Background(), ch)
+}
+
+type fakeDirectory struct {
+	mu           sync.Mutex
+	alive, known []string
+	systems      map[string]string
+}
+
+func (d *fakeDirectory) WorkerNames() (alive, known []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.alive...), append([]string(nil), d.known...)
+}
+
+func (d *fakeDirectory) WorkerSystem(h string) (string, bool) {
+	s, ok := d.systems[h]
+	return s, ok
+}
+
+func (d *fakeDirectory) set(alive, known []string) {
+	d.mu.Lock()
+	d.alive, d.known = alive, known
+	d.mu.Unlock()
+}
+
+type miniBroker struct {
+	mr  *miniredis.Miniredis
+	rdb *redis.Client
+	ks  kombu.Keyspace
+}
+
+func newMiniBroker(t *testing.T, o kombu.Options) *miniBroker {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), Protocol: 2, DisableIdentity: true})
+	t.Cleanup(func() { rdb.Close() })
+	return &miniBroker{mr: mr, rdb: rdb, ks: kombu.NewKeyspace(&kombu.Broker{Scheme: "redis", Addrs: []string{mr.Addr()}}, o)}
+}
+
+// worker starts a fake worker on its own connection (a pub/sub connection cannot send commands).
+func (b *miniBroker) worker(t *testing.T, hostname string, h pidboxtest.Handler) *pidboxtest.Worker {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: b.mr.Addr(), Protocol: 2, DisableIdentity: true})
+	t.Cleanup(func() { c.Close() })
+	return pidboxtest.Start(t, c, b.ks, "celery", hostname, h)
+}
+
+// replies builds a Handler from JSON replies per method.
+func replies(t *testing.T, byMethod map[string]string) pidboxtest.Handler {
+	return func(method string, _ map[string]any) (any, bool) {
+		raw, ok := byMethod[method]
+		if !ok {
+			return nil, false
+		}
+		var v any
+		if err := json.Unmarshal([]byte(raw), &v); err != nil {
+			t.Errorf("bad test reply for %s: %v", method, err)
+			return nil, false
+		}
+		return v, true
+	}
+}
+
+// The stats reply of a prefork worker, as Celery 5.2.6 sends it (shape of the captured one).
+const preforkStats = `{"total": {"tasks.add": 3, "tasks.boom": 1}, "pid": 13410, "clock": "67", "uptime": 34,
+ "pool": {"max-concurrency": 2, "processes": [13414, 13538], "max-tasks-per-child": "N/A",
+          "put-guarded-by-semaphore": false, "timeouts": [0, 0], "writes": "N/A"},
+ "broker": {"hostname": "127.0.0.1", "port": 6379, "transport": "redis", "virtual_host": "0"},
+ "prefetch_count": 8,
+ "rusage": {"utime": 0.163718, "stime": 0.045023, "maxrss": 45548, "ixrss": 0, "idrss": 0}}`
+
+// A threads pool has no processes; rusage may be "N/A" (platforms without getrusage).
+const threadsStats = `{"total": {}, "pid": 2, "clock": "3", "uptime": 7,
+ "pool": {"max-concurrency": 4, "threads": 1}, "prefetch_count": 16, "rusage": "N/A"}`
+
+const macStats = `{"total": {"tasks.add": 1}, "uptime": 9, "pool": {"max-concurrency": 1, "processes": [5]},
+ "prefetch_count": 4, "rusage": {"utime": 1.5, "stime": 0.5, "maxrss": 1048576}}`
+
+func queuesReply(names ...string) string {
+	qs := make([]map[string]any, len(names))
+	for i, n := range names {
+		qs[i] = map[string]any{"name": n, "exchange": map[string]any{"name": n, "type": "direct"}, "routing_key": n}
+	}
+	b, _ := json.Marshal(qs)
+	return string(b)
+}
+
+func TestControlRoundMetrics(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	pong := `{"ok": "pong"}`
+	b.worker(t, "celery@a", replies(t, map[string]string{"ping": pong, "active_queues": queuesReply("celery", "chat"), "stats": preforkStats}))
+	b.worker(t, "celery@b", replies(t, map[string]string{"ping": pong, "active_queues": queuesReply("chat"), "stats": threadsStats}))
+	b.worker(t, "celery@mac", replies(t, map[string]string{"ping": pong, "active_queues": queuesReply("default"), "stats": macStats}))
+	// Heartbeating but answering nothing (Celery 5.2 after a Redis restart).
+	b.worker(t, "celery@stuck", func(string, map[string]any) (any, bool) { return nil, false })
+	// Answers ping with an error: not a pong.
+	b.worker(t, "celery@odd", replies(t, map[string]string{"ping": `{"error": "KeyError('ping')"}`, "active_queues": `{"error": "x"}`}))
+
+	dir := &fakeDirectory{
+		alive:   []string{"celery@a", "celery@b", "celery@mac", "celery@stuck"},
+		known:   []string{"celery@a", "celery@b", "celery@mac", "celery@stuck", "celery@gone"},
+		systems: map[string]string{"celery@mac": "Darwin", "celery@a": "Linux"},
+	}
+	c := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 300 * time.Millisecond}, dir)
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	want := `
+# HELP celery_worker_cpu_seconds_total CPU time of the worker's main process (stats.rusage utime/stime; pool children are not included).
+# TYPE celery_worker_cpu_seconds_total counter
+celery_worker_cpu_seconds_total{hostname="celery@a",mode="system"} 0.045023
+celery_worker_cpu_seconds_total{hostname="celery@a",mode="user"} 0.163718
+celery_worker_cpu_seconds_total{hostname="celery@mac",mode="system"} 0.5
+celery_worker_cpu_seconds_total{hostname="celery@mac",mode="user"} 1.5
+# HELP celery_worker_max_rss_bytes Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).
+# TYPE celery_worker_max_rss_bytes gauge
+celery_worker_max_rss_bytes{hostname="celery@a"} 4.6641152e+07
+celery_worker_max_rss_bytes{hostname="celery@mac"} 1.048576e+06
+# HELP celery_worker_ping_ok Whether the worker answered the last remote-control ping (0 for a worker the event stream knows that did not: heartbeating but stuck, or gone).
+# TYPE celery_worker_ping_ok gauge
+celery_worker_ping_ok{hostname="celery@a"} 1
+celery_worker_ping_ok{hostname="celery@b"} 1
+celery_worker_ping_ok{hostname="celery@gone"} 0
+celery_worker_ping_ok{hostname="celery@mac"} 1
+celery_worker_ping_ok{hostname="celery@odd"} 0
+celery_worker_ping_ok{hostname="celery@stuck"} 0
+# HELP celery_worker_pool_max_concurrency The worker pool's maximum concurrency (stats.pool.max-concurrency).
+# TYPE celery_worker_pool_max_concurrency gauge
+celery_worker_pool_max_concurrency{hostname="celery@a"} 2
+celery_worker_pool_max_concurrency{hostname="celery@b"} 4
+celery_worker_pool_max_concurrency{hostname="celery@mac"} 1
+# HELP celery_worker_prefetch_count How many messages the worker may hold unacknowledged (stats.prefetch_count).
+# TYPE celery_worker_prefetch_count gauge
+celery_worker_prefetch_count{hostname="celery@a"} 8
+celery_worker_prefetch_count{hostname="celery@b"} 16
+celery_worker_prefetch_count{hostname="celery@mac"} 4
+# HELP celery_worker_queue_info 1 for each queue a worker consumes, from its last active_queues reply.
+# TYPE celery_worker_queue_info gauge
+celery_worker_queue_info{hostname="celery@a",queue_name="celery"} 1
+celery_worker_queue_info{hostname="celery@a",queue_name="chat"} 1
+celery_worker_queue_info{hostname="celery@b",queue_name="chat"} 1
+celery_worker_queue_info{hostname="celery@mac",queue_name="default"} 1
+# HELP celery_worker_tasks_accepted_total Tasks the worker accepted since it started, per task name (stats.total; counts work without task events).
+# TYPE celery_worker_tasks_accepted_total counter
+celery_worker_tasks_accepted_total{hostname="celery@a",name="tasks.add"} 3
+celery_worker_tasks_accepted_total{hostname="celery@a",name="tasks.boom"} 1
+celery_worker_tasks_accepted_total{hostname="celery@mac",name="tasks.add"} 1
+# HELP celery_worker_uptime_seconds The worker's uptime at the last remote-control round (stats.uptime).
+# TYPE celery_worker_uptime_seconds gauge
+celery_worker_uptime_seconds{hostname="celery@a"} 34
+celery_worker_uptime_seconds{hostname="celery@b"} 7
+celery_worker_uptime_seconds{hostname="celery@mac"} 9
+`
+	sc := &errCapturingCollector{s: c}
+	if err := testutil.CollectAndCompare(sc, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	if sc.err != nil {
+		t.Errorf("scrape error: %v", sc.err)
+	}
+
+	if got, want := c.Queues(), []string{"celery", "chat", "default"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Queues() = %q, want %q", got, want)
+	}
+	use, ok := c.QueueConsumers()
+	wantUse := map[string]QueueUse{
+		"celery":  {Workers: 1, Processes: 2},
+		"chat":    {Workers: 2, Processes: 2 + 4},
+		"default": {Workers: 1, Processes: 1},
+	}
+	if !ok || !reflect.DeepEqual(use, wantUse) {
+		t.Errorf("QueueConsumers() = %v, %v, want %v", use, ok, wantUse)
+	}
+	for host, want := range map[string]string{"celery@a": "", "celery@b": "chat", "celery@mac": "default", "celery@stuck": "", "nobody": ""} {
+		got, ok := c.SingleQueue(host)
+		if got != want || ok != (want != "") {
+			t.Errorf("SingleQueue(%s) = %q, %v; want %q", host, got, ok, want)
+		}
+	}
+}
+
+func TestControlRoundEndsWhenAllAliveAnswered(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	b.worker(t, "celery@a", pidboxtest.Pong)
+	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
+	// With a 5s idle timeout, only knowing who is alive ends the round early.
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 5 * time.Second}, dir)
+	start := time.Now()
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("round took %v: it should end when every alive worker answered every call", d)
+	}
+}
+
+func TestControlEnableEventsIsACastEveryRound(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	w := b.worker(t, "celery@a", pidboxtest.Pong)
+	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
+	for _, enable := range []bool{false, true} {
+		c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond, EnableEvents: enable}, dir)
+		before := len(w.Requests())
+		for i := 0; i < 2; i++ {
+			if err := c.Round(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := "ping active_queues stats ping active_queues stats"
+		if enable {
+			want = "ping active_queues stats enable_events(cast) ping active_queues stats enable_events(cast)"
+		}
+		// A round ends when the replies are in; the worker may still be reading the last cast.
+		wantN := len(strings.Fields(want))
+		for deadline := time.Now().Add(3 * time.Second); len(w.Requests())-before < wantN && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		var methods []string
+		for _, r := range w.Requests()[before:] {
+			m := r.Body["method"].(string)
+			if _, hasTicket := r.Body["ticket"]; !hasTicket {
+				m += "(cast)"
+			}
+			methods = append(methods, m)
+		}
+		if got := strings.Join(methods, " "); got != want {
+			t.Errorf("EnableEvents=%v: requests %q, want %q", enable, got, want)
+		}
+	}
+}
+
+func TestControlFailedRound(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	b.worker(t, "celery@a", replies(t, map[string]string{"ping": `{"ok":"pong"}`, "active_queues": queuesReply("chat")}))
+	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond}, dir)
+
+	// Before any round: nothing known, nothing wrong.
+	if n, err := scrapeCount(c); n != 0 || err != nil {
+		t.Errorf("before a round: %d metrics, err %v; want 0, nil", n, err)
+	}
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b.mr.SetError("LOADING Redis is loading the dataset in memory")
+	if err := c.Round(context.Background()); err == nil {
+		t.Fatal("round against a failing server did not fail")
+	}
+	if n, err := scrapeCount(c); n != 0 || err == nil {
+		t.Errorf("after a failed round: %d metrics, err %v; want 0 and an error", n, err)
+	}
+	if q := c.Queues(); q != nil {
+		t.Errorf("Queues() after a failed round = %q, want nil", q)
+	}
+	if _, ok := c.QueueConsumers(); ok {
+		t.Error("QueueConsumers() ok after a failed round")
+	}
+	// The queue of a worker is kept for event attribution through a failed round.
+	if q, ok := c.SingleQueue("celery@a"); q != "chat" || !ok {
+		t.Errorf("SingleQueue after a failed round = %q, %v", q, ok)
+	}
+	b.mr.SetError("")
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := scrapeCount(c); n != 2 || err != nil {
+		t.Errorf("after recovery: %d metrics, err %v; want 2 (ping_ok, queue_info), nil", n, err)
+	}
+}
+
+func TestControlSingleQueueRetention(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	w := b.worker(t, "celery@a", replies(t, map[string]string{"active_queues": queuesReply("chat")}))
+	dir := &fakeDirectory{known: []string{"celery@a"}}
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 150 * time.Millisecond}, dir)
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	w.Stop() // it misses the next rounds
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if q, ok := c.SingleQueue("celery@a"); q != "chat" || !ok {
+		t.Errorf("known worker that missed a round: SingleQueue = %q, %v; want chat", q, ok)
+	}
+	dir.set(nil, nil) // purged by the event stream
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if q, ok := c.SingleQueue("celery@a"); ok {
+		t.Errorf("purged worker: SingleQueue = %q, want none", q)
+	}
+}
+
+func TestControlRunRoundsUntilCancelled(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	w := b.worker(t, "celery@a", pidboxtest.Pong)
+	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Interval: 100 * time.Millisecond, Timeout: time.Second}, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	time.Sleep(450 * time.Millisecond)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	// A round at once, then one per 100ms: 4 or 5 rounds of 3 requests.
+	if n := len(w.Requests()); n < 12 || n > 18 {
+		t.Errorf("worker got %d requests, want 12-18 (4-6 rounds)", n)
+	}
+	if keys := b.mr.Keys(); len(keys) != 0 {
+		t.Errorf("keys left: %q", keys)
+	}
+}
+
+func TestControlBadInput(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	// Invalid UTF-8 names, odd shapes: skipped, never a panic.
+	b.worker(t, "bad\xffhost", replies(t, map[string]string{"ping": `{"ok":"pong"}`, "active_queues": queuesReply("ok")}))
+	b.worker(t, "celery@weird", replies(t, map[string]string{
+		"ping":          `"pong"`,
+		"active_queues": `[{"name": 5}, "x", {"name": "q\u00ff"}]`,
+		"stats":         `{"total": 5, "pool": [], "rusage": {"maxrss": "big"}, "uptime": "long"}`,
+	}))
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond}, nil)
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := scrapeCount(c); err != nil {
+		t.Error(err)
+	}
+	var nilSource *ControlSource
+	if nilSource.Queues() != nil {
+		t.Error("nil source has queues")
+	}
+	if _, ok := nilSource.SingleQueue("x"); ok {
+		t.Error("nil source has a single queue")
+	}
+}
+
+func scrapeCount(s Scraper) (int, error) {
+	ch := make(chan prometheus.Metric, 1000)
+	err := s.Scrape(context.Background(), ch)
+	close(ch)
+	n := 0
+	for range ch {
+		n++
+	}
+	return n, err
+}
