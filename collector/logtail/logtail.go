@@ -1,0 +1,402 @@
+// Package logtail follows log files by glob, by polling, the way `tail -F` would if it had to
+// count every line exactly once.
+//
+// Files are known by device and inode, not by path: a file renamed by rotation is the same file
+// and keeps being drained from the open descriptor (the writer may still be appending to it),
+// while the new file at the old path is a new file read from its start. A file that shrinks, or
+// whose first bytes change, was truncated in place (copytruncate) and is read again from 0. A line
+// is handed on only once its newline arrives; lines over the size limit are skipped and counted.
+// Memory is bounded by MaxFiles × (MaxLineBytes + fingerprint) plus one read buffer.
+package logtail
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+)
+
+// SkipTooLong is the Skipped reason for a line over MaxLineBytes.
+const SkipTooLong = "too_long"
+
+// fingerprintBytes is how much of a file's start is remembered to notice it was rewritten in
+// place (truncated, then written past our offset between two polls).
+const fingerprintBytes = 64
+
+// readChunk is the read buffer size.
+const readChunk = 64 << 10
+
+// FileID identifies a file independently of its name.
+type FileID struct {
+	Dev, Ino uint64
+	// Path is used instead where the platform has no inode numbers.
+	Path string
+}
+
+// Position is where reading of a file stopped, to resume there after a reload.
+type Position struct {
+	Offset   int64
+	Skipping bool // inside an over-long line: discard up to the next newline
+}
+
+// Sink receives what the tailer reads. Its methods are called from one goroutine at a time.
+type Sink interface {
+	// Line is one complete line without its newline (and without a trailing \r). data is only
+	// valid during the call.
+	Line(id FileID, data []byte)
+	// Skipped counts a line that was not handed on.
+	Skipped(reason string)
+	// Forget says the file is no longer read (or restarts at 0): drop state kept for it.
+	Forget(id FileID)
+}
+
+// Options configure a Tailer.
+type Options struct {
+	Globs         []string
+	FromBeginning bool // read files that exist at the first scan from 0, not from their end
+	MaxLineBytes  int
+	PollInterval  time.Duration
+	// MaxFiles bounds how many files are open at once; default 1024.
+	MaxFiles int
+	// Resume gives start offsets for files known from a previous Tailer (a reload).
+	Resume map[FileID]Position
+}
+
+// Tailer follows the files matching Options.Globs.
+type Tailer struct {
+	opts   Options
+	sink   Sink
+	logger log.Logger
+	now    func() time.Time
+
+	mu       sync.Mutex // guards files between Poll and Stop
+	files    map[FileID]*file
+	watched  atomic.Int64 // len(files), readable while a long Poll holds mu
+	initial  bool
+	warnedAt int // file count at which "too many files" was last logged
+	buf      []byte
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+type file struct {
+	id         FileID
+	path       string
+	f          *os.File
+	offset     int64
+	partial    []byte
+	skipping   bool
+	fp         []byte
+	matched    bool
+	lastChange time.Time
+}
+
+// New returns a Tailer; nothing is read before Start or Poll.
+func New(opts Options, sink Sink, logger log.Logger) *Tailer {
+	if logger == nil {
+		logger = log.NewNopLogger()
+	}
+	if opts.MaxFiles <= 0 {
+		opts.MaxFiles = 1024
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = time.Second
+	}
+	if opts.MaxLineBytes <= 0 {
+		opts.MaxLineBytes = 256 << 10
+	}
+	return &Tailer{
+		opts: opts, sink: sink, logger: logger, now: time.Now,
+		files: map[FileID]*file{}, initial: true, buf: make([]byte, readChunk),
+	}
+}
+
+// Start polls in the background until Stop.
+func (t *Tailer) Start() {
+	t.stop = make(chan struct{})
+	t.done = make(chan struct{})
+	go func() {
+		defer close(t.done)
+		tick := time.NewTicker(t.opts.PollInterval)
+		defer tick.Stop()
+		for {
+			t.Poll()
+			select {
+			case <-t.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+// Stop ends the background polling, closes every file and returns where each was left, for
+// Options.Resume of the next Tailer.
+func (t *Tailer) Stop() map[FileID]Position {
+	if t.stop != nil {
+		close(t.stop)
+		<-t.done
+		t.stop = nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pos := make(map[FileID]Position, len(t.files))
+	for id, f := range t.files {
+		// An incomplete last line is read again by the next Tailer.
+		pos[id] = Position{Offset: f.offset - int64(len(f.partial)), Skipping: f.skipping}
+		f.f.Close()
+		delete(t.files, id)
+	}
+	t.watched.Store(0)
+	return pos
+}
+
+// Watched is the number of files open.
+func (t *Tailer) Watched() int { return int(t.watched.Load()) }
+
+// grace is how long a file that no longer matches the globs (rotated away, deleted) is kept
+// open after it last grew: the writer may not have reopened its log yet.
+func (t *Tailer) grace() time.Duration {
+	g := 5 * t.opts.PollInterval
+	if g < time.Second {
+		g = time.Second
+	}
+	return g
+}
+
+// Poll does one pass: find files, read what is new, drop what is gone. Start calls it on every
+// tick; tests call it directly.
+func (t *Tailer) Poll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	for _, f := range t.files {
+		f.matched = false
+	}
+	for _, path := range t.glob() {
+		t.track(path, now)
+	}
+	t.initial = false
+
+	ids := make([]FileID, 0, len(t.files))
+	for id := range t.files {
+		ids = append(ids, id)
+	}
+	// Deterministic order: rotated files (unmatched) first, so an old file's tail is read
+	// before the new file's head.
+	sort.Slice(ids, func(i, j int) bool {
+		a, b := t.files[ids[i]], t.files[ids[j]]
+		if a.matched != b.matched {
+			return !a.matched
+		}
+		return a.path < b.path
+	})
+	for _, id := range ids {
+		f := t.files[id]
+		t.read(f, now)
+		if !f.matched && now.Sub(f.lastChange) >= t.grace() {
+			t.close(f)
+		}
+	}
+	t.watched.Store(int64(len(t.files)))
+}
+
+func (t *Tailer) glob() []string {
+	seen := map[string]bool{}
+	var paths []string
+	for _, g := range t.opts.Globs {
+		m, err := filepath.Glob(g)
+		if err != nil {
+			continue // validated by the config package; a bad pattern matches nothing
+		}
+		for _, p := range m {
+			if !seen[p] {
+				seen[p] = true
+				paths = append(paths, p)
+			}
+		}
+	}
+	sort.Strings(paths)
+	return paths
+}
+
+// track opens a newly matched file, or marks a known one as still matched (maybe under a new name).
+func (t *Tailer) track(path string, now time.Time) {
+	fi, err := os.Stat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return
+	}
+	if f := t.files[fileID(path, fi)]; f != nil {
+		f.matched, f.path = true, path
+		return
+	}
+	if len(t.files) >= t.opts.MaxFiles {
+		if t.warnedAt != len(t.files) {
+			t.warnedAt = len(t.files)
+			level.Warn(t.logger).Log("msg", "too many log files, not following more", "max", t.opts.MaxFiles, "path", path)
+		}
+		return
+	}
+	fh, err := os.Open(path)
+	if err != nil {
+		level.Warn(t.logger).Log("msg", "cannot open log file", "path", path, "err", err)
+		return
+	}
+	// The path may have been replaced between Stat and Open: identify what was opened.
+	fi, err = fh.Stat()
+	if err != nil {
+		fh.Close()
+		return
+	}
+	id := fileID(path, fi)
+	if f := t.files[id]; f != nil {
+		fh.Close()
+		f.matched, f.path = true, path
+		return
+	}
+	f := &file{id: id, path: path, f: fh, matched: true, lastChange: now}
+	switch pos, ok := t.opts.Resume[id]; {
+	case ok && pos.Offset <= fi.Size():
+		f.offset, f.skipping = pos.Offset, pos.Skipping
+	case t.initial && !t.opts.FromBeginning:
+		// Existing history is not replayed: its events happened before we were watching.
+		f.offset = fi.Size()
+	}
+	f.fp = t.fingerprint(f, fi.Size())
+	t.files[id] = f
+	level.Debug(t.logger).Log("msg", "following log file", "path", path, "offset", f.offset)
+}
+
+// fingerprint reads the first bytes of the file, up to what has been read (or exists).
+func (t *Tailer) fingerprint(f *file, upTo int64) []byte {
+	n := min(int64(fingerprintBytes), upTo)
+	if n <= 0 {
+		return nil
+	}
+	b := make([]byte, n)
+	m, _ := f.f.ReadAt(b, 0)
+	return b[:m]
+}
+
+// rewritten reports whether the file was truncated in place, even if it has since grown past
+// our offset.
+func (t *Tailer) rewritten(f *file, size int64) bool {
+	if size < f.offset {
+		return true
+	}
+	if len(f.fp) == 0 {
+		return false
+	}
+	b := make([]byte, len(f.fp))
+	m, _ := f.f.ReadAt(b, 0)
+	return !bytes.Equal(b[:m], f.fp)
+}
+
+func (t *Tailer) read(f *file, now time.Time) {
+	fi, err := f.f.Stat()
+	if err != nil {
+		return
+	}
+	size := fi.Size()
+	if t.rewritten(f, size) {
+		level.Info(t.logger).Log("msg", "log file truncated, reading it from the start", "path", f.path)
+		f.offset, f.partial, f.skipping, f.fp = 0, nil, false, nil
+		t.sink.Forget(f.id)
+		f.lastChange = now
+	}
+	for f.offset < size {
+		want := min(int64(len(t.buf)), size-f.offset)
+		n, err := f.f.ReadAt(t.buf[:want], f.offset)
+		if n > 0 {
+			f.offset += int64(n)
+			f.lastChange = now
+			t.consume(f, t.buf[:n])
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				level.Warn(t.logger).Log("msg", "cannot read log file", "path", f.path, "err", err)
+			}
+			break
+		}
+	}
+	if len(f.fp) < fingerprintBytes && f.offset > int64(len(f.fp)) {
+		f.fp = t.fingerprint(f, f.offset)
+	}
+}
+
+// consume splits data into lines, joining with the partial line kept from earlier reads.
+func (t *Tailer) consume(f *file, data []byte) {
+	limit := t.opts.MaxLineBytes
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			if f.skipping {
+				return
+			}
+			if len(f.partial)+len(data) > limit {
+				t.skip(f)
+				return
+			}
+			f.partial = append(f.partial, data...)
+			return
+		}
+		seg := data[:i]
+		data = data[i+1:]
+		if f.skipping {
+			f.skipping = false
+			continue
+		}
+		line := seg
+		if len(f.partial) > 0 {
+			if len(f.partial)+len(seg) > limit {
+				t.skip(f)
+				f.skipping = false
+				continue
+			}
+			f.partial = append(f.partial, seg...)
+			line = f.partial
+		} else if len(seg) > limit {
+			t.sink.Skipped(SkipTooLong)
+			continue
+		}
+		t.emit(f, line)
+		f.partial = f.partial[:0]
+		if cap(f.partial) > readChunk {
+			f.partial = nil // do not keep a long line's buffer for every file
+		}
+	}
+}
+
+// skip drops the line being assembled and discards the rest of it.
+func (t *Tailer) skip(f *file) {
+	t.sink.Skipped(SkipTooLong)
+	f.partial, f.skipping = nil, true
+}
+
+func (t *Tailer) emit(f *file, line []byte) {
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	t.sink.Line(f.id, line)
+}
+
+// close stops following a file that is gone; its unterminated last line will never be completed
+// and is handed on as it is.
+func (t *Tailer) close(f *file) {
+	if len(f.partial) > 0 && !f.skipping {
+		t.emit(f, f.partial)
+	}
+	f.f.Close()
+	delete(t.files, f.id)
+	t.sink.Forget(f.id)
+	level.Debug(t.logger).Log("msg", "stopped following log file", "path", f.path)
+}
