@@ -120,15 +120,16 @@ func (c *Config) exporterAlerts() []alert {
 		name: "CeleryExporterDown", severity: "critical",
 		expr:    "up" + c.sel() + " == 0\nor\nabsent(up" + c.sel() + ")",
 		summary: "The Celery exporter is down or not scraped.",
-		descr: "Prometheus cannot scrape the Celery exporter {{ $labels.instance }} (job {{ $labels.job }}): " +
-			"the target is down or absent from service discovery. Every other Celery alert is blind until it is back.",
+		descr: "Prometheus cannot scrape the Celery exporter of job {{ $labels.job }}" +
+			"{{ with $labels.instance }} at {{ . }}{{ end }}: the target is down or absent from service discovery. " +
+			"Every other Celery alert is blind until it is back.",
 		dash: DashSuccess,
 	}, {
 		name: "CeleryBrokerUnreachable", severity: "critical",
 		expr:    "max by (job) (celery_up" + c.sel() + ") == 0",
 		summary: "The Celery broker (Redis) does not answer the exporter.",
 		descr: "No exporter of job {{ $labels.job }} could read the Redis broker for " + c.forText("CeleryBrokerUnreachable") +
-			" (celery_up is {{ $value }}): workers cannot receive tasks and producers cannot send them.",
+			": workers cannot receive tasks and producers cannot send them.",
 		dash: DashWorkers,
 	}, {
 		name: "CeleryEventsStale", severity: "warning",
