@@ -120,8 +120,12 @@ func New(opts Options, sink Sink, logger log.Logger) *Tailer {
 	}
 }
 
-// Start polls in the background until Stop.
+// Start finds the files that exist now (so that what is created after Start returns is read from
+// its first byte), then polls in the background until Stop.
 func (t *Tailer) Start() {
+	t.mu.Lock()
+	t.scan(t.now())
+	t.mu.Unlock()
 	t.stop = make(chan struct{})
 	t.done = make(chan struct{})
 	go func() {
@@ -140,7 +144,8 @@ func (t *Tailer) Start() {
 }
 
 // Stop ends the background polling, closes every file and returns where each was left, for
-// Options.Resume of the next Tailer.
+// Options.Resume of the next Tailer. Files created since the last poll are included (at offset
+// 0), so a reload loses none.
 func (t *Tailer) Stop() map[FileID]Position {
 	if t.stop != nil {
 		close(t.stop)
@@ -149,6 +154,7 @@ func (t *Tailer) Stop() map[FileID]Position {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.scan(t.now())
 	pos := make(map[FileID]Position, len(t.files))
 	for id, f := range t.files {
 		// An incomplete last line is read again by the next Tailer.
@@ -179,13 +185,7 @@ func (t *Tailer) Poll() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
-	for _, f := range t.files {
-		f.matched = false
-	}
-	for _, path := range t.glob() {
-		t.track(path, now)
-	}
-	t.initial = false
+	t.scan(now)
 
 	ids := make([]FileID, 0, len(t.files))
 	for id := range t.files {
@@ -207,6 +207,18 @@ func (t *Tailer) Poll() {
 			t.close(f)
 		}
 	}
+	t.watched.Store(int64(len(t.files)))
+}
+
+// scan matches the globs: new files are opened, known ones marked as still matched.
+func (t *Tailer) scan(now time.Time) {
+	for _, f := range t.files {
+		f.matched = false
+	}
+	for _, path := range t.glob() {
+		t.track(path, now)
+	}
+	t.initial = false
 	t.watched.Store(int64(len(t.files)))
 }
 

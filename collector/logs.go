@@ -1,0 +1,377 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/go-kit/log"
+	"github.com/go-logfmt/logfmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fastjson"
+
+	"github.com/celery-exporter/celery_exporter/collector/config"
+	"github.com/celery-exporter/celery_exporter/collector/logtail"
+)
+
+// Normalized levels: every line is counted under one of these.
+var logLevels = []string{"debug", "info", "warning", "error", "critical", "unknown"}
+
+// Reasons for celery_log_lines_skipped_total.
+const (
+	skipTooLong   = logtail.SkipTooLong // a line (or a joined Docker message) over max_line_bytes
+	skipMalformed = "malformed"         // a docker-json line that is not Docker's JSON wrapper
+)
+
+var logFilesWatchedDesc = prometheus.NewDesc(
+	prometheus.BuildFQName(Namespace, "log", "files_watched"),
+	"Log files currently followed.",
+	nil, nil,
+)
+
+// LogScraper counts lines and named events in application log files, followed in the background.
+type LogScraper struct {
+	logger  log.Logger
+	events  *prometheus.CounterVec
+	lines   *prometheus.CounterVec
+	skipped *prometheus.CounterVec
+
+	mu      sync.Mutex
+	sources []*logSource
+}
+
+type logSource struct {
+	cfg    config.LogSource
+	tailer *logtail.Tailer
+}
+
+// NewLogScraper returns a scraper following nothing until ApplyConfig.
+func NewLogScraper(logger log.Logger) *LogScraper {
+	if logger == nil {
+		logger = log.NewNopLogger()
+	}
+	s := &LogScraper{
+		logger: logger,
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "log", Name: "events_total",
+			Help: "Log lines carrying one of the configured event names, by event and normalized level.",
+		}, []string{"event", "level"}),
+		lines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "log", Name: "lines_total",
+			Help: "Log lines read, by normalized level (debug, info, warning, error, critical, unknown).",
+		}, []string{"level"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "log", Name: "lines_skipped_total",
+			Help: "Log lines not counted, by reason (too_long: over max_line_bytes; malformed: not Docker's JSON wrapper).",
+		}, []string{"reason"}),
+	}
+	for _, l := range logLevels {
+		s.lines.WithLabelValues(l)
+	}
+	s.skipped.WithLabelValues(skipTooLong)
+	s.skipped.WithLabelValues(skipMalformed)
+	return s
+}
+
+// Name implements Scraper.
+func (s *LogScraper) Name() string { return "logs" }
+
+// ApplyConfig follows cfg's log sources. Sources whose settings did not change keep running;
+// the others are restarted where they stopped (no line is read twice, counts are kept).
+func (s *LogScraper) ApplyConfig(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	wanted := make([]bool, len(cfg.Logs)) // cfg.Logs[i] is served by a running source
+	resume := map[logtail.FileID]logtail.Position{}
+	var next []*logSource
+	for _, src := range s.sources {
+		kept := false
+		for i, c := range cfg.Logs {
+			if !wanted[i] && reflect.DeepEqual(src.cfg, c) {
+				wanted[i], kept = true, true
+				next = append(next, src)
+				break
+			}
+		}
+		if !kept {
+			for id, p := range src.tailer.Stop() {
+				resume[id] = p
+			}
+		}
+	}
+	for i, c := range cfg.Logs {
+		// Zero series for every configured event, so the first occurrence is an increase.
+		for _, e := range c.Events {
+			for _, l := range logLevels {
+				s.events.WithLabelValues(e, l)
+			}
+		}
+		if wanted[i] {
+			continue
+		}
+		p := newLogParser(c, s)
+		t := logtail.New(logtail.Options{
+			Globs:         c.Paths,
+			FromBeginning: c.FromBeginning,
+			MaxLineBytes:  c.MaxLineBytes,
+			PollInterval:  c.PollInterval,
+			Resume:        resume,
+		}, p, log.With(s.logger, "source", "logs"))
+		t.Start()
+		next = append(next, &logSource{cfg: c, tailer: t})
+	}
+	s.sources = next
+	return nil
+}
+
+// Close stops following every file.
+func (s *LogScraper) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, src := range s.sources {
+		src.tailer.Stop()
+	}
+	s.sources = nil
+}
+
+// Scrape implements Scraper; the counting happens in the background, so it never fails.
+func (s *LogScraper) Scrape(_ context.Context, ch chan<- prometheus.Metric) error {
+	s.mu.Lock()
+	watched := 0
+	for _, src := range s.sources {
+		watched += src.tailer.Watched()
+	}
+	s.mu.Unlock()
+	s.events.Collect(ch)
+	s.lines.Collect(ch)
+	s.skipped.Collect(ch)
+	ch <- prometheus.MustNewConstMetric(logFilesWatchedDesc, prometheus.GaugeValue, float64(watched))
+	return nil
+}
+
+// logParser turns lines into counts for one source. The tailer calls it from one goroutine.
+type logParser struct {
+	cfg     config.LogSource
+	events  map[string]bool
+	scraper *LogScraper
+
+	// Docker's json-file driver splits messages over 16 KiB into several records; the parts are
+	// joined per file until the one ending in a newline.
+	partial  map[logtail.FileID][]byte
+	skipping map[logtail.FileID]bool
+
+	wrapper, inner fastjson.Parser
+}
+
+func newLogParser(cfg config.LogSource, s *LogScraper) *logParser {
+	p := &logParser{
+		cfg: cfg, scraper: s, events: map[string]bool{},
+		partial: map[logtail.FileID][]byte{}, skipping: map[logtail.FileID]bool{},
+	}
+	for _, e := range cfg.Events {
+		p.events[e] = true
+	}
+	return p
+}
+
+// Skipped implements logtail.Sink.
+func (p *logParser) Skipped(reason string) { p.scraper.skipped.WithLabelValues(reason).Inc() }
+
+// Forget implements logtail.Sink.
+func (p *logParser) Forget(id logtail.FileID) {
+	delete(p.partial, id)
+	delete(p.skipping, id)
+}
+
+// Line implements logtail.Sink.
+func (p *logParser) Line(id logtail.FileID, data []byte) {
+	switch p.cfg.Format {
+	case config.LogFormatDockerJSON:
+		p.docker(id, data)
+	case config.LogFormatLogfmt:
+		p.logfmtLine(data)
+	case config.LogFormatText:
+		p.textLine(data)
+	default:
+		p.jsonLine(data)
+	}
+}
+
+func (p *logParser) count(event, level string) {
+	p.scraper.lines.WithLabelValues(level).Inc()
+	if event != "" {
+		p.scraper.events.WithLabelValues(event, level).Inc()
+	}
+}
+
+func (p *logParser) docker(id logtail.FileID, data []byte) {
+	v, err := p.wrapper.ParseBytes(data)
+	if err != nil || v.Type() != fastjson.TypeObject {
+		p.Skipped(skipMalformed)
+		return
+	}
+	lv := v.Get("log")
+	if lv == nil || lv.Type() != fastjson.TypeString {
+		p.Skipped(skipMalformed)
+		return
+	}
+	msg, _ := lv.StringBytes()
+	complete := bytes.HasSuffix(msg, []byte("\n"))
+	msg = bytes.TrimSuffix(msg, []byte("\n"))
+	if p.skipping[id] {
+		if complete {
+			delete(p.skipping, id)
+		}
+		return
+	}
+	buf, joining := p.partial[id]
+	if len(buf)+len(msg) > p.cfg.MaxLineBytes {
+		p.Skipped(skipTooLong)
+		delete(p.partial, id)
+		if !complete {
+			p.skipping[id] = true
+		}
+		return
+	}
+	if !complete {
+		p.partial[id] = append(buf, msg...)
+		return
+	}
+	if joining {
+		msg = append(buf, msg...)
+		delete(p.partial, id)
+	}
+	p.jsonLine(bytes.TrimSuffix(msg, []byte("\r")))
+}
+
+// jsonLine counts a JSON object line by its event and level fields; anything else is read as text
+// (a worker's stdout mixes the app's JSON logs with Celery's own text lines and stray prints).
+func (p *logParser) jsonLine(line []byte) {
+	trimmed := bytes.TrimSpace(line)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		p.textLine(line)
+		return
+	}
+	v, err := p.inner.ParseBytes(trimmed)
+	if err != nil || v.Type() != fastjson.TypeObject {
+		p.textLine(line)
+		return
+	}
+	event := ""
+	if ev := v.Get(p.cfg.EventField); ev != nil && ev.Type() == fastjson.TypeString {
+		b, _ := ev.StringBytes()
+		if p.events[string(b)] {
+			event = string(b)
+		}
+	}
+	level := "unknown"
+	if lv := v.Get(p.cfg.LevelField); lv != nil {
+		switch lv.Type() {
+		case fastjson.TypeString:
+			b, _ := lv.StringBytes()
+			level = normalizeLevel(string(b))
+		case fastjson.TypeNumber:
+			f, _ := lv.Float64()
+			level = normalizeLevel(strconv.FormatFloat(f, 'f', -1, 64))
+		}
+	}
+	p.count(event, level)
+}
+
+func (p *logParser) logfmtLine(line []byte) {
+	dec := logfmt.NewDecoder(bytes.NewReader(line))
+	event, level := "", ""
+	found := false
+	for dec.ScanRecord() {
+		for dec.ScanKeyval() {
+			switch string(dec.Key()) {
+			case p.cfg.EventField:
+				found = true
+				if v := string(dec.Value()); p.events[v] {
+					event = v
+				}
+			case p.cfg.LevelField:
+				found = true
+				level = normalizeLevel(string(dec.Value()))
+			}
+		}
+	}
+	if dec.Err() != nil || !found {
+		p.textLine(line)
+		return
+	}
+	if level == "" {
+		level = "unknown"
+	}
+	p.count(event, level)
+}
+
+// textLine matches the configured event names as substrings (the first listed that occurs wins)
+// and takes the level from the first upper-case level word (ERROR, WARNING...).
+func (p *logParser) textLine(line []byte) {
+	event := ""
+	for _, e := range p.cfg.Events {
+		if bytes.Contains(line, []byte(e)) {
+			event = e
+			break
+		}
+	}
+	p.count(event, textLevel(line))
+}
+
+var textLevelWords = map[string]string{
+	"DEBUG": "debug", "TRACE": "debug",
+	"INFO": "info", "NOTICE": "info",
+	"WARNING": "warning", "WARN": "warning",
+	"ERROR": "error", "ERR": "error",
+	"CRITICAL": "critical", "FATAL": "critical", "PANIC": "critical", "EMERGENCY": "critical", "ALERT": "critical",
+}
+
+// textLevel finds the first word made only of upper-case letters that names a level, e.g. in
+// Celery's "[2025-01-01 10:00:00,000: ERROR/ForkPoolWorker-1] ..." or Python's "ERROR:app:...".
+func textLevel(line []byte) string {
+	for i := 0; i < len(line); {
+		if line[i] < 'A' || line[i] > 'Z' {
+			i++
+			continue
+		}
+		j := i
+		for j < len(line) && line[j] >= 'A' && line[j] <= 'Z' {
+			j++
+		}
+		// A word, not the capitals at the start of "Errors" or inside "xERRORx".
+		letterBefore := i > 0 && isLetter(line[i-1])
+		letterAfter := j < len(line) && isLetter(line[j])
+		if !letterBefore && !letterAfter && j-i <= len("EMERGENCY") {
+			if l, ok := textLevelWords[string(line[i:j])]; ok {
+				return l
+			}
+		}
+		i = j
+	}
+	return "unknown"
+}
+
+func isLetter(c byte) bool { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') }
+
+// normalizeLevel maps the level spellings of common loggers (Python logging and its numbers,
+// structlog, zap, logrus, go-kit, syslog) to the six label values.
+func normalizeLevel(s string) string {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "debug", "trace", "dbug", "10", "5":
+		return "debug"
+	case "info", "information", "informational", "notice", "20":
+		return "info"
+	case "warning", "warn", "30":
+		return "warning"
+	case "error", "err", "eror", "40", "exception":
+		return "error"
+	case "critical", "crit", "fatal", "panic", "dpanic", "emerg", "emergency", "alert", "50":
+		return "critical"
+	default:
+		return "unknown"
+	}
+}
