@@ -1,0 +1,474 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/celery-exporter/celery_exporter/collector/clock"
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+)
+
+type sentMap map[string]time.Time
+
+func (m sentMap) TaskSentAt(id string) (time.Time, bool) { t, ok := m[id]; return t, ok }
+
+type staticLister []string
+
+func (l staticLister) Queues() []string { return l }
+
+// consumersLister is a QueueLister that also knows consumers, as the ControlSource does.
+type consumersLister struct {
+	queues []string
+	use    map[string]QueueUse
+	ok     bool
+}
+
+func (l consumersLister) Queues() []string                            { return l.queues }
+func (l consumersLister) QueueConsumers() (map[string]QueueUse, bool) { return l.use, l.ok }
+
+// taskMessage is a queued task message of protocol 2 (the id in the headers).
+func taskMessage(t *testing.T, id string) string {
+	t.Helper()
+	m, err := kombu.NewMessage([]byte(`[[], {}, {}]`), "", "celery", map[string]any{"id": id, "task": "tasks.add", "lang": "py"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(m)
+}
+
+func unackedEntry(t *testing.T, exchange, routingKey string) string {
+	t.Helper()
+	b, _ := json.Marshal([]any{json.RawMessage(taskMessage(t, "u")), exchange, routingKey})
+	return string(b)
+}
+
+func collectText(t *testing.T, s Scraper, names ...string) (string, error) {
+	t.Helper()
+	c := &errCapturingCollector{s: s}
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	var b strings.Builder
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	for _, mf := range got {
+		if len(want) > 0 && !want[mf.GetName()] {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			fmt.Fprintf(&b, "%s{%s} %g\n", mf.GetName(), strings.Join(labels, ","), v)
+		}
+	}
+	lines := strings.SplitAfter(b.String(), "\n")
+	sort.Strings(lines)
+	return strings.Join(lines, ""), c.err
+}
+
+func TestBrokerQueueLengths(t *testing.T) {
+	custom := kombu.DefaultOptions()
+	custom.GlobalKeyPrefix = "pfx:"
+	custom.Sep = ":"
+	custom.PrioritySteps = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}
+	tests := []struct {
+		name string
+		opts kombu.Options
+		// pushes: key (without prefix) -> messages
+		pushes map[string]int
+		want   string
+	}{
+		{
+			name: "kombu defaults", opts: kombu.DefaultOptions(),
+			pushes: map[string]int{"celery": 2, "celery\x06\x163": 1, "celery\x06\x169": 4, "chat": 1},
+			want: `celery_queue_length{queue_name="celery"} 7
+celery_queue_length{queue_name="chat"} 1
+celery_queue_length{queue_name="dlq"} 0
+celery_queue_length{queue_name="gone"} 0
+celery_queue_priority_length{priority="0",queue_name="celery"} 2
+celery_queue_priority_length{priority="0",queue_name="chat"} 1
+celery_queue_priority_length{priority="0",queue_name="dlq"} 0
+celery_queue_priority_length{priority="0",queue_name="gone"} 0
+celery_queue_priority_length{priority="3",queue_name="celery"} 1
+celery_queue_priority_length{priority="3",queue_name="chat"} 0
+celery_queue_priority_length{priority="3",queue_name="dlq"} 0
+celery_queue_priority_length{priority="3",queue_name="gone"} 0
+celery_queue_priority_length{priority="6",queue_name="celery"} 0
+celery_queue_priority_length{priority="6",queue_name="chat"} 0
+celery_queue_priority_length{priority="6",queue_name="dlq"} 0
+celery_queue_priority_length{priority="6",queue_name="gone"} 0
+celery_queue_priority_length{priority="9",queue_name="celery"} 4
+celery_queue_priority_length{priority="9",queue_name="chat"} 0
+celery_queue_priority_length{priority="9",queue_name="dlq"} 0
+celery_queue_priority_length{priority="9",queue_name="gone"} 0
+celery_up{} 1
+`,
+		},
+		{
+			name: "global_keyprefix, sep and ten steps", opts: custom,
+			pushes: map[string]int{"celery": 1, "celery:5": 3, "celery:9": 2},
+			want: `celery_queue_length{queue_name="celery"} 6
+celery_queue_length{queue_name="chat"} 0
+celery_queue_length{queue_name="dlq"} 0
+celery_queue_length{queue_name="gone"} 0
+celery_up{} 1
+`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newMiniBroker(t, tt.opts)
+			p := tt.opts.GlobalKeyPrefix
+			sep := tt.opts.Sep
+			for key, n := range tt.pushes {
+				for i := 0; i < n; i++ {
+					b.mr.Lpush(p+key, taskMessage(t, fmt.Sprintf("%s-%d", key, i)))
+				}
+			}
+			// Bindings as workers and clients leave them: task queues, plus the event and pidbox
+			// exchanges whose "queues" are subscribers and reply lists.
+			b.mr.SetAdd(p+"_kombu.binding.celery", "celery"+sep+sep+"celery")
+			b.mr.SetAdd(p+"_kombu.binding.chat", "chat"+sep+sep+"chat")
+			b.mr.SetAdd(p+"_kombu.binding.gone", "gone"+sep+sep+"gone")
+			b.mr.SetAdd(p+"_kombu.binding.celeryev", "worker.#"+sep+sep+"celeryev.5f1d")
+			b.mr.SetAdd(p+"_kombu.binding.celery.pidbox", sep+sep+"w1@h.celery.pidbox")
+			b.mr.SetAdd(p+"_kombu.binding.reply.celery.pidbox", "oid"+sep+sep+"oid.reply.celery.pidbox")
+			// Another app's keys in the same DB do not matter.
+			b.mr.Set(p+"session:1", "x")
+
+			s := NewBrokerScraper(log.NewNopLogger(), b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"dlq"}}, nil, nil)
+			names := []string{"celery_queue_length", "celery_queue_priority_length", "celery_up"}
+			if len(tt.opts.PrioritySteps) > 4 {
+				names = names[:1]
+				names = append(names, "celery_up")
+			}
+			got, err := collectText(t, s, names...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBrokerCustomStepsPerPriority(t *testing.T) {
+	o := kombu.DefaultOptions()
+	o.PrioritySteps = []int{0, 5}
+	b := newMiniBroker(t, o)
+	b.mr.Lpush("q", taskMessage(t, "a"))
+	b.mr.Lpush("q\x06\x165", taskMessage(t, "b"))
+	b.mr.Lpush("q\x06\x165", taskMessage(t, "c"))
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"q"}}, nil, nil)
+	got, err := collectText(t, s, "celery_queue_priority_length")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `celery_queue_priority_length{priority="0",queue_name="q"} 1
+celery_queue_priority_length{priority="5",queue_name="q"} 2
+`
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestBrokerUnacked(t *testing.T) {
+	tests := []struct {
+		name  string
+		limit int
+		want  string
+	}{
+		{name: "whole hash", limit: 1000, want: `celery_broker_unacked_messages{} 6
+celery_exporter_unacked_scan_truncated{} 0
+celery_queue_unacked{queue_name="celery"} 3
+celery_queue_unacked{queue_name="chat"} 2
+celery_queue_unacked{queue_name="idle"} 0
+`},
+		{name: "scan disabled", limit: 0, want: `celery_broker_unacked_messages{} 6
+`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newMiniBroker(t, kombu.DefaultOptions())
+			b.mr.SetAdd("_kombu.binding.celery", "celery\x06\x16\x06\x16celery")
+			b.mr.SetAdd("_kombu.binding.chat", "chat\x06\x16\x06\x16chat")
+			// A topic-ish exchange whose routing key is not a queue name.
+			b.mr.SetAdd("_kombu.binding.tasks", "tasks.important\x06\x16\x06\x16celery")
+			b.mr.HSet("unacked", "t1", unackedEntry(t, "", "celery"))               // default exchange: rk = queue
+			b.mr.HSet("unacked", "t2", unackedEntry(t, "", "celery"))               //
+			b.mr.HSet("unacked", "t3", unackedEntry(t, "chat", "chat"))             // named direct exchange
+			b.mr.HSet("unacked", "t4", unackedEntry(t, "chat", "chat"))             //
+			b.mr.HSet("unacked", "t5", unackedEntry(t, "tasks", "tasks.important")) // resolved by binding
+			b.mr.HSet("unacked", "t6", "garbage")                                   // counted by HLEN only
+			s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"idle"}, UnackedScanLimit: tt.limit}, nil, nil)
+			got, err := collectText(t, s, "celery_queue_unacked", "celery_broker_unacked_messages", "celery_exporter_unacked_scan_truncated")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBrokerUnackedScanIsBounded(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	for i := 0; i < 1500; i++ {
+		b.mr.HSet("unacked", fmt.Sprintf("t%d", i), unackedEntry(t, "", "celery"))
+	}
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}, UnackedScanLimit: 1000}, nil, nil)
+	got, err := collectText(t, s, "celery_queue_unacked", "celery_broker_unacked_messages", "celery_exporter_unacked_scan_truncated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// COUNT is a hint (miniredis ignores it): the limit holds anyway.
+	want := `celery_broker_unacked_messages{} 1500
+celery_exporter_unacked_scan_truncated{} 1
+celery_queue_unacked{queue_name="celery"} 1000
+`
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestBrokerOldestMessageAge(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	// LPUSH adds at the head; the consuming end (index -1) holds the first pushed.
+	b.mr.Lpush("celery", taskMessage(t, "old"))
+	b.mr.Lpush("celery", taskMessage(t, "new"))
+	// A lower-priority list whose waiting message is older still.
+	b.mr.Lpush("celery\x06\x169", taskMessage(t, "starving"))
+	// Sent time unknown (evicted, or no task-sent events): no series.
+	b.mr.Lpush("unknown", taskMessage(t, "nobody-knows"))
+	// Protocol 1: the id is in the body only.
+	p1, _ := kombu.NewMessage([]byte(`{"id": "p1", "task": "tasks.add", "args": []}`), "", "v1", nil)
+	b.mr.Lpush("v1", string(p1))
+	// Producer clock ahead of ours: never negative.
+	b.mr.Lpush("future", taskMessage(t, "future"))
+	sent := sentMap{
+		"old": now.Add(-30 * time.Second), "new": now.Add(-time.Second),
+		"starving": now.Add(-300 * time.Second), "p1": now.Add(-2500 * time.Millisecond),
+		"future": now.Add(3 * time.Second),
+	}
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery", "unknown", "v1", "future", "empty"}}, sent, nil).
+		WithClock(clock.NewFake(now))
+	got, err := collectText(t, s, "celery_queue_oldest_message_age_seconds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `celery_queue_oldest_message_age_seconds{queue_name="celery"} 300
+celery_queue_oldest_message_age_seconds{queue_name="future"} 0
+celery_queue_oldest_message_age_seconds{queue_name="v1"} 2.5
+`
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestBrokerConsumersFromControl(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	b.mr.SetAdd("_kombu.binding.dlq", "dlq\x06\x16\x06\x16dlq")
+	tests := []struct {
+		name    string
+		dynamic QueueLister
+		want    string
+	}{
+		{
+			name: "control answered",
+			dynamic: consumersLister{queues: []string{"chat"}, ok: true,
+				use: map[string]QueueUse{"chat": {Workers: 2, Processes: 6}}},
+			want: `celery_active_process_count{queue_name="chat"} 6
+celery_active_process_count{queue_name="dlq"} 0
+celery_active_worker_count{queue_name="chat"} 2
+celery_active_worker_count{queue_name="dlq"} 0
+celery_queue_consumers{queue_name="chat"} 2
+celery_queue_consumers{queue_name="dlq"} 0
+celery_queue_length{queue_name="chat"} 0
+celery_queue_length{queue_name="dlq"} 0
+`,
+		},
+		{
+			// The last round failed: consumers are unknown, not 0. Its queues are gone too.
+			name: "control failed", dynamic: consumersLister{ok: false},
+			want: `celery_queue_length{queue_name="dlq"} 0
+`,
+		},
+		{
+			name: "no control (read-only mode)", dynamic: staticLister{"chat"},
+			want: `celery_queue_length{queue_name="chat"} 0
+celery_queue_length{queue_name="dlq"} 0
+`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, nil, tt.dynamic)
+			got, err := collectText(t, s, "celery_queue_consumers", "celery_active_worker_count", "celery_active_process_count", "celery_queue_length")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+	// A nil *ControlSource passed as the lister is not called.
+	var cs *ControlSource
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, nil, cs)
+	if _, err := collectText(t, s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBrokerDown(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	b.mr.Lpush("celery", "x")
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}, UnackedScanLimit: 10}, nil, nil)
+	for _, breakIt := range []func(){
+		func() { b.mr.SetError("LOADING Redis is loading the dataset in memory") },
+		func() { b.mr.SetError(""); b.mr.Close() },
+	} {
+		breakIt()
+		got, err := collectText(t, s)
+		if err == nil {
+			t.Error("no error from a broken broker")
+		}
+		if got != "celery_up{} 0\n" {
+			t.Errorf("got\n%s\nwant only celery_up 0", got)
+		}
+	}
+}
+
+func TestBrokerOddKeys(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	b.mr.Set("notalist", "x")                                           // a string where a queue would be
+	b.mr.SetAdd("_kombu.binding.bad", "bad\xff\x06\x16\x06\x16bad\xff") // invalid UTF-8 queue name
+	b.mr.SetAdd("_kombu.binding.bad", "no separator")
+	b.mr.Set("_kombu.binding.str", "not a set")
+	b.mr.HSet("unacked", "t1", `["x"]`)
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"notalist", "ok"}, UnackedScanLimit: 10}, nil, nil)
+	got, err := collectText(t, s, "celery_queue_length", "celery_up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `celery_queue_length{queue_name="ok"} 0
+celery_up{} 1
+`
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestBrokerDiscoveryIsCached(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	clk := clock.NewFake(time.Unix(1700000000, 0))
+	b.mr.SetAdd("_kombu.binding.a", "a\x06\x16\x06\x16a")
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, nil, nil).WithClock(clk)
+	scrape := func() string {
+		got, err := collectText(t, s, "celery_queue_length")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	scrape()
+	b.mr.SetAdd("_kombu.binding.b", "b\x06\x16\x06\x16b")
+	b.mr.Lpush("a", "m")
+	if got, want := scrape(), "celery_queue_length{queue_name=\"a\"} 1\n"; got != want {
+		t.Errorf("within the discovery interval: got %q, want %q (depths live, names cached)", got, want)
+	}
+	clk.Add(31 * time.Second)
+	if got, want := scrape(), "celery_queue_length{queue_name=\"a\"} 1\ncelery_queue_length{queue_name=\"b\"} 0\n"; got != want {
+		t.Errorf("after the discovery interval: got %q, want %q", got, want)
+	}
+}
+
+// roundTrips counts what the client sends to Redis: one per command, one per pipeline.
+type roundTrips struct {
+	mu    sync.Mutex
+	trips []string
+}
+
+func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if n := cmd.Name(); n != "hello" && n != "select" {
+			r.mu.Lock()
+			r.trips = append(r.trips, n)
+			r.mu.Unlock()
+		}
+		return next(ctx, cmd)
+	}
+}
+func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		r.mu.Lock()
+		r.trips = append(r.trips, fmt.Sprintf("pipeline(%s×%d)", cmds[0].Name(), len(cmds)))
+		r.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+func TestBrokerRoundTripsDoNotGrowWithQueues(t *testing.T) {
+	for _, n := range []int{1, 300} {
+		b := newMiniBroker(t, kombu.DefaultOptions())
+		rt := &roundTrips{}
+		b.rdb.AddHook(rt)
+		for i := 0; i < n; i++ {
+			q := fmt.Sprintf("q%03d", i)
+			b.mr.SetAdd("_kombu.binding."+q, q+"\x06\x16\x06\x16"+q)
+		}
+		s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{UnackedScanLimit: 100}, sentMap{}, nil)
+		if _, err := collectText(t, s); err != nil {
+			t.Fatal(err)
+		}
+		// SCAN pages of 1000 keys; one pipeline of SMEMBERS; one of the depths (LLEN and LINDEX of 4
+		// priority lists per queue, HLEN); one HSCAN.
+		want := fmt.Sprintf("scan pipeline(smembers×%d) pipeline(llen×%d) hscan", n, n*8+1)
+		if got := strings.Join(rt.trips, " "); got != want {
+			t.Errorf("%d queues: round trips %q, want %q", n, got, want)
+		}
+	}
+}
+
+func TestBrokerContextDeadline(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}}, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ch := make(chan prometheus.Metric, 100)
+	err := s.Scrape(ctx, ch)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+	close(ch)
+	if n := len(ch); n != 1 {
+		t.Errorf("%d metrics, want only celery_up", n)
+	}
+	_ = testutil.ToFloat64
+}
