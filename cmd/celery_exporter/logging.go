@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+)
+
+// newLogger builds the exporter's go-kit logger: logfmt or json, filtered by level, with a UTC
+// timestamp and the caller.
+func newLogger(w io.Writer, lvl, format string) (log.Logger, error) {
+	var l log.Logger
+	switch format {
+	case "logfmt":
+		l = log.NewLogfmtLogger(log.NewSyncWriter(w))
+	case "json":
+		l = log.NewJSONLogger(log.NewSyncWriter(w))
+	default:
+		return nil, fmt.Errorf("unknown --log.format %q (want logfmt or json)", format)
+	}
+	var opt level.Option
+	switch lvl {
+	case "debug":
+		opt = level.AllowDebug()
+	case "info":
+		opt = level.AllowInfo()
+	case "warn":
+		opt = level.AllowWarn()
+	case "error":
+		opt = level.AllowError()
+	default:
+		return nil, fmt.Errorf("unknown --log.level %q (want debug, info, warn or error)", lvl)
+	}
+	l = level.NewFilter(l, opt)
+	return log.With(l, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller), nil
+}
+
+// slogBridge is a slog.Handler writing to the go-kit logger, so what exporter-toolkit logs (it
+// takes a *slog.Logger) comes out in the same stream, format and level filter.
+type slogBridge struct {
+	logger log.Logger
+	attrs  []any
+	group  string
+}
+
+func (h slogBridge) Enabled(context.Context, slog.Level) bool { return true } // go-kit filters
+
+func (h slogBridge) Handle(_ context.Context, r slog.Record) error {
+	kv := make([]any, 0, 4+len(h.attrs)+2*r.NumAttrs())
+	kv = append(kv, "msg", r.Message)
+	kv = append(kv, h.attrs...)
+	r.Attrs(func(a slog.Attr) bool {
+		kv = append(kv, h.key(a.Key), a.Value.Resolve().Any())
+		return true
+	})
+	var l log.Logger
+	switch {
+	case r.Level >= slog.LevelError:
+		l = level.Error(h.logger)
+	case r.Level >= slog.LevelWarn:
+		l = level.Warn(h.logger)
+	case r.Level >= slog.LevelInfo:
+		l = level.Info(h.logger)
+	default:
+		l = level.Debug(h.logger)
+	}
+	return l.Log(kv...)
+}
+
+func (h slogBridge) key(k string) string {
+	if h.group == "" {
+		return k
+	}
+	return h.group + "." + k
+}
+
+func (h slogBridge) WithAttrs(attrs []slog.Attr) slog.Handler {
+	n := h
+	n.attrs = append(append([]any{}, h.attrs...), nil)[:len(h.attrs)]
+	for _, a := range attrs {
+		n.attrs = append(n.attrs, h.key(a.Key), a.Value.Resolve().Any())
+	}
+	return n
+}
+
+func (h slogBridge) WithGroup(name string) slog.Handler {
+	if name == "" {
+		return h
+	}
+	n := h
+	n.group = strings.TrimPrefix(h.group+"."+name, ".")
+	return n
+}
+
+func slogLogger(l log.Logger) *slog.Logger { return slog.New(slogBridge{logger: l}) }

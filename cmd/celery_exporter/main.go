@@ -1,0 +1,347 @@
+// Command celery_exporter exports the state of a Celery deployment on a Redis broker to
+// Prometheus: the event stream, the broker's queues, remote control replies and app signals.
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/celery-exporter/celery_exporter/collector"
+	"github.com/celery-exporter/celery_exporter/collector/config"
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/collector/listener"
+)
+
+const name = "celery_exporter"
+
+type flags struct {
+	brokerURL        string
+	brokerURLSet     bool
+	transportOptions []string
+	unackedScanLimit int
+
+	telemetryPath string
+	logLevel      string
+	logFormat     string
+	scrapeTimeout time.Duration
+	configFile    string
+
+	workerTimeout    time.Duration
+	workerPurgeAfter time.Duration
+	maxWorkers       int
+	runtimeBuckets   string
+	queueWaitBuckets string
+	maxTracked       int
+	taskTTL          time.Duration
+	sentWait         time.Duration
+	maxTaskNames     int
+	maxExceptions    int
+	eventBuffer      int
+
+	defaultQueue    string
+	queues          string
+	eventExchange   string
+	controlExchange string
+	enableEvents    bool
+
+	controlInterval time.Duration
+	controlTimeout  time.Duration
+	controlDeadline time.Duration
+	controlDisabled bool
+}
+
+func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
+	f := &flags{}
+	app := kingpin.New(name, "Prometheus exporter for Celery on a Redis broker.")
+	app.DefaultEnvars() // every flag also from CELERY_EXPORTER_<FLAG>
+	app.Version(version.Print(name))
+	app.HelpFlag.Short('h')
+
+	app.Flag("broker.url", "Celery broker URL: redis://, rediss://, redis+socket://, sentinel://. Falls back to CELERY_BROKER_URL.").
+		Default("redis://localhost:6379/0").IsSetByUser(&f.brokerURLSet).StringVar(&f.brokerURL)
+	app.Flag("broker.transport-option", "A Celery broker_transport_options entry, KEY=VALUE (repeatable): global_keyprefix, fanout_prefix, fanout_patterns, sep, priority_steps, visibility_timeout, unacked_key, unacked_index_key, master_name, sentinel_kwargs.").
+		StringsVar(&f.transportOptions)
+	app.Flag("broker.unacked-scan-limit", "At most this many unacked entries are read per scrape to attribute them to queues; the total always comes from HLEN.").
+		Default("1000").IntVar(&f.unackedScanLimit)
+
+	webConfig := kingpinflag.AddFlags(app, ":9808")
+	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&f.telemetryPath)
+	app.Flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").EnumVar(&f.logLevel, "debug", "info", "warn", "error")
+	app.Flag("log.format", "Output format of log messages: logfmt or json.").Default("logfmt").EnumVar(&f.logFormat, "logfmt", "json")
+	app.Flag("scrape.timeout", "Deadline of the sources read at scrape time.").Default("10s").DurationVar(&f.scrapeTimeout)
+	app.Flag("config.file", "YAML file of breakers, app values and log sources (see docs/configuration.md). Reloaded on SIGHUP and POST /-/reload.").
+		StringVar(&f.configFile)
+
+	app.Flag("worker.timeout", "Slack after 2×heartbeat interval past a worker's last heartbeat before it counts as down.").Default("5s").DurationVar(&f.workerTimeout)
+	app.Flag("worker.purge-after", "How long a down worker's series stay at celery_worker_up 0 before they are removed.").Default("1h").DurationVar(&f.workerPurgeAfter)
+	app.Flag("worker.max-workers", "Cardinality cap on the hostname label; further workers are counted as \"other\".").Default("1000").IntVar(&f.maxWorkers)
+	app.Flag("task.runtime-buckets", "Buckets of celery_task_runtime_seconds, comma separated.").Default(joinFloats(collector.DefaultRuntimeBuckets)).StringVar(&f.runtimeBuckets)
+	app.Flag("task.queue-wait-buckets", "Buckets of celery_task_queue_wait_seconds, comma separated.").Default(joinFloats(collector.DefaultQueueWaitBuckets)).StringVar(&f.queueWaitBuckets)
+	app.Flag("task.max-tracked", "Cap of the task cache (uuid → name, queue, times); evictions are counted.").Default("100000").IntVar(&f.maxTracked)
+	app.Flag("task.ttl", "A task not heard of for this long leaves the task cache.").Default("6h").DurationVar(&f.taskTTL)
+	app.Flag("task.sent-wait", "How long a task's events wait for its task-sent (which names the queue) before a fallback queue is used.").Default("2s").DurationVar(&f.sentWait)
+	app.Flag("task.max-names", "Cardinality cap on the task name label.").Default("1000").IntVar(&f.maxTaskNames)
+	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default("50").IntVar(&f.maxExceptions)
+	app.Flag("events.buffer-size", "Event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
+
+	app.Flag("celery.default-queue", "Queue label of tasks whose queue is not otherwise known (Celery's task_default_queue).").Default("celery").StringVar(&f.defaultQueue)
+	app.Flag("celery.queues", "Queues always reported, comma separated (0 when empty or absent).").Default("").StringVar(&f.queues)
+	app.Flag("celery.event-exchange", "Celery's event_exchange setting.").Default(kombu.DefaultEventExchange).StringVar(&f.eventExchange)
+	app.Flag("celery.control-exchange", "Celery's control_exchange setting.").Default(kombu.DefaultControlExchange).StringVar(&f.controlExchange)
+	app.Flag("celery.enable-events", "Broadcast enable_events every control interval, so task events come back after a worker restart.").BoolVar(&f.enableEvents)
+
+	app.Flag("control.interval", "How often to ask workers ping, active_queues and stats.").Default("15s").DurationVar(&f.controlInterval)
+	app.Flag("control.timeout", "Idle timeout between remote-control replies.").Default("1s").DurationVar(&f.controlTimeout)
+	app.Flag("control.deadline", "Total deadline of one remote-control round.").Default("10s").DurationVar(&f.controlDeadline)
+	app.Flag("control.disabled", "Read-only mode: no remote control, no write of any kind to Redis.").BoolVar(&f.controlDisabled)
+
+	if _, err := app.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if !f.brokerURLSet {
+		if u := os.Getenv("CELERY_BROKER_URL"); u != "" {
+			f.brokerURL = u
+		}
+	}
+	return f, webConfig, nil
+}
+
+func joinFloats(fs []float64) string {
+	parts := make([]string, len(fs))
+	for i, v := range fs {
+		parts[i] = strconv.FormatFloat(v, 'g', -1, 64)
+	}
+	return strings.Join(parts, ",")
+}
+
+func parseBuckets(flag, s string) ([]float64, error) {
+	var out []float64
+	for _, p := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil {
+			return nil, fmt.Errorf("--%s: %q is not a number", flag, p)
+		}
+		if len(out) > 0 && v <= out[len(out)-1] {
+			return nil, fmt.Errorf("--%s: buckets must increase", flag)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	f, webConfig, err := parseFlags(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	logger, err := newLogger(os.Stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if err := serve(logger, f, webConfig); err != nil {
+		level.Error(logger).Log("msg", "exiting", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(logger log.Logger, f *flags, webConfig *web.FlagConfig) error {
+	broker, err := kombu.ParseURL(f.brokerURL)
+	if err != nil {
+		return err // never holds the password (kombu.ParseURL)
+	}
+	opts, err := kombu.ParseTransportOptions(f.transportOptions)
+	if err != nil {
+		return err
+	}
+	runtimeBuckets, err := parseBuckets("task.runtime-buckets", f.runtimeBuckets)
+	if err != nil {
+		return err
+	}
+	waitBuckets, err := parseBuckets("task.queue-wait-buckets", f.queueWaitBuckets)
+	if err != nil {
+		return err
+	}
+	if broker.InsecureTLSDefault {
+		level.Warn(logger).Log("msg", "rediss:// without ssl_cert_reqs: the broker's certificate is not verified (as in kombu); add ssl_cert_reqs=required")
+	}
+	client, err := broker.NewClient(opts)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ks := kombu.NewKeyspace(broker, opts)
+	level.Info(logger).Log("msg", "starting "+name, "version", version.Info(), "broker", broker.Redacted(),
+		"read_only", f.controlDisabled)
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+
+	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer)
+	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, collector.EventOptions{
+		BufferSize: f.eventBuffer, WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
+		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked,
+		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames,
+		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers,
+	})
+	go events.Run(ctx)
+
+	scrapers := []collector.Scraper{events}
+	var dynamicQueues collector.QueueLister
+	if !f.controlDisabled {
+		control := collector.NewControlSource(log.With(logger, "source", "control"), client, ks, collector.ControlOptions{
+			Interval: f.controlInterval, Timeout: f.controlTimeout, Deadline: f.controlDeadline,
+			EnableEvents: f.enableEvents, ControlExchange: f.controlExchange,
+		}, events)
+		events.SetQueueHints(control)
+		dynamicQueues = control
+		scrapers = append(scrapers, control)
+		go control.Run(ctx)
+	} else if f.enableEvents {
+		level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
+	}
+	scrapers = append(scrapers, collector.NewBrokerScraper(log.With(logger, "source", "broker"), client, ks, collector.BrokerOptions{
+		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit,
+		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
+	}, events, dynamicQueues))
+
+	reg := prometheus.NewRegistry()
+	var reloader *config.Reloader
+	if f.configFile != "" {
+		dial := func(raw string) (redis.UniversalClient, error) {
+			b, err := kombu.ParseURL(raw)
+			if err != nil {
+				return nil, err
+			}
+			return b.NewClient(kombu.DefaultOptions())
+		}
+		breakers := collector.NewBreakerScraper(log.With(logger, "source", "breakers"), dial, client)
+		defer breakers.Close()
+		logs := collector.NewLogScraper(log.With(logger, "source", "logs"))
+		defer logs.Close()
+		reloader = config.NewReloader(f.configFile, logger, breakers.ApplyConfig, logs.ApplyConfig)
+		if err := reloader.Reload(); err != nil {
+			return fmt.Errorf("config file: %w", err)
+		}
+		reg.MustRegister(reloader)
+		scrapers = append(scrapers, breakers, logs)
+	}
+
+	reg.MustRegister(
+		collector.NewExporter(logger, f.scrapeTimeout, scrapers...),
+		buildInfo(),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+
+	mux := http.NewServeMux()
+	mux.Handle(f.telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: promhttpLogger{logger}, ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 10,
+	}))
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !events.Ready() {
+			http.Error(w, "Not ready: the event subscription was never established", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "Ready")
+	})
+	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost && r.Method != http.MethodPut {
+			http.Error(w, "POST or PUT only", http.StatusMethodNotAllowed)
+			return
+		}
+		if reloader == nil {
+			http.Error(w, "no --config.file to reload", http.StatusBadRequest)
+			return
+		}
+		if err := reloader.Reload(); err != nil {
+			http.Error(w, "reload failed, the running config is kept: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "Reloaded")
+	})
+	if f.telemetryPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "Celery Exporter",
+			Description: "Prometheus exporter for Celery on a Redis broker",
+			Version:     version.Info(),
+			Links: []web.LandingLinks{
+				{Address: f.telemetryPath, Text: "Metrics"},
+				{Address: "/-/healthy", Text: "Health"},
+				{Address: "/-/ready", Text: "Readiness"},
+			},
+		})
+		if err != nil {
+			return err
+		}
+		mux.Handle("/", landing)
+	}
+
+	go func() {
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+		for s := range sigs {
+			if s == syscall.SIGHUP {
+				if reloader != nil {
+					_ = reloader.Reload() // logged and reported by the reloader
+				}
+				continue
+			}
+			level.Info(logger).Log("msg", "shutting down", "signal", s)
+			stop()
+			os.Exit(0)
+		}
+	}()
+
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return web.ListenAndServe(server, webConfig, slogLogger(logger))
+}
+
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: collector.Namespace, Subsystem: "exporter", Name: "build_info",
+		Help: "The exporter's version, always 1.",
+	}, []string{"version", "revision", "goversion"})
+	g.WithLabelValues(version.Version, version.Revision, runtime.Version()).Set(1)
+	return g
+}
+
+type promhttpLogger struct{ logger log.Logger }
+
+func (l promhttpLogger) Println(v ...any) { level.Error(l.logger).Log("msg", fmt.Sprint(v...)) }

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFlagsFromEnvironment(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{name: "default", want: "redis://localhost:6379/0"},
+		{name: "celery's variable when ours is unset", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1"}, want: "redis://app:6379/1"},
+		{name: "ours wins", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1", "CELERY_EXPORTER_BROKER_URL": "redis://ours:6379/2"}, want: "redis://ours:6379/2"},
+		{name: "the flag wins", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1"}, args: []string{"--broker.url=redis://flag/3"}, want: "redis://flag/3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("CELERY_BROKER_URL", "")
+			t.Setenv("CELERY_EXPORTER_BROKER_URL", "")
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			f, _, err := parseFlags(tt.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.brokerURL != tt.want {
+				t.Fatalf("broker URL %q, want %q", f.brokerURL, tt.want)
+			}
+		})
+	}
+	t.Setenv("CELERY_EXPORTER_WORKER_TIMEOUT", "9s")
+	t.Setenv("CELERY_EXPORTER_BROKER_TRANSPORT_OPTION", "global_keyprefix=pfx:")
+	t.Setenv("CELERY_EXPORTER_CONTROL_DISABLED", "true")
+	f, web, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.workerTimeout != 9*time.Second || !f.controlDisabled || len(f.transportOptions) != 1 || (*web.WebListenAddresses)[0] != ":9808" {
+		t.Fatalf("env not applied: %+v", f)
+	}
+}
+
+func TestBuckets(t *testing.T) {
+	if _, err := parseBuckets("x", "1,2,3"); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"1,a", "3,2", ""} {
+		if _, err := parseBuckets("x", bad); err == nil {
+			t.Errorf("%q: want an error", bad)
+		}
+	}
+	f, _, _ := parseFlags(nil)
+	b, err := parseBuckets("task.runtime-buckets", f.runtimeBuckets)
+	if err != nil || b[len(b)-1] != 3600 {
+		t.Fatalf("default runtime buckets %v %v", b, err)
+	}
+}
+
+// exporter-toolkit logs through slog; it must come out of the same go-kit logger, level filter included.
+func TestSlogBridge(t *testing.T) {
+	var buf bytes.Buffer
+	l, err := newLogger(&buf, "info", "logfmt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := slogLogger(l).With("component", "web")
+	s.Info("Listening on", "address", "[::]:9808")
+	s.Debug("hidden")
+	s.WithGroup("tls").Error("bad cert", "file", "x.pem")
+	out := buf.String()
+	for _, want := range []string{`level=info`, `msg="Listening on"`, `component=web`, `address=[::]:9808`, `level=error`, `tls.file=x.pem`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %s in %s", want, out)
+		}
+	}
+	if strings.Contains(out, "hidden") {
+		t.Error("debug passed an info filter")
+	}
+	var _ slog.Handler = slogBridge{}
+}
+
+func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {
+	t.Setenv("CELERY_EXPORTER_BROKER_URL", "")
+	f, web, err := parseFlags([]string{"--broker.url=redis://:hunter2@host:badport/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	l, _ := newLogger(&buf, "debug", "logfmt")
+	err = serve(l, f, web)
+	if err == nil || strings.Contains(err.Error(), "hunter2") || strings.Contains(buf.String(), "hunter2") {
+		t.Fatalf("err %v, log %s", err, buf.String())
+	}
+}
