@@ -117,7 +117,8 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	if _, err := app.Parse(args); err != nil {
 		return nil, nil, err
 	}
-	if !f.brokerURLSet {
+	// IsSetByUser does not see values from the flag's own variable.
+	if !f.brokerURLSet && os.Getenv("CELERY_EXPORTER_BROKER_URL") == "" {
 		if u := os.Getenv("CELERY_BROKER_URL"); u != "" {
 			f.brokerURL = u
 		}
