@@ -1,0 +1,232 @@
+package rules_test
+
+import (
+	"bytes"
+	"maps"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/celery-exporter/celery_exporter/rules/bundle"
+	"github.com/celery-exporter/celery_exporter/test/harness"
+)
+
+func TestRenderedFilesAreUpToDate(t *testing.T) {
+	files, err := loadSeedConfig(t).Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, err := bundle.Check(root, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stale) > 0 {
+		t.Errorf("committed files differ from a fresh render; run `make rules`:\n  %s", strings.Join(stale, "\n  "))
+	}
+	want := []string{
+		"dashboards/celery-app-signals.json", "dashboards/celery-success-criteria.json",
+		"dashboards/celery-tasks.json", "dashboards/celery-workers-queues.json",
+		"deploy/kubernetes/base/dashboards/celery-app-signals.yaml",
+		"deploy/kubernetes/base/dashboards/celery-success-criteria.yaml",
+		"deploy/kubernetes/base/dashboards/celery-tasks.yaml",
+		"deploy/kubernetes/base/dashboards/celery-workers-queues.yaml",
+		"deploy/kubernetes/base/dashboards/kustomization.yaml",
+		"deploy/kubernetes/base/prometheusrule.yaml",
+		"rules/celery.rules.yml",
+	}
+	got := slices.Sorted(maps.Keys(files))
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rendered files = %v, want %v", got, want)
+	}
+}
+
+func TestRenderIsDeterministic(t *testing.T) {
+	cfg := loadSeedConfig(t)
+	a, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		b, err := cfg.Files()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p := range a {
+			if !bytes.Equal(a[p], b[p]) {
+				t.Fatalf("render %d of %s differs from the first", i, p)
+			}
+		}
+	}
+}
+
+// shortConfig is the kind of variant an end-to-end test renders: short `for`, short windows, a
+// fast evaluation interval and another job.
+func shortConfig(t *testing.T) *bundle.Config {
+	t.Helper()
+	cfg := loadSeedConfig(t)
+	cfg.Selector = `job="celery-e2e"`
+	cfg.Interval = bundle.Duration(5e9)
+	for a, d := range cfg.For {
+		if d > 0 {
+			cfg.For[a] = bundle.Duration(20e9)
+		}
+	}
+	for w := range cfg.Windows {
+		cfg.Windows[w] = bundle.Duration(60e9)
+	}
+	cfg.Events.StaleAfter = bundle.Duration(30e9)
+	cfg.URLs.Grafana = "http://grafana.test:3000/"
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("short config invalid: %v", err)
+	}
+	return cfg
+}
+
+func TestRenderVariantIntoTempDir(t *testing.T) {
+	cfg := shortConfig(t)
+	files, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := bundle.Write(dir, files); err != nil {
+		t.Fatal(err)
+	}
+	rf := readRuleFile(t, filepath.Join(dir, bundle.RulesFile))
+	for _, g := range rf.Groups {
+		if g.Interval != "5s" {
+			t.Errorf("group %s interval %q, want 5s", g.Name, g.Interval)
+		}
+		for _, r := range g.Rules {
+			if strings.Contains(r.Expr, `job="celery"`) {
+				t.Errorf("%s%s still selects the seed job: %s", r.Record, r.Alert, r.Expr)
+			}
+			if strings.Contains(r.Expr, "15m") || strings.Contains(r.Expr, "10m") {
+				t.Errorf("%s%s keeps a seed window: %s", r.Record, r.Alert, r.Expr)
+			}
+			checkSelectors(t, "variant "+r.Record+r.Alert, r.Expr)
+		}
+	}
+	alerts := alertsByName(rf)
+	if got := alerts["CeleryQueueBacklog"].For; got != "20s" {
+		t.Errorf("CeleryQueueBacklog for = %q, want 20s", got)
+	}
+	if got := alerts["ZepCallErrors"].For; got != "" {
+		t.Errorf("ZepCallErrors for = %q, want none", got)
+	}
+	if got := alerts["CeleryEventsStale"].Expr; !strings.Contains(got, "> 30\n") {
+		t.Errorf("CeleryEventsStale does not use the 30s threshold: %s", got)
+	}
+	if got := alerts["ZepCallErrors"].Expr; !strings.Contains(got, `up{job="celery-e2e"} offset 1m == 1`) || !strings.Contains(got, "[1m]") {
+		t.Errorf("ZepCallErrors does not use the 1m window: %s", got)
+	}
+	if got := alerts["CeleryQueueBacklog"].Annotations["dashboard_url"]; !strings.HasPrefix(got, "http://grafana.test:3000/d/celery-workers-queues/") {
+		t.Errorf("dashboard_url %q ignores the Grafana URL (or keeps its trailing slash)", got)
+	}
+	stale, err := bundle.Check(dir, files)
+	if err != nil || len(stale) > 0 {
+		t.Errorf("fresh variant reported stale: %v %v", stale, err)
+	}
+
+	harness.Require(t, "promtool")
+	out, err := runTool(t, "promtool", "check", "rules", filepath.Join(dir, bundle.RulesFile))
+	if err != nil {
+		t.Errorf("promtool check rules on the variant: %v\n%s", err, out)
+	}
+}
+
+func TestCheckListsStaleFiles(t *testing.T) {
+	files, err := loadSeedConfig(t).Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := bundle.Write(dir, files); err != nil {
+		t.Fatal(err)
+	}
+	edit := filepath.Join(dir, "rules", "celery.rules.yml")
+	if err := os.WriteFile(edit, append(files[bundle.RulesFile], '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "dashboards", "celery-tasks.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "dashboards", "old.json"), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := bundle.Check(dir, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"dashboards/celery-tasks.json (missing)",
+		"dashboards/old.json (not generated any more)",
+		"rules/celery.rules.yml (differs)",
+	}
+	if !reflect.DeepEqual(stale, want) {
+		t.Errorf("stale = %q, want %q", stale, want)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	seed, err := os.ReadFile(filepath.Join(root, "rules", "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, from, to, wantErr string
+	}{
+		{"typo in a field", "backlog_warning: 5", "backlog_warnin: 5", "field backlog_warnin not found"},
+		{"bad duration", "stale_after: 5m", "stale_after: 5 minutes", `line 60: not a Prometheus duration: "5 minutes"`},
+		{"unknown alert", "  ZepMemoryDegraded: 1m", "  ZepMemoryDegradedd: 1m", "field for.ZepMemoryDegraded: missing"},
+		{"unknown window", "  time_limit: 15m", "  time_limits: 15m", "field windows.time_limit: must be a positive duration"},
+		{"selector with braces", `selector: job="celery"`, `selector: '{job="celery"}'`, "field selector: label matchers without braces"},
+		{"empty selector", `selector: job="celery"`, `selector: ""`, "field selector: must hold at least one label matcher"},
+		{"critical below warning", "backlog_critical: 10", "backlog_critical: 4", "need 0 < backlog_warning <= backlog_critical, got 5 and 4"},
+		{"ratio as percent", "failure_ratio: 0.05", "failure_ratio: 5", "field tasks.failure_ratio: must be in (0, 1), got 5"},
+		{"no workers", "expected: 3", "expected: 0", "field workers.expected: must be at least 1, got 0"},
+		{"severity in alert labels", "alert_labels: {}", "alert_labels: {severity: page}", `field alert_labels: "severity" is set by the rules`},
+		{"relative runbook URL", "runbooks: https://github.com", "runbooks: docs", `field urls.runbooks: must be an http(s) URL`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !bytes.Contains(seed, []byte(tc.from)) {
+				t.Fatalf("seed config lacks %q", tc.from)
+			}
+			_, err := bundle.ParseConfig(bytes.Replace(seed, []byte(tc.from), []byte(tc.to), 1))
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("error = %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+	if _, err := bundle.ParseConfig(seed); err != nil {
+		t.Errorf("seed config: %v", err)
+	}
+	if _, err := bundle.ParseConfig([]byte("selector: [")); err == nil {
+		t.Error("broken YAML accepted")
+	}
+}
+
+func TestDurations(t *testing.T) {
+	for _, tc := range []struct {
+		in, out string
+		err     bool
+	}{
+		{"0", "0s", false}, {"", "0s", false}, {"0s", "0s", false}, {"30s", "30s", false},
+		{"90s", "1m30s", false}, {"1h30m", "1h30m", false}, {"2d", "2d", false}, {"500ms", "500ms", false},
+		{"1w", "1w", false}, {"5", "", true}, {"5 m", "", true}, {"-1m", "", true}, {"1m1h", "", true},
+		{"99999999999999999999y", "", true},
+	} {
+		d, err := bundle.ParseDuration(tc.in)
+		if (err != nil) != tc.err {
+			t.Errorf("ParseDuration(%q) error = %v, want error %v", tc.in, err, tc.err)
+			continue
+		}
+		if !tc.err && d.String() != tc.out {
+			t.Errorf("ParseDuration(%q) = %s, want %s", tc.in, d, tc.out)
+		}
+	}
+}
