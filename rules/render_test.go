@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 	"github.com/celery-exporter/celery_exporter/test/harness"
@@ -66,18 +67,13 @@ func TestRenderIsDeterministic(t *testing.T) {
 // fast evaluation interval and another job.
 func shortConfig(t *testing.T) *bundle.Config {
 	t.Helper()
-	cfg := loadSeedConfig(t)
+	seed := loadSeedConfig(t)
+	cfg := seed.Shortened(bundle.Duration(5*time.Second), bundle.Duration(20*time.Second),
+		bundle.Duration(time.Minute), bundle.Duration(30*time.Second))
+	if seed.For["CeleryQueueBacklog"] != bundle.Duration(10*time.Minute) || seed.Windows[bundle.WindowTimeLimit] != bundle.Duration(15*time.Minute) {
+		t.Fatal("Shortened modified the seed config")
+	}
 	cfg.Selector = `job="celery-e2e"`
-	cfg.Interval = bundle.Duration(5e9)
-	for a, d := range cfg.For {
-		if d > 0 {
-			cfg.For[a] = bundle.Duration(20e9)
-		}
-	}
-	for w := range cfg.Windows {
-		cfg.Windows[w] = bundle.Duration(60e9)
-	}
-	cfg.Events.StaleAfter = bundle.Duration(30e9)
 	cfg.URLs.Grafana = "http://grafana.test:3000/"
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("short config invalid: %v", err)

@@ -307,3 +307,24 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 
 // MarshalYAML writes the duration string.
 func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// Shortened returns a copy for end-to-end tests that cannot wait production durations: rule
+// groups evaluated every interval, every non-zero `for` set to forDur, every window set to
+// window and events.stale_after to staleAfter. Selectors and thresholds are kept.
+func (c *Config) Shortened(interval, forDur, window, staleAfter Duration) *Config {
+	s := *c
+	s.Interval = interval
+	s.For = make(map[string]Duration, len(c.For))
+	for a, d := range c.For {
+		if d > 0 {
+			d = forDur
+		}
+		s.For[a] = d
+	}
+	s.Windows = make(map[string]Duration, len(c.Windows))
+	for w := range c.Windows {
+		s.Windows[w] = window
+	}
+	s.Events.StaleAfter = staleAfter
+	return &s
+}

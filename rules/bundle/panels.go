@@ -169,7 +169,7 @@ func series(title, descr, unit string, th obj, ts ...target) obj {
 	if th == nil {
 		th = thresholds(step{"green", nil})
 	} else {
-		custom["thresholdsStyle"] = obj{"mode": "line+area"}
+		custom["thresholdsStyle"] = obj{"mode": "dashed"}
 	}
 	return obj{
 		"type": "timeseries", "title": title, "description": descr,
