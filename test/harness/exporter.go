@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,10 +48,13 @@ func ExporterBinary(t testing.TB) string {
 	}
 	root := ModuleRoot(t)
 	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "celery_exporter-harness-")
+		removeStaleBuilds()
+		buildDir, buildErr = os.MkdirTemp("", buildPrefix)
 		if buildErr != nil {
 			return
 		}
+		// The owner's pid lets a later run remove this dir if this one dies before CleanupBuilds.
+		_ = os.WriteFile(filepath.Join(buildDir, "pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 		buildBin = filepath.Join(buildDir, "celery_exporter")
 		cmd := exec.Command("go", "build", "-o", buildBin, "./cmd/celery_exporter")
 		cmd.Dir = root
@@ -62,6 +67,27 @@ func ExporterBinary(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return buildBin
+}
+
+const buildPrefix = "celery_exporter-harness-"
+
+// removeStaleBuilds deletes the build dirs of test binaries that are gone (killed by a timeout,
+// say) without running CleanupBuilds.
+func removeStaleBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), buildPrefix+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "pid"))
+		if err != nil {
+			continue // not ours to judge (or still being created)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(d)
+		}
+	}
 }
 
 // CleanupBuilds removes the binary ExporterBinary built, if any: call it from TestMain after m.Run.
