@@ -1,0 +1,398 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/celery-exporter/celery_exporter/collector"
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/test/harness"
+)
+
+// TestControlQueuesMatchInspect runs the seed app's three workers (chat and default on threads
+// pools, background+notifications+dlq on prefork) and checks that what the exporter reports from
+// remote control equals what `celery inspect active_queues` and `celery inspect stats` say.
+func TestControlQueuesMatchInspect(t *testing.T) {
+	r := harness.StartRedis(t)
+	url := r.URL(0)
+	harness.StartWorkers(t,
+		harness.WorkerOptions{BrokerURL: url, NodeName: "celery@chat", Queues: []string{"chat"}, Pool: "threads", Concurrency: 4},
+		harness.WorkerOptions{BrokerURL: url, NodeName: "celery@default", Queues: []string{"default"}, Pool: "threads", Concurrency: 4},
+		harness.WorkerOptions{BrokerURL: url, NodeName: "celery@background", Queues: []string{"background", "notifications", "dlq"},
+			Pool: "prefork", Concurrency: 2},
+	)
+	// Some work, so stats.total has something to say.
+	ids := harness.Produce(t, url, nil, []harness.Send{
+		{Task: "assistant.tasks.process_chat_message", Kwargs: map[string]any{"seconds": 0.01}},
+		{Task: "assistant.tasks.process_chat_message", Kwargs: map[string]any{"seconds": 0.01}},
+		{Task: "add", Args: []any{1, 2}, Queue: "default"},
+		{Task: "assistant.tasks.send_whatsapp_message_task", Kwargs: map[string]any{"seconds": 0.01}},
+	})
+	e := harness.StartExporter(t, "--broker.url="+url, "--control.interval=500ms", "--celery.queues=unused")
+
+	// The truth, from Celery's own client, once every task was accepted.
+	var queues, stats map[string]any
+	deadline := time.Now().Add(brokerScrapeTimeout)
+	for {
+		queues = harness.InspectJSON(t, url, "active_queues")
+		stats = harness.InspectJSON(t, url, "stats")
+		if len(queues) == 3 && len(stats) == 3 && acceptedTotal(stats) == len(ids) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("celery inspect did not show 3 workers with %d accepted tasks: queues %v, stats %v", len(ids), queues, stats)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	var wantInfo []string
+	wantConsumers := map[string]float64{"unused": 0}
+	wantProcesses := map[string]float64{"unused": 0}
+	for node, list := range queues {
+		st := stats[node].(map[string]any)
+		pool := st["pool"].(map[string]any)
+		// The exporter's rule: pool processes (prefork, solo), else max-concurrency (threads).
+		procs := pool["max-concurrency"].(float64)
+		if p, ok := pool["processes"].([]any); ok {
+			procs = float64(len(p))
+		}
+		for _, q := range list.([]any) {
+			name := q.(map[string]any)["name"].(string)
+			wantInfo = append(wantInfo, node+" "+name)
+			wantConsumers[name]++
+			wantProcesses[name] += procs
+		}
+	}
+	sort.Strings(wantInfo)
+
+	m := e.WaitFor(t, brokerScrapeTimeout, func(m harness.Metrics) bool {
+		return reflect.DeepEqual(queueInfo(m), wantInfo) && m.Sum("celery_worker_tasks_accepted_total", nil) == float64(len(ids))
+	})
+	for q, n := range wantConsumers {
+		l := map[string]string{"queue_name": q}
+		expectSeries(t, m, "celery_queue_consumers", l, n)
+		expectSeries(t, m, "celery_active_worker_count", l, n)
+		expectSeries(t, m, "celery_active_process_count", l, wantProcesses[q])
+	}
+	for node, s := range stats {
+		st := s.(map[string]any)
+		h := map[string]string{"hostname": node}
+		expectSeries(t, m, "celery_worker_ping_ok", h, 1)
+		expectSeries(t, m, "celery_worker_pool_max_concurrency", h, st["pool"].(map[string]any)["max-concurrency"].(float64))
+		expectSeries(t, m, "celery_worker_prefetch_count", h, st["prefetch_count"].(float64))
+		for name, n := range st["total"].(map[string]any) {
+			expectSeries(t, m, "celery_worker_tasks_accepted_total", map[string]string{"hostname": node, "name": name}, n.(float64))
+		}
+		if up, ok := m.Value("celery_worker_uptime_seconds", h); !ok || up < 0 || up > st["uptime"].(float64)+60 {
+			t.Errorf("celery_worker_uptime_seconds%v = %v, %v; stats said %v", h, up, ok, st["uptime"])
+		}
+		ru := st["rusage"].(map[string]any)
+		// Linux: maxrss is KiB.
+		expectBetween(t, m, "celery_worker_max_rss_bytes", h, ru["maxrss"].(float64)*1024, 1.5)
+		expectBetween(t, m, "celery_worker_cpu_seconds_total", map[string]string{"hostname": node, "mode": "user"}, ru["utime"].(float64), 3)
+	}
+	if got := m.Type("celery_worker_cpu_seconds_total"); got != "counter" {
+		t.Errorf("celery_worker_cpu_seconds_total is a %q, want counter", got)
+	}
+}
+
+// expectBetween checks a value that moves between two reads (memory, CPU): within a factor of
+// the reference, and positive.
+func expectBetween(t *testing.T, m harness.Metrics, name string, labels map[string]string, ref, factor float64) {
+	t.Helper()
+	got, ok := m.Value(name, labels)
+	if !ok || got <= 0 || got < ref/factor || got > ref*factor {
+		t.Errorf("%s%v = %v (present %v); want about %v", name, labels, got, ok, ref)
+	}
+}
+
+func acceptedTotal(stats map[string]any) int {
+	n := 0
+	for _, s := range stats {
+		st, _ := s.(map[string]any)
+		total, _ := st["total"].(map[string]any)
+		for _, v := range total {
+			f, _ := v.(float64)
+			n += int(f)
+		}
+	}
+	return n
+}
+
+func queueInfo(m harness.Metrics) []string {
+	var out []string
+	for _, s := range m.Series("celery_worker_queue_info") {
+		out = append(out, s["hostname"]+" "+s["queue_name"])
+	}
+	sort.Strings(out)
+	return out
+}
+
+// aliveWorkers is a WorkerDirectory that says the given workers heartbeat.
+type aliveWorkers []string
+
+func (a aliveWorkers) WorkerNames() (alive, known []string) { return a, a }
+
+// TestControlThousandRounds runs a thousand remote-control rounds (ping, active_queues, stats)
+// against real workers of each pool. Every round ends as soon as each worker answered every call,
+// so the thousand rounds take seconds. The workers must still be alive and answering, and nothing
+// may be left in Redis.
+func TestControlThousandRounds(t *testing.T) {
+	r := harness.StartRedis(t)
+	url := r.URL(0)
+	ws := harness.StartWorkers(t,
+		harness.WorkerOptions{BrokerURL: url, Pool: "prefork", Concurrency: 1},
+		harness.WorkerOptions{BrokerURL: url, Pool: "threads", Concurrency: 2},
+		harness.WorkerOptions{BrokerURL: url, Pool: "solo"},
+	)
+	var names aliveWorkers
+	for _, w := range ws {
+		names = append(names, w.NodeName)
+	}
+	b, err := kombu.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := kombu.DefaultOptions()
+	client, err := b.NewClient(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c := collector.NewControlSource(log.NewNopLogger(), client, kombu.NewKeyspace(b, opts),
+		collector.ControlOptions{Timeout: 2 * time.Second, Deadline: 10 * time.Second}, names)
+
+	const rounds = 1000
+	start := time.Now()
+	for i := 0; i < rounds; i++ {
+		if err := c.Round(context.Background()); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if i%100 == 99 {
+			if missing := notAnswering(t, c, names); len(missing) > 0 {
+				t.Fatalf("round %d: %v did not answer ping", i, missing)
+			}
+		}
+	}
+	t.Logf("%d rounds of ping+active_queues+stats to %d workers in %v", rounds, len(ws), time.Since(start))
+
+	for _, w := range ws {
+		if w.Exited() {
+			t.Errorf("worker %s died:\n%s", w.NodeName, w.Log())
+		}
+		if strings.Contains(w.Log(), "Unrecoverable error") || strings.Contains(w.Log(), "Traceback") {
+			t.Errorf("worker %s logged an error:\n%s", w.NodeName, w.Log())
+		}
+	}
+	// Every round removed its binding and reply list.
+	for _, cmd := range [][]string{{"SCARD", "_kombu.binding.reply.celery.pidbox"}, {"EVAL", "return #redis.call('keys', '*reply.celery.pidbox*')", "0"}} {
+		if got, err := r.Do(cmd...); err != nil || got != ":0" {
+			t.Errorf("%v = %q, %v; want :0 (leftovers of the rounds)", cmd, got, err)
+		}
+	}
+	// Celery's own client still gets an answer from everyone.
+	pong := harness.InspectJSON(t, url, "ping")
+	for _, n := range names {
+		if fmt.Sprint(pong[n]) != "map[ok:pong]" {
+			t.Errorf("celery inspect ping: %s answered %v", n, pong[n])
+		}
+	}
+}
+
+func notAnswering(t *testing.T, s collector.Scraper, names []string) []string {
+	t.Helper()
+	m, err := harness.ParseMetrics([]byte(gatherText(t, s)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var missing []string
+	for _, n := range names {
+		if v, ok := m.Value("celery_worker_ping_ok", map[string]string{"hostname": n}); !ok || v != 1 {
+			missing = append(missing, n)
+		}
+	}
+	return missing
+}
+
+// gatherText renders one scraper's metrics in the text format.
+func gatherText(t *testing.T, s collector.Scraper) string {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector.AsCollector(s))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			fmt.Fprintf(&b, "%s{%s} %v\n", mf.GetName(), strings.Join(ls, ","), v)
+		}
+	}
+	return b.String()
+}
+
+// TestControlEnableEvents starts a worker with task events off, and checks that task events come
+// from it once the exporter runs with --celery.enable-events (and not before).
+func TestControlEnableEvents(t *testing.T) {
+	r := harness.StartRedis(t)
+	url := r.URL(0)
+	w := harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "prefork", Concurrency: 1,
+		Env: []string{"CELERY_TASK_EVENTS=0"}})
+	rec := harness.RecordRedis(t, r, 0)
+
+	before := harness.Produce(t, url, nil, []harness.Send{{Task: "add", Args: []any{1, 1}}})
+	// Without task events, completion shows in stats.total only.
+	deadline := time.Now().Add(brokerScrapeTimeout)
+	for acceptedTotal(harness.InspectJSON(t, url, "stats")) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first task never ran")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // would-be events of the first task arrive by now
+	for _, ev := range rec.Task(before[0]) {
+		if ev.Hostname == w.NodeName {
+			t.Fatalf("worker sent %s with task events off: the test cannot show anything", ev.Str("type"))
+		}
+	}
+
+	e := harness.StartExporter(t, "--broker.url="+url, "--celery.enable-events", "--control.interval=500ms")
+	e.WaitFor(t, brokerScrapeTimeout, func(m harness.Metrics) bool {
+		v, ok := m.Value("celery_worker_ping_ok", map[string]string{"hostname": w.NodeName})
+		return ok && v == 1
+	})
+	after := harness.Produce(t, url, nil, []harness.Send{{Task: "add", Args: []any{2, 2}}})
+	rec.WaitFor(t, brokerScrapeTimeout, "task-succeeded from the worker", func(rec *harness.Recorder) bool {
+		for _, ev := range rec.Task(after[0]) {
+			if ev.Hostname == w.NodeName && ev.Str("type") == "task-succeeded" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// aclLines reads the ACL SETUSER lines of docs/redis-acl.md, by user name.
+func aclLines(t *testing.T) map[string][]string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join(harness.ModuleRoot(t), "docs", "redis-acl.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if strings.HasPrefix(line, "ACL SETUSER ") {
+			f := strings.Fields(line)
+			out[f[2]] = f
+		}
+	}
+	return out
+}
+
+// TestControlRedisACL creates the users of docs/redis-acl.md in a real redis-server, runs the
+// exporter with each (and a real worker), and checks that every source works and Redis denied
+// nothing (ACL LOG).
+func TestControlRedisACL(t *testing.T) {
+	users := aclLines(t)
+	tests := []struct {
+		user    string
+		flags   []string
+		control bool
+	}{
+		{user: "celery-exporter-ro", flags: []string{"--control.disabled"}},
+		{user: "celery-exporter", control: true},
+		{user: "celery-exporter-7", control: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.user, func(t *testing.T) {
+			line, ok := users[tt.user]
+			if !ok {
+				t.Fatalf("docs/redis-acl.md has no ACL SETUSER line for %s", tt.user)
+			}
+			r := harness.StartRedis(t)
+			if got, err := r.Do(line...); err != nil || got != "+OK" {
+				t.Fatalf("%s: %q, %v", strings.Join(line, " "), got, err)
+			}
+			url := r.URL(0)
+			w := harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "threads", Concurrency: 1, Queues: []string{"celery"}})
+			harness.Produce(t, url, nil, []harness.Send{{Task: "add", Args: []any{1, 2}, Queue: "waiting"}})
+			if _, err := r.Do("HSET", "unacked", "tag-1", `[{"body": "", "headers": {}, "properties": {}}, "", "waiting"]`); err != nil {
+				t.Fatal(err)
+			}
+
+			userURL := fmt.Sprintf("redis://%s:CHANGE-ME@%s/0", tt.user, r.Addr())
+			args := append([]string{"--broker.url=" + userURL, "--control.interval=500ms", "--control.timeout=300ms",
+				"--broker.unacked-scan-limit=100", "--celery.enable-events"}, tt.flags...)
+			e := harness.StartExporter(t, args...)
+			m := e.WaitFor(t, brokerScrapeTimeout, func(m harness.Metrics) bool {
+				up, _ := m.Value("celery_worker_up", map[string]string{"hostname": w.NodeName})
+				sub, _ := m.Value("celery_exporter_subscription_up", nil)
+				ready := up == 1 && sub == 1 && m.Has("celery_queue_unacked")
+				if tt.control {
+					ping, _ := m.Value("celery_worker_ping_ok", map[string]string{"hostname": w.NodeName})
+					ready = ready && ping == 1
+				}
+				return ready
+			})
+			expectSeries(t, m, "celery_up", nil, 1)
+			expectSeries(t, m, "celery_queue_length", map[string]string{"queue_name": "waiting"}, 1)
+			expectSeries(t, m, "celery_queue_unacked", map[string]string{"queue_name": "waiting"}, 1)
+			for _, s := range m.Samples("celery_exporter_collector_success") {
+				if s.Value != 1 {
+					t.Errorf("source %v failed with the ACL user", s.Labels)
+				}
+			}
+			if tt.control {
+				expectSeries(t, m, "celery_worker_queue_info", map[string]string{"hostname": w.NodeName, "queue_name": "celery"}, 1)
+			} else if m.Has("celery_worker_ping_ok") {
+				t.Error("read-only mode reports remote-control metrics")
+			}
+			if err := e.Stop(); err != nil {
+				t.Error(err)
+			}
+			if denied := aclLog(t, r); len(denied) > 0 {
+				t.Errorf("Redis denied the exporter: %v", denied)
+			}
+			if strings.Contains(e.Log(), "NOPERM") {
+				t.Errorf("the exporter logged NOPERM:\n%s", e.Log())
+			}
+		})
+	}
+}
+
+// aclLog returns the entries of ACL LOG as "reason object" strings.
+func aclLog(t *testing.T, r *harness.Redis) []string {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr(), Protocol: 2, DisableIdentity: true})
+	defer rdb.Close()
+	entries, err := rdb.Do(context.Background(), "ACL", "LOG").Slice()
+	if err != nil {
+		t.Fatalf("ACL LOG: %v", err)
+	}
+	var out []string
+	for _, e := range entries {
+		kv, _ := e.([]any)
+		fields := map[string]any{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			fields[fmt.Sprint(kv[i])] = kv[i+1]
+		}
+		out = append(out, fmt.Sprintf("%v %v by %v", fields["reason"], fields["object"], fields["username"]))
+	}
+	return out
+}
