@@ -135,8 +135,8 @@ func (c *ControlSource) Run(ctx context.Context) {
 }
 
 // Round does one round of broadcasts and keeps its result. Run calls it; tests call it directly.
-func (c *ControlSource) Round(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, c.opts.Deadline+controlRoundGracePeriod)
+func (c *ControlSource) Round(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, c.opts.Deadline+controlRoundGracePeriod)
 	defer cancel()
 	var alive, known []string
 	if c.workers != nil {
@@ -152,6 +152,9 @@ func (c *ControlSource) Round(ctx context.Context) error {
 		Expect:     alive,
 		MaxReplies: maxControlReplies,
 	})
+	if err != nil && parent.Err() != nil {
+		return err // shutting down: keep the last real result, log nothing
+	}
 	r := &controlRound{at: c.now(), known: known}
 	if err != nil {
 		r.err = err
@@ -159,9 +162,6 @@ func (c *ControlSource) Round(ctx context.Context) error {
 		c.digest(r, res)
 	}
 	c.store(r)
-	if ctx.Err() != nil && err != nil {
-		return err // shutting down: no log
-	}
 	c.logTransition(r)
 	return err
 }

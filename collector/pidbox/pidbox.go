@@ -238,14 +238,13 @@ func (c *Client) collect(ctx context.Context, keys []string, tickets map[string]
 		if wait > maxWait {
 			wait = maxWait
 		}
-		key, val, err := c.brpop(ctx, keys, wait)
+		val, err := c.brpop(ctx, keys, wait)
 		if errors.Is(err, redis.Nil) {
 			continue // the loop re-checks the idle timer and the deadline
 		}
 		if err != nil {
 			return res, fmt.Errorf("pidbox: collect: %w", err)
 		}
-		_ = key
 		idleUntil = c.now().Add(o.Timeout)
 		got += c.decode(&res, val, tickets, pending, o.MaxReplies)
 		if o.Limit > 0 && got >= o.Limit {
@@ -328,7 +327,7 @@ func toInt(v any) (int64, bool) {
 // brpop blocks for at most wait. go-redis's BRPop rounds timeouts down to whole seconds, so the
 // command is sent by hand with a fractional timeout (Redis >= 6), falling back to whole seconds
 // for older servers.
-func (c *Client) brpop(ctx context.Context, keys []string, wait time.Duration) (string, []byte, error) {
+func (c *Client) brpop(ctx context.Context, keys []string, wait time.Duration) ([]byte, error) {
 	c.mu.Lock()
 	intSecond := c.intSecond
 	c.mu.Unlock()
@@ -348,19 +347,19 @@ func (c *Client) brpop(ctx context.Context, keys []string, wait time.Duration) (
 			c.mu.Lock()
 			c.intSecond = true
 			c.mu.Unlock()
-			return "", nil, redis.Nil // retried by the caller's loop with whole seconds
+			return nil, redis.Nil // retried by the caller's loop with whole seconds
 		}
-		return "", nil, err
+		return nil, err
 	}
+	// [key, value]
 	if len(v) != 2 {
-		return "", nil, fmt.Errorf("brpop: unexpected reply of %d elements", len(v))
+		return nil, fmt.Errorf("brpop: unexpected reply of %d elements", len(v))
 	}
-	k, _ := v[0].(string)
 	s, ok := v[1].(string)
 	if !ok {
-		return "", nil, fmt.Errorf("brpop: unexpected value type %T", v[1])
+		return nil, fmt.Errorf("brpop: unexpected value type %T", v[1])
 	}
-	return k, []byte(s), nil
+	return []byte(s), nil
 }
 
 // cleanupTimeout bounds the removal of a round's binding and list.
