@@ -164,6 +164,7 @@ func (s *BreakerScraper) ApplyConfig(cfg *config.Config) error {
 			delete(s.state, name)
 		}
 	}
+	clear(s.lastErr) // a problem still there is logged again once, under the new configuration
 	s.breakers = append([]config.Breaker(nil), cfg.Breakers...)
 	s.appValues = append([]config.AppValue(nil), cfg.AppValues...)
 	return nil
