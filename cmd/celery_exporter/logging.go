@@ -98,3 +98,11 @@ func (h slogBridge) WithGroup(name string) slog.Handler {
 }
 
 func slogLogger(l log.Logger) *slog.Logger { return slog.New(slogBridge{logger: l}) }
+
+// redisLogger sends go-redis' own messages (dial failures while the broker is down) to the
+// exporter's log at debug level: the sources already log each outage once, at warn.
+type redisLogger struct{ logger log.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	level.Debug(l.logger).Log("msg", fmt.Sprintf(format, v...), "component", "go-redis")
+}

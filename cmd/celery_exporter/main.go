@@ -182,6 +182,7 @@ func run(args []string) int {
 }
 
 func serve(logger log.Logger, f *flags, webConfig *web.FlagConfig) error {
+	redis.SetLogger(redisLogger{logger})
 	broker, err := kombu.ParseURL(f.brokerURL)
 	if err != nil {
 		return err // never holds the password (kombu.ParseURL)
