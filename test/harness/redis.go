@@ -64,10 +64,11 @@ func FreePort(t testing.TB) int {
 
 // Redis is a redis-server run for one test.
 type Redis struct {
-	Port int
-	Dir  string
-	cmd  *exec.Cmd
-	args []string
+	Port     int
+	Dir      string
+	cmd      *exec.Cmd
+	args     []string
+	password string
 }
 
 // Addr is host:port.
@@ -79,8 +80,19 @@ func (r *Redis) URL(db int) string { return fmt.Sprintf("redis://127.0.0.1:%d/%d
 // StartRedis starts a redis-server without persistence. extra are more `--name value` arguments.
 func StartRedis(t testing.TB, extra ...string) *Redis {
 	t.Helper()
+	return StartRedisOnPort(t, FreePort(t), extra...)
+}
+
+// StartRedisOnPort is StartRedis on a chosen port: a broker that comes up after its clients.
+func StartRedisOnPort(t testing.TB, port int, extra ...string) *Redis {
+	t.Helper()
 	Require(t, "redis-server")
-	r := &Redis{Port: FreePort(t), Dir: t.TempDir()}
+	r := &Redis{Port: port, Dir: t.TempDir()}
+	for i := 0; i+1 < len(extra); i++ {
+		if extra[i] == "--requirepass" {
+			r.password = extra[i+1]
+		}
+	}
 	r.args = append([]string{
 		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", r.Dir, "--logfile", filepath.Join(r.Dir, "redis.log"),
@@ -145,14 +157,26 @@ func (r *Redis) Do(args ...string) (string, error) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	write := func(args ...string) {
+		fmt.Fprintf(&b, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
 	}
+	if r.password != "" {
+		write("AUTH", r.password)
+	}
+	write(args...)
 	if _, err := c.Write([]byte(b.String())); err != nil {
 		return "", err
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	rd := bufio.NewReader(c)
+	if r.password != "" {
+		if _, err := rd.ReadString('\n'); err != nil {
+			return "", err
+		}
+	}
+	line, err := rd.ReadString('\n')
 	if err != nil {
 		return "", err
 	}
