@@ -396,3 +396,40 @@ func aclLog(t *testing.T, r *harness.Redis) []string {
 	}
 	return out
 }
+
+// TestControlPingOKShowsSilentWorker runs a worker that heartbeats but never answers remote
+// control (worker_enable_remote_control=False: the same picture as a worker stuck after a Redis
+// restart) next to a normal one: celery_worker_up is 1 for both, celery_worker_ping_ok only for the
+// normal one.
+func TestControlPingOKShowsSilentWorker(t *testing.T) {
+	r := harness.StartRedis(t)
+	url := r.URL(0)
+	ws := harness.StartWorkers(t,
+		harness.WorkerOptions{BrokerURL: url, Pool: "solo", NodeName: "celery@answers"},
+		harness.WorkerOptions{BrokerURL: url, Pool: "solo", NodeName: "celery@silent", Queues: []string{"silent"},
+			ExtraArgs: []string{"--", "worker.enable_remote_control=False"}},
+	)
+	e := harness.StartExporter(t, "--broker.url="+url, "--control.interval=300ms", "--control.timeout=200ms")
+	answers := map[string]string{"hostname": ws[0].NodeName}
+	silent := map[string]string{"hostname": ws[1].NodeName}
+	var m harness.Metrics
+	for stable := 0; stable < 3; {
+		m = e.WaitFor(t, brokerScrapeTimeout, func(m harness.Metrics) bool {
+			u1, _ := m.Value("celery_worker_up", answers)
+			u2, _ := m.Value("celery_worker_up", silent)
+			p1, _ := m.Value("celery_worker_ping_ok", answers)
+			p2, ok := m.Value("celery_worker_ping_ok", silent)
+			return u1 == 1 && u2 == 1 && p1 == 1 && ok && p2 == 0
+		})
+		stable++
+		time.Sleep(400 * time.Millisecond) // another round
+	}
+	if got := queueInfo(m); !reflect.DeepEqual(got, []string{"celery@answers celery"}) {
+		t.Errorf("queue info = %q, want only the answering worker's", got)
+	}
+	// Celery's own client agrees: the silent worker does not answer.
+	pong := harness.InspectJSON(t, url, "ping")
+	if _, ok := pong[ws[1].NodeName]; ok || len(pong) != 1 {
+		t.Errorf("celery inspect ping = %v, want only %s", pong, ws[0].NodeName)
+	}
+}
