@@ -42,6 +42,9 @@ const (
 	rampFactor     = 1.25
 	drainTimeout   = 5 * time.Second
 	publisherBound = 0.95 // below this share of the target rate, the publishers are the limit
+	// target is the design goal on batched traffic on a 2-core machine. Missing it is reported,
+	// not failed: on a shared machine a neighbour's burst can cost a run half its rate.
+	target = 200000
 )
 
 // consumer is what the ramp measures: the exporter's event path, or a bare subscriber.
@@ -343,10 +346,12 @@ func (x *bench) runStep(c consumer, rate float64) step {
 }
 
 // ramp raises the rate until c stops keeping up (a failing rate is tried twice: the machine is
-// shared) or the publishers cannot go faster, and returns the best step that kept up.
+// shared) or the publishers cannot go faster twice in a row, and returns the best step that kept
+// up; bound says the publishers, not c, ended the ramp.
 func (x *bench) ramp(name string, c consumer) (best step, bound bool) {
 	deadline := time.Now().Add(*flagBudget)
 	var failedAt float64
+	bounded := 0
 	for rate := *flagStart; time.Now().Before(deadline); rate *= rampFactor {
 		s := x.runStep(c, rate)
 		x.logf("%-8s %v", name, s)
@@ -361,7 +366,10 @@ func (x *bench) ramp(name string, c consumer) (best step, bound bool) {
 		if s.rate() > best.rate() {
 			best = s
 		}
-		if s.publisherBound() {
+		if !s.publisherBound() {
+			bounded = 0
+		} else if bounded++; bounded == 2 {
+			// Once may be a neighbour's burst on the shared CPU; twice is the machine's limit.
 			return best, true
 		}
 	}
@@ -429,9 +437,13 @@ func BenchmarkIngest(b *testing.B) {
 		}
 		return ""
 	}
-	b.Logf("exporter keeps up with %s%.0f events/s (%.0f messages/s, %.2f events/message); bare go-redis subscriber %s%.0f events/s (%.0f messages/s); target 200000 events/s",
+	verdict := "meets"
+	if expBest.rate() < target {
+		verdict = "BELOW"
+	}
+	b.Logf("exporter keeps up with %s%.0f events/s (%.0f messages/s, %.2f events/message); bare go-redis subscriber %s%.0f events/s (%.0f messages/s); %s the target of %d events/s",
 		atLeast(expBound), expBest.rate(), expBest.msgRate(), float64(expBest.pub.Events)/float64(max(expBest.pub.Messages, 1)),
-		atLeast(bareBound), bareBest.rate(), bareBest.msgRate())
+		atLeast(bareBound), bareBest.rate(), bareBest.msgRate(), verdict, target)
 	// One run of the whole ramp: the built-in per-op metrics mean nothing here.
 	for _, unit := range []string{"ns/op", "B/op", "allocs/op"} {
 		b.ReportMetric(0, unit)
