@@ -290,12 +290,18 @@ func sortedSet(m map[string]bool) []string {
 	return out
 }
 
-// monitor is a raw MONITOR connection that collects the command name of every line.
+// monitor is a raw MONITOR connection that collects every command with the client that sent it.
 type monitor struct {
-	conn net.Conn
-	mu   sync.Mutex
-	cmds []string
-	done chan struct{}
+	conn    net.Conn
+	mu      sync.Mutex
+	entries []monitorEntry
+	done    chan struct{}
+}
+
+type monitorEntry struct {
+	client string // ip:port of the sending connection
+	name   string // lower-case command name
+	line   string // the whole line, quoted as MONITOR prints it
 }
 
 func startMonitor(t *testing.T, addr string) *monitor {
@@ -320,13 +326,15 @@ func startMonitor(t *testing.T, addr string) *monitor {
 				return
 			}
 			// +1700000000.123456 [0 127.0.0.1:41234] "llen" "q1"
-			_, rest, ok := strings.Cut(line, "] \"")
+			head, rest, ok := strings.Cut(line, "] \"")
 			if !ok {
 				continue
 			}
+			_, client, _ := strings.Cut(head, " [")
+			_, client, _ = strings.Cut(client, " ")
 			name, _, _ := strings.Cut(rest, "\"")
 			m.mu.Lock()
-			m.cmds = append(m.cmds, strings.ToLower(name))
+			m.entries = append(m.entries, monitorEntry{client: client, name: strings.ToLower(name), line: strings.TrimSpace(line)})
 			m.mu.Unlock()
 		}
 	}()
@@ -334,13 +342,22 @@ func startMonitor(t *testing.T, addr string) *monitor {
 	return m
 }
 
+// stop ends the watch and returns the command names seen.
 func (m *monitor) stop() []string {
+	var names []string
+	for _, e := range m.stopEntries() {
+		names = append(names, e.name)
+	}
+	return names
+}
+
+func (m *monitor) stopEntries() []monitorEntry {
 	time.Sleep(200 * time.Millisecond) // the last lines of a shutdown
 	m.conn.Close()
 	<-m.done
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return append([]string(nil), m.cmds...)
+	return append([]monitorEntry(nil), m.entries...)
 }
 
 // expectSeries checks one series' value (label set exact; nil = no labels).

@@ -3,11 +3,14 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -432,4 +435,122 @@ func TestControlPingOKShowsSilentWorker(t *testing.T) {
 	if _, ok := pong[ws[1].NodeName]; ok || len(pong) != 1 {
 		t.Errorf("celery inspect ping = %v, want only %s", pong, ws[0].NodeName)
 	}
+}
+
+// TestControlRoundOnTheWire watches one round with MONITOR, on DB 3, with a real worker: the
+// exporter's commands come in Celery's order (reply binding first, requests to /3.celery.pidbox,
+// replies read, binding and list removed), and the worker replies through that binding.
+func TestControlRoundOnTheWire(t *testing.T) {
+	r := harness.StartRedis(t)
+	url := r.URL(3)
+	w := harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "solo"})
+
+	var mu sync.Mutex
+	ours := map[string]bool{} // local addresses of the exporter's connections
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr(), DB: 3, Protocol: 2, DisableIdentity: true,
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				mu.Lock()
+				ours[c.LocalAddr().String()] = true
+				mu.Unlock()
+			}
+			return c, err
+		}})
+	defer rdb.Close()
+	b, err := kombu.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := collector.NewControlSource(nil, rdb, kombu.NewKeyspace(b, kombu.DefaultOptions()),
+		collector.ControlOptions{Timeout: 2 * time.Second}, aliveWorkers{w.NodeName})
+	mon := startMonitor(t, r.Addr())
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	entries := mon.stopEntries()
+
+	var seq []string
+	var mine []monitorEntry
+	type at struct {
+		i int
+		e monitorEntry
+	}
+	var theirs []at
+	for i, e := range entries {
+		mu.Lock()
+		isOurs := ours[e.client]
+		mu.Unlock()
+		if !isOurs {
+			theirs = append(theirs, at{i, e})
+			continue
+		}
+		if e.name == "select" || e.name == "hello" {
+			continue
+		}
+		mine = append(mine, e)
+		if len(seq) == 0 || seq[len(seq)-1] != e.name || e.name != "brpop" {
+			seq = append(seq, e.name)
+		}
+	}
+	if got, want := strings.Join(seq, " "), "sadd publish publish publish brpop srem del"; got != want {
+		t.Fatalf("exporter's commands (repeated brpop folded) = %q, want %q", got, want)
+	}
+	sadd := regexp.MustCompile(`^"sadd" "_kombu\.binding\.reply\.celery\.pidbox" "([0-9a-f-]{36})\\x06\\x16\\x06\\x16([0-9a-f-]{36})\.reply\.celery\.pidbox"$`).
+		FindStringSubmatch(monitorArgs(mine[0].line))
+	if sadd == nil || sadd[1] != sadd[2] {
+		t.Fatalf("SADD = %s", mine[0].line)
+	}
+	oid := sadd[1]
+	for _, p := range mine[1:4] {
+		if !strings.HasPrefix(monitorArgs(p.line), `"publish" "/3.celery.pidbox" "{`) {
+			t.Errorf("PUBLISH = %.120s, want to /3.celery.pidbox", p.line)
+		}
+	}
+	q := oid + ".reply.celery.pidbox"
+	wantKeys := fmt.Sprintf(`"%s" "%s\x06\x163" "%s\x06\x166" "%s\x06\x169"`, q, q, q, q)
+	for _, e := range mine {
+		if e.name == "brpop" && !strings.HasPrefix(monitorArgs(e.line), `"brpop" `+wantKeys+` "`) {
+			t.Errorf("BRPOP = %s, want the four priority lists of %s", e.line, q)
+		}
+	}
+	if got, want := monitorArgs(mine[len(mine)-2].line), strings.Replace(monitorArgs(mine[0].line), `"sadd"`, `"srem"`, 1); got != want {
+		t.Errorf("SREM = %s, want %s", got, want)
+	}
+	if got, want := monitorArgs(mine[len(mine)-1].line), `"del" `+wantKeys; got != want {
+		t.Errorf("DEL = %s, want %s", got, want)
+	}
+	// The worker looked the binding up and pushed one reply per call, after the binding was added
+	// and before it was removed. (redis-py sends upper-case names.)
+	saddAt, sremAt := -1, -1
+	for i, e := range entries {
+		if e.name == "sadd" && e.line == mine[0].line {
+			saddAt = i
+		}
+		if e.name == "srem" && e.line != "" && monitorArgs(e.line) == monitorArgs(mine[len(mine)-2].line) {
+			sremAt = i
+		}
+	}
+	lpush, lookups := 0, 0
+	for _, x := range theirs {
+		args := monitorArgs(x.e.line)
+		switch {
+		case strings.HasPrefix(args, `"SMEMBERS" "_kombu.binding.reply.celery.pidbox"`):
+			lookups++
+		case strings.HasPrefix(args, `"LPUSH" "`+q+`"`):
+			lpush++
+			if x.i < saddAt || x.i > sremAt {
+				t.Errorf("reply pushed outside the round (at %d, binding %d-%d)", x.i, saddAt, sremAt)
+			}
+		}
+	}
+	if lpush != 3 || lookups < 3 {
+		t.Errorf("the worker looked the binding up %d times and pushed %d replies to %s; want 3 and 3 (ping, active_queues, stats)", lookups, lpush, q)
+	}
+}
+
+// monitorArgs is the quoted command and arguments of a MONITOR line.
+func monitorArgs(line string) string {
+	_, rest, _ := strings.Cut(line, "] ")
+	return rest
 }
