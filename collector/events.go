@@ -629,6 +629,17 @@ func (s *EventSource) WorkerNames() (alive, known []string) {
 	return alive, known
 }
 
+// WorkerSystem is the sw_sys of a worker's heartbeats ("Linux", "Darwin"), which decides the
+// unit of its rusage.maxrss in remote-control stats.
+func (s *EventSource) WorkerSystem(hostname string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.workers[hostname]; w != nil && w.swSys != "" {
+		return w.swSys, true
+	}
+	return "", false
+}
+
 // TaskSentAt returns when a tracked task was sent.
 func (s *EventSource) TaskSentAt(uuid string) (time.Time, bool) {
 	at, ok := s.cache.SentAt(uuid)

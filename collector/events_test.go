@@ -352,6 +352,9 @@ func TestEventSourceWorkerLiveness(t *testing.T) {
 		`celery_worker_info{hostname="celery@a",sw_ident="py-celery",sw_sys="Linux",sw_ver="5.2.6"}`: 1,
 	})
 
+	if sys, ok := src.WorkerSystem("celery@a"); !ok || sys != "Linux" {
+		t.Errorf("WorkerSystem = %q %v", sys, ok)
+	}
 	clk.Add(2*2*time.Second + 5*time.Second - time.Millisecond)
 	if up("celery@a") != 1 {
 		t.Fatal("up until 2×freq + timeout")
