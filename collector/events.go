@@ -283,6 +283,8 @@ func (s *EventSource) apply(ev *event.Event) {
 		s.applyWorker(ev, now)
 	case ev.Type.IsTask():
 		s.applyTaskEvent(ev, now)
+	default:
+		s.eventErrors.WithLabelValues("unknown_type").Inc()
 	}
 }
 

@@ -465,6 +465,7 @@ func TestEventSourceBadInputIsCountedNotFatal(t *testing.T) {
 		`celery_exporter_event_errors_total{reason="missing_uuid"}`:             1,
 		`celery_exporter_event_errors_total{reason="missing_hostname"}`:         1,
 		`celery_exporter_events_total{type="unknown"}`:                          1,
+		`celery_exporter_event_errors_total{reason="unknown_type"}`:             1,
 		`celery_worker_up{hostname="celery@ok"}`:                                1,
 	})
 }
