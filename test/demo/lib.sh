@@ -65,6 +65,8 @@ start_proc() {
   # does not fork and $! is the session's (and group's) id.
   setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/$name.pid"
+  # Not this shell's job any more: no "Killed" notice from bash when a fault button kills it.
+  disown $!
 }
 
 pid_of() { [ -s "$RUN_DIR/$1.pid" ] && cat "$RUN_DIR/$1.pid"; }

@@ -119,6 +119,13 @@ stop_all() {
     left=""
     for name in "${SERVICES[@]}"; do group_alive "$name" && left="$left $name"; done
     [ -z "$left" ] && break
+    if [ "$i" = 10 ]; then
+      # A warm shutdown waits for running tasks (a long chat message takes up to 45s): after 2s,
+      # Celery's cold shutdown.
+      for name in $left; do
+        case $name in worker-*) pid=$(pid_of "$name") && kill -QUIT "$pid" 2>/dev/null || true ;; esac
+      done
+    fi
     sleep 0.2
   done
   for name in "${SERVICES[@]}"; do
@@ -127,7 +134,6 @@ stop_all() {
       signal_group "$name" KILL
     fi
   done
-  wait 2>/dev/null || true
   rm -f "$RUN_DIR"/*.pid
   say "stopped; logs stay in $LOG_DIR"
 }
@@ -223,10 +229,15 @@ while :; do
     break
   fi
   for w in "${WORKERS[@]}"; do
-    alive "worker-$w" && continue
+    if alive "worker-$w"; then
+      reported[worker-$w]=""
+      continue
+    fi
+    # fault.sh kill-worker writes the time of the kill; a crash is noticed here.
     down="$RUN_DIR/worker-$w.down"
-    if [ ! -f "$down" ]; then
-      date +%s >"$down"
+    [ -f "$down" ] || date +%s >"$down"
+    if [ -z "${reported[worker-$w]:-}" ]; then
+      reported[worker-$w]=1
       say "worker $w is down (log: $LOG_DIR/worker-$w.log)"
     fi
     if [ "$DEMO_HEAL_AFTER" -gt 0 ] && [ $(($(date +%s) - $(cat "$down"))) -ge "$DEMO_HEAL_AFTER" ]; then
