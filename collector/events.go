@@ -86,6 +86,7 @@ type EventSource struct {
 	counters      map[seriesKey]prometheus.Counter
 	observers     map[seriesKey]prometheus.Observer
 	lastExpire    time.Time
+	now           time.Time // of the message being applied: one clock read per message, not per event
 
 	syncMu       sync.Mutex
 	errBufSynced uint64
@@ -246,6 +247,7 @@ func (s *EventSource) HandlePayload(payload string) {
 		s.eventErrors.WithLabelValues(kombu.ReasonOf(err, kombu.ReasonInvalidEnvelope)).Inc()
 		return
 	}
+	s.now = s.clk.Now()
 	if err := s.dec.Decode(body, s.apply, s.badEvent); err != nil {
 		s.eventErrors.WithLabelValues(event.ReasonInvalidJSON).Inc()
 	}
@@ -275,7 +277,7 @@ func (s *EventSource) Tick() {
 }
 
 func (s *EventSource) apply(ev *event.Event) {
-	now := s.clk.Now()
+	now := s.now
 	s.lastEvent.Store(now.UnixNano())
 	s.eventsTotal.WithLabelValues(ev.Type.String()).Inc()
 	switch {

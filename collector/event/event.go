@@ -205,7 +205,8 @@ func (d *Decoder) one(v *fastjson.Value, fn func(*Event), bad func(error)) {
 	ev := &d.ev
 	*ev = Event{}
 	var typ []byte
-	var excRepr, traceback []byte
+	var excRepr []byte
+	var traceback *fastjson.Value
 	o.Visit(func(k []byte, f *fastjson.Value) {
 		switch string(k) {
 		case "type":
@@ -227,7 +228,7 @@ func (d *Decoder) one(v *fastjson.Value, fn func(*Event), bad func(error)) {
 		case "exception":
 			excRepr = f.GetStringBytes()
 		case "traceback":
-			traceback = f.GetStringBytes()
+			traceback = f // unescaped only when the repr does not name the class
 		case "requeue":
 			ev.Requeue = f.GetBool()
 		case "terminated":
@@ -270,7 +271,11 @@ func (d *Decoder) one(v *fastjson.Value, fn func(*Event), bad func(error)) {
 		return
 	}
 	if excRepr != nil || traceback != nil {
-		ev.Exception = d.intern.Bytes(ExceptionClass(excRepr, traceback))
+		var tb []byte
+		if traceback != nil && needsTraceback(excRepr) {
+			tb = traceback.GetStringBytes()
+		}
+		ev.Exception = d.intern.Bytes(ExceptionClass(excRepr, tb))
 	}
 	fn(ev)
 }

@@ -51,6 +51,15 @@ func isIdentByte(c byte) bool {
 	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
+// needsTraceback reports whether ExceptionClass would look at the traceback for this repr.
+func needsTraceback(repr []byte) bool {
+	switch string(classFromRepr(repr)) {
+	case "", "ExceptionWithTraceback", "Retry":
+		return true
+	}
+	return false
+}
+
 // classFromRepr takes the identifier before "(" of a repr, without a module path.
 func classFromRepr(repr []byte) []byte {
 	repr = bytes.TrimSpace(repr)
