@@ -203,10 +203,12 @@ cat <<EOF
     test/demo/fault.sh help        all of them (heal, close-breaker, purge QUEUE, alerts, ...)
   A killed worker comes back by itself after ${DEMO_HEAL_AFTER}s (DEMO_HEAL_AFTER=0: never).
 
-  Dashboards: Grafana is not in Debian. In a Grafana 10.4+ of your own (https://apt.grafana.com,
-  or the grafana/grafana image run with --network host) add a Prometheus data source with URL
-  http://127.0.0.1:$DEMO_PROMETHEUS_PORT and import dashboards/*.json (Dashboards > New > Import),
-  or provision both with deploy/grafana/ as docs/deploy.md shows.
+  Dashboards: Grafana is not in Debian. Run Grafana 10.4+ with deploy/grafana/provisioning and
+  dashboards/ (docs/deploy.md, "The demo"), e.g.
+    docker run --rm --network host -v "\$PWD/deploy/grafana/provisioning:/etc/grafana/provisioning:ro" \\
+      -v "\$PWD/dashboards:/var/lib/grafana/dashboards/celery:ro" grafana/grafana-oss:10.4.8
+  (its data source is http://localhost:9090: with another DEMO_PROMETHEUS_PORT, edit the URL),
+  or import dashboards/*.json into a Grafana with a data source for http://127.0.0.1:$DEMO_PROMETHEUS_PORT.
 
   Ctrl-C stops everything the demo started.
 
