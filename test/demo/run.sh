@@ -32,8 +32,9 @@ HEADLESS=${HEADLESS:-0}
 DEMO_DURATION=${DEMO_DURATION:-0}
 DEMO_HEAL_AFTER=${DEMO_HEAL_AFTER:-180}
 EXPORTER_BIN=${CELERY_EXPORTER_BIN:-$DEMO_ROOT/celery_exporter}
-# Start order; stopped all at once, leftovers killed after STOP_GRACE seconds.
-SERVICES=(redis webhook alertmanager prometheus exporter worker-chat worker-default worker-background loadgen)
+# Start order (Prometheus last: no alerts about a system still starting); stopped all at once,
+# leftovers killed after STOP_GRACE seconds.
+SERVICES=(redis exporter worker-chat worker-default worker-background loadgen webhook alertmanager prometheus)
 STOP_GRACE=10
 
 # --- set-up -----------------------------------------------------------------------------------
@@ -119,13 +120,20 @@ stop_all() {
     left=""
     for name in "${SERVICES[@]}"; do group_alive "$name" && left="$left $name"; done
     [ -z "$left" ] && break
-    if [ "$i" = 10 ]; then
-      # A warm shutdown waits for running tasks (a long chat message takes up to 45s): after 2s,
-      # Celery's cold shutdown.
-      for name in $left; do
-        case $name in worker-*) pid=$(pid_of "$name") && kill -QUIT "$pid" 2>/dev/null || true ;; esac
-      done
-    fi
+    # A warm shutdown waits for running tasks (a long chat message takes up to 45s): after 2s,
+    # Celery's cold shutdown; a threads pool still waits for its threads, so after 5s, SIGKILL.
+    for name in $left; do
+      case $name in
+        worker-*)
+          if [ "$i" = 10 ]; then
+            pid=$(pid_of "$name") && kill -QUIT "$pid" 2>/dev/null || true
+          elif [ "$i" = 25 ]; then
+            say "$name still runs tasks after 5s: killed"
+            signal_group "$name" KILL
+          fi
+          ;;
+      esac
+    done
     sleep 0.2
   done
   for name in "${SERVICES[@]}"; do
@@ -151,19 +159,6 @@ for ((i = 0; ; i++)); do
   sleep 0.1
 done
 
-say "starting the alert webhook, Alertmanager and Prometheus"
-start_proc webhook "$PY" "$DEMO_ROOT/test/demo/webhook.py" "$DEMO_WEBHOOK_PORT" "$LOG_DIR/alerts.jsonl"
-start_proc alertmanager prometheus-alertmanager --config.file="$DEMO_DIR/alertmanager.yml" \
-  --storage.path="$DEMO_DIR/alertmanager" --web.listen-address="127.0.0.1:$DEMO_ALERTMANAGER_PORT" \
-  --cluster.listen-address= --log.level=warn
-start_proc prometheus prometheus --config.file="$DEMO_DIR/prometheus.yml" \
-  --storage.tsdb.path="$DEMO_DIR/prometheus" --storage.tsdb.retention.time=1d \
-  --web.listen-address="127.0.0.1:$DEMO_PROMETHEUS_PORT" --web.enable-lifecycle \
-  --rules.alert.resend-delay=5s --log.level=warn
-wait_http webhook "http://127.0.0.1:$DEMO_WEBHOOK_PORT/" 30 || die "the webhook did not start"
-wait_http alertmanager "http://127.0.0.1:$DEMO_ALERTMANAGER_PORT/-/ready" 60 || die "Alertmanager did not start"
-wait_http prometheus "http://127.0.0.1:$DEMO_PROMETHEUS_PORT/-/ready" 60 || die "Prometheus did not start"
-
 say "starting celery_exporter on 127.0.0.1:$DEMO_EXPORTER_PORT"
 # Remote control every 5s rather than 15s so a killed worker's queues show sooner.
 start_proc exporter "$EXPORTER_BIN" \
@@ -183,6 +178,19 @@ done
 
 say "starting the load generator"
 start_celery_proc loadgen "$PY" "$DEMO_ROOT/test/demo/loadgen.py"
+
+say "starting the alert webhook, Alertmanager and Prometheus"
+start_proc webhook "$PY" "$DEMO_ROOT/test/demo/webhook.py" "$DEMO_WEBHOOK_PORT" "$LOG_DIR/alerts.jsonl"
+start_proc alertmanager prometheus-alertmanager --config.file="$DEMO_DIR/alertmanager.yml" \
+  --storage.path="$DEMO_DIR/alertmanager" --web.listen-address="127.0.0.1:$DEMO_ALERTMANAGER_PORT" \
+  --cluster.listen-address= --log.level=warn
+start_proc prometheus prometheus --config.file="$DEMO_DIR/prometheus.yml" \
+  --storage.tsdb.path="$DEMO_DIR/prometheus" --storage.tsdb.retention.time=1d \
+  --web.listen-address="127.0.0.1:$DEMO_PROMETHEUS_PORT" --web.enable-lifecycle \
+  --rules.alert.resend-delay=5s --log.level=warn
+wait_http webhook "http://127.0.0.1:$DEMO_WEBHOOK_PORT/" 30 || die "the webhook did not start"
+wait_http alertmanager "http://127.0.0.1:$DEMO_ALERTMANAGER_PORT/-/ready" 60 || die "Alertmanager did not start"
+wait_http prometheus "http://127.0.0.1:$DEMO_PROMETHEUS_PORT/-/ready" 60 || die "Prometheus did not start"
 
 # --- running ----------------------------------------------------------------------------------
 cat <<EOF
