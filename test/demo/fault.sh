@@ -116,7 +116,7 @@ case $cmd in
     say "sent $count chat message(s) that log zep_call_error: expect ZepCallErrors (warning) within ~20s"
     ;;
   alerts)
-    curl -fsS --max-time 5 "$PROM/api/v1/alerts" | "$PY" -c '
+    http_get "$PROM/api/v1/alerts" | "$PY" -c '
 import json, sys
 alerts = json.load(sys.stdin)["data"]["alerts"]
 if not alerts:

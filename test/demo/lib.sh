@@ -124,8 +124,13 @@ wait_worker_ready() {
   return 1
 }
 
-# http_ok URL: 200 within 2s.
-http_ok() { curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; }
+# http_get URL prints the body of a 2xx answer within 5s (Python: curl is not on every Debian).
+http_get() {
+  "$PY" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null
+}
+
+# http_ok URL: a 2xx answer.
+http_ok() { http_get "$1" >/dev/null; }
 
 # wait_http NAME URL TIMEOUT
 wait_http() {

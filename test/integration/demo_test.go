@@ -30,7 +30,7 @@ type demo struct {
 
 func startDemo(t *testing.T, duration time.Duration) *demo {
 	t.Helper()
-	harness.Require(t, "redis-server", "redis-cli", "prometheus", harness.AlertmanagerBinary, "promtool", "amtool", "setsid", "curl", "go")
+	harness.Require(t, "redis-server", "redis-cli", "prometheus", harness.AlertmanagerBinary, "promtool", "amtool", "setsid", "go")
 	harness.RequirePython(t, "celery", "django_redis")
 	d := &demo{root: harness.ModuleRoot(t), dir: t.TempDir(), done: make(chan error, 1)}
 	ports := map[string]int{}
