@@ -99,7 +99,7 @@ case $cmd in
     plan=""
     for ((i = 0; i < count; i++)); do plan="$plan${plan:+,}$entry"; done
     printf '[%s]' "$plan" | produce
-    say "sent $count tasks of ${secs}s to $q: expect CeleryQueueBacklog (depth >= 5 for 30s)"
+    say "sent $count tasks of ${secs}s to $q: expect CeleryQueueBacklog once its depth stays at 5 or more for 30s"
     ;;
   purge)
     q=${1:-}
