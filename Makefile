@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X $(PKG_VER).Version=$(VERSION) -X $(PKG_VER).Revision=$(REV
 # packages one at a time.
 TEST_FLAGS ?= -count=1 -p 1 -timeout 20m
 
-.PHONY: all build test unit lint deps bench rules rules-check demo clean
+.PHONY: all build test unit lint deps bench rules rules-check demo demo-kill-worker demo-trip-breaker demo-flood demo-zep-error clean
 
 all: build
 
@@ -44,6 +44,19 @@ rules-check:
 
 demo: deps build
 	./test/demo/run.sh
+
+# Fault buttons for a running `make demo`, each making its alert fire.
+demo-kill-worker:
+	./test/demo/fault.sh kill-worker $(WORKER)
+
+demo-trip-breaker:
+	./test/demo/fault.sh trip-breaker
+
+demo-flood:
+	./test/demo/fault.sh flood $(QUEUE)
+
+demo-zep-error:
+	./test/demo/fault.sh zep-error
 
 clean:
 	rm -f $(BIN)
