@@ -132,6 +132,26 @@ func (d *decoder) readUint(n int) (uint64, error) {
 	return v, nil
 }
 
+// memoIndex reads the memo index of a PUT or GET: decimal text in protocol 0, one byte in the
+// BIN forms, four in the LONG_BIN forms.
+func (d *decoder) memoIndex(code byte) (uint64, error) {
+	switch code {
+	case opBINPUT, opBINGET:
+		return d.readUint(1)
+	case opLONG_BINPUT, opLONG_BINGET:
+		return d.readUint(4)
+	}
+	line, err := d.readLine()
+	if err != nil {
+		return 0, err
+	}
+	idx, err := strconv.ParseUint(string(line), 10, 64)
+	if err != nil {
+		return 0, d.fail("memo index: %v", err)
+	}
+	return idx, nil
+}
+
 // readLine reads up to and excluding the next '\n' (the text opcodes of protocol 0).
 func (d *decoder) readLine() ([]byte, error) {
 	i := bytes.IndexByte(d.data[d.pos:], '\n')
@@ -544,48 +564,16 @@ func (d *decoder) step(code byte) error {
 		}
 		d.push(set)
 
-	case opPUT:
-		line, err := d.readLine()
-		if err != nil {
-			return err
-		}
-		idx, err := strconv.ParseUint(string(line), 10, 64)
-		if err != nil {
-			return d.fail("PUT: %v", err)
-		}
-		return d.put(idx)
-	case opBINPUT:
-		idx, err := d.readUint(1)
-		if err != nil {
-			return err
-		}
-		return d.put(idx)
-	case opLONG_BINPUT:
-		idx, err := d.readUint(4)
+	case opPUT, opBINPUT, opLONG_BINPUT:
+		idx, err := d.memoIndex(code)
 		if err != nil {
 			return err
 		}
 		return d.put(idx)
 	case opMEMOIZE:
 		return d.put(uint64(len(d.memo)))
-	case opGET:
-		line, err := d.readLine()
-		if err != nil {
-			return err
-		}
-		idx, err := strconv.ParseUint(string(line), 10, 64)
-		if err != nil {
-			return d.fail("GET: %v", err)
-		}
-		return d.get(idx)
-	case opBINGET:
-		idx, err := d.readUint(1)
-		if err != nil {
-			return err
-		}
-		return d.get(idx)
-	case opLONG_BINGET:
-		idx, err := d.readUint(4)
+	case opGET, opBINGET, opLONG_BINGET:
+		idx, err := d.memoIndex(code)
 		if err != nil {
 			return err
 		}
