@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/go-kit/log"
@@ -12,7 +15,7 @@ import (
 )
 
 // newLogger builds the exporter's go-kit logger: logfmt or json, filtered by level, with a UTC
-// timestamp and the caller.
+// timestamp. withCaller adds the caller of each Log call.
 func newLogger(w io.Writer, lvl, format string) (log.Logger, error) {
 	var l log.Logger
 	switch format {
@@ -37,10 +40,12 @@ func newLogger(w io.Writer, lvl, format string) (log.Logger, error) {
 		return nil, fmt.Errorf("unknown --log.level %q (want debug, info, warn or error)", lvl)
 	}
 	l = level.NewFilter(l, opt)
-	return log.With(l, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller), nil
+	return log.With(l, "ts", log.DefaultTimestampUTC), nil
 }
 
-// slogBridge is a slog.Handler writing to the go-kit logger, so what exporter-toolkit logs (it
+func withCaller(l log.Logger) log.Logger { return log.With(l, "caller", log.DefaultCaller) }
+
+// slogBridge is a slog.Handler writing to the go-kit logger (one without a caller valuer), so what exporter-toolkit logs (it
 // takes a *slog.Logger) comes out in the same stream, format and level filter.
 type slogBridge struct {
 	logger log.Logger
@@ -51,7 +56,12 @@ type slogBridge struct {
 func (h slogBridge) Enabled(context.Context, slog.Level) bool { return true } // go-kit filters
 
 func (h slogBridge) Handle(_ context.Context, r slog.Record) error {
-	kv := make([]any, 0, 4+len(h.attrs)+2*r.NumAttrs())
+	kv := make([]any, 0, 6+len(h.attrs)+2*r.NumAttrs())
+	if r.PC != 0 {
+		// The go-kit caller valuer would name this file; slog knows the real caller.
+		f, _ := runtime.CallersFrames([]uintptr{r.PC}).Next()
+		kv = append(kv, "caller", filepath.Base(f.File)+":"+strconv.Itoa(f.Line))
+	}
 	kv = append(kv, "msg", r.Message)
 	kv = append(kv, h.attrs...)
 	r.Attrs(func(a slog.Attr) bool {

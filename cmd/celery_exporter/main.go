@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -169,19 +170,20 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	logger, err := newLogger(os.Stderr, f.logLevel, f.logFormat)
+	base, err := newLogger(os.Stderr, f.logLevel, f.logFormat)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	if err := serve(logger, f, webConfig); err != nil {
+	logger := withCaller(base)
+	if err := serve(logger, slogLogger(base), f, webConfig); err != nil {
 		level.Error(logger).Log("msg", "exiting", "err", err)
 		return 1
 	}
 	return 0
 }
 
-func serve(logger log.Logger, f *flags, webConfig *web.FlagConfig) error {
+func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.FlagConfig) error {
 	redis.SetLogger(redisLogger{logger})
 	broker, err := kombu.ParseURL(f.brokerURL)
 	if err != nil {
@@ -332,7 +334,7 @@ func serve(logger log.Logger, f *flags, webConfig *web.FlagConfig) error {
 	}()
 
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	return web.ListenAndServe(server, webConfig, slogLogger(logger))
+	return web.ListenAndServe(server, webConfig, webLogger)
 }
 
 func buildInfo() prometheus.Collector {

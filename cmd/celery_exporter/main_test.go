@@ -76,7 +76,7 @@ func TestSlogBridge(t *testing.T) {
 	s.Debug("hidden")
 	s.WithGroup("tls").Error("bad cert", "file", "x.pem")
 	out := buf.String()
-	for _, want := range []string{`level=info`, `msg="Listening on"`, `component=web`, `address=[::]:9808`, `level=error`, `tls.file=x.pem`} {
+	for _, want := range []string{`level=info`, `caller=main_test.go:`, `msg="Listening on"`, `component=web`, `address=[::]:9808`, `level=error`, `tls.file=x.pem`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %s in %s", want, out)
 		}
@@ -95,7 +95,7 @@ func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	l, _ := newLogger(&buf, "debug", "logfmt")
-	err = serve(l, f, web)
+	err = serve(withCaller(l), slogLogger(l), f, web)
 	if err == nil || strings.Contains(err.Error(), "hunter2") || strings.Contains(buf.String(), "hunter2") {
 		t.Fatalf("err %v, log %s", err, buf.String())
 	}
