@@ -251,7 +251,6 @@ func (s *alertsE2E) healthy() {
 	}
 	harness.Produce(t, s.brokerURL, nil, plan)
 	for _, q := range []string{"chat", "default", "background", "notifications", "dlq"} {
-		q := q
 		s.exp.WaitFor(t, 30*time.Second, func(m harness.Metrics) bool {
 			return m.Sum("celery_task_succeeded_total", map[string]string{"queue_name": q}) >= 1
 		})
