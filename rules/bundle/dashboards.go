@@ -159,7 +159,7 @@ func (c *Config) tasksDashboard() *board {
 	b.row("Totals")
 	b.add(24, 8, table("Failures in the time range", "Failed tasks by name, queue and exception over the dashboard's time range.",
 		nil, map[string]string{"Value": "failures", "name": "task", "queue_name": "queue"},
-		target{expr: "sum by (name, queue_name, exception) (increase(celery_task_failed_total" + sel + "[$__range])) > 0"}))
+		target{expr: "sum by (name, queue_name, exception) (\n  " + increaseNewInRange("celery_task_failed_total"+sel) + "\n) > 0"}))
 	return b
 }
 

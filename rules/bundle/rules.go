@@ -109,7 +109,10 @@ func (c *Config) recordingRules() []Rule {
 		{Record: RecTaskOutcomes, Expr: "sum by (job, queue_name, name) (\n  " + c.increaseNew(succeeded, wf) + "\n  or\n  " + c.increaseNew(failed, wf) + "\n)"},
 		// Tasks with no outcome in the window have no ratio rather than 0/0.
 		{Record: RecTaskFailureRatio, Expr: "(" + RecTaskFailures + " or 0 * " + RecTaskOutcomes + ")\n/\n(" + RecTaskOutcomes + " > 0)"},
-		{Record: RecTaskRuntimeP95, Expr: "histogram_quantile(0.95, sum by (job, queue_name, name, le) (rate(celery_task_runtime_seconds_bucket" + c.sel() + "[" + wr.String() + "])))"},
+		// Over increaseNew, not rate(): a task's histogram series appears with its first
+		// observation, which rate() would never see. `>= 0` drops the NaN of windows with no run.
+		{Record: RecTaskRuntimeP95, Expr: "histogram_quantile(0.95, sum by (job, queue_name, name, le) (\n  " +
+			c.increaseNew("celery_task_runtime_seconds_bucket"+c.sel(), wr) + "\n)) >= 0"},
 		{Record: RecLastEventAge, Expr: "time() - celery_exporter_last_event_timestamp_seconds" + c.sel()},
 		{Record: RecBreakerOpen, Expr: "max by (job, breaker) (celery_breaker_open" + c.sel() + ")"},
 	}
