@@ -39,6 +39,7 @@ type flags struct {
 	brokerURLSet     bool
 	transportOptions []string
 	unackedScanLimit int
+	discovery        time.Duration
 
 	telemetryPath string
 	logLevel      string
@@ -83,6 +84,8 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 		StringsVar(&f.transportOptions)
 	app.Flag("broker.unacked-scan-limit", "At most this many unacked entries are read per scrape to attribute them to queues; the total always comes from HLEN.").
 		Default("1000").IntVar(&f.unackedScanLimit)
+	app.Flag("broker.discovery-interval", "How often queue names are looked up again in kombu's _kombu.binding.* sets (a SCAN of the DB); depths are read at every scrape.").
+		Default("30s").DurationVar(&f.discovery)
 
 	webConfig := kingpinflag.AddFlags(app, ":9808")
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&f.telemetryPath)
@@ -240,7 +243,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
 	}
 	scrapers = append(scrapers, collector.NewBrokerScraper(log.With(logger, "source", "broker"), client, ks, collector.BrokerOptions{
-		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit,
+		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit, DiscoveryInterval: f.discovery,
 		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
 	}, events, dynamicQueues))
 
