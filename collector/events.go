@@ -309,8 +309,11 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 			queue = s.opts.DefaultQueue
 		}
 		t.Queue = queue
-		s.nameQueue[ev.Name] = queue
-		s.inc(mSent, s.nameLabel(t.Name), queue, "", "")
+		name := s.nameLabel(t.Name)
+		if name != overflowValue { // the map is bounded by the name cap, like the labels
+			s.nameQueue[t.Name] = queue
+		}
+		s.inc(mSent, name, queue, "", "")
 		s.release(t)
 		return
 	case event.TaskReceived:
