@@ -610,31 +610,20 @@ func (d *decoder) step(code byte) error {
 			}
 		}
 		return d.unsafe("STACK_GLOBAL", global)
-	case opREDUCE:
-		return d.unsafe("REDUCE", "")
-	case opBUILD:
-		return d.unsafe("BUILD", "")
-	case opOBJ:
-		return d.unsafe("OBJ", "")
-	case opNEWOBJ:
-		return d.unsafe("NEWOBJ", "")
-	case opNEWOBJ_EX:
-		return d.unsafe("NEWOBJ_EX", "")
-	case opEXT1:
-		return d.unsafe("EXT1", "")
-	case opEXT2:
-		return d.unsafe("EXT2", "")
-	case opEXT4:
-		return d.unsafe("EXT4", "")
-	case opPERSID:
-		return d.unsafe("PERSID", "")
-	case opBINPERSID:
-		return d.unsafe("BINPERSID", "")
 
 	default:
+		if name, ok := callOpcodes[code]; ok {
+			return d.unsafe(name, "")
+		}
 		return d.fail("unknown opcode 0x%02x", code)
 	}
 	return nil
+}
+
+// callOpcodes call or look up Python code without naming it on the wire: refused as they come.
+var callOpcodes = map[byte]string{
+	opREDUCE: "REDUCE", opBUILD: "BUILD", opOBJ: "OBJ", opNEWOBJ: "NEWOBJ", opNEWOBJ_EX: "NEWOBJ_EX",
+	opEXT1: "EXT1", opEXT2: "EXT2", opEXT4: "EXT4", opPERSID: "PERSID", opBINPERSID: "BINPERSID",
 }
 
 // lengthSize is how many bytes hold the length of a sized opcode's argument.
