@@ -36,8 +36,6 @@ const unknownName = "unknown"
 
 // EventOptions configure the event source.
 type EventOptions struct {
-	// BufferSize is how many payloads may wait between the Redis reader and the decoder.
-	BufferSize int
 	// WorkerTimeout is the slack after 2×freq past the last heartbeat before a worker is down.
 	WorkerTimeout time.Duration
 	// PurgeAfter is how long a down worker's series stay (at celery_worker_up 0) before they go.
@@ -270,7 +268,7 @@ func (s *EventSource) Tick() {
 	if now.Sub(s.lastExpire) >= 5*time.Second {
 		s.lastExpire = now
 		for _, t := range s.cache.Expire(now) {
-			s.settle(t)
+			s.release(t)
 		}
 		s.purgeWorkers(now)
 	}
@@ -293,7 +291,7 @@ func (s *EventSource) apply(ev *event.Event) {
 func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 	t, _, evicted := s.cache.GetOrCreate(ev.UUID, now)
 	if evicted != nil {
-		s.settle(evicted)
+		s.release(evicted) // its held events still count, with a fallback queue
 	}
 	if _, known := s.hosts[ev.Hostname]; known && ev.Type != event.TaskSent {
 		s.lastTaskEvent[ev.Hostname] = now
@@ -353,9 +351,6 @@ func (s *EventSource) release(t *tasks.Task) {
 		s.applyTask(&pending[i], t)
 	}
 }
-
-// settle is release for a task the cache dropped.
-func (s *EventSource) settle(t *tasks.Task) { s.release(t) }
 
 // fallbackQueue: the only queue the receiving worker consumes; else the queue task-sent showed
 // for this task name before; else the configured default queue.

@@ -24,7 +24,7 @@ const (
 
 func benchSource() *EventSource {
 	return NewEventSource(log.NewNopLogger(), nil, EventOptions{
-		BufferSize: 65536, WorkerTimeout: 5 * time.Second, PurgeAfter: time.Hour, MaxTracked: 100000,
+		WorkerTimeout: 5 * time.Second, PurgeAfter: time.Hour, MaxTracked: 100000,
 		TaskTTL: 6 * time.Hour, SentWait: 2 * time.Second, DefaultQueue: "celery", MaxTaskNames: 1000,
 		MaxExceptionsPerTask: 50, MaxWorkers: 1000,
 	})

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -221,7 +222,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 
 	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer)
 	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, collector.EventOptions{
-		BufferSize: f.eventBuffer, WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
+		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
 		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked,
 		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames,
 		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers,
@@ -320,6 +321,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		mux.Handle("/", landing)
 	}
 
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
@@ -332,12 +334,17 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 			}
 			level.Info(logger).Log("msg", "shutting down", "signal", s)
 			stop()
-			os.Exit(0)
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = server.Shutdown(shutdown) // in-flight scrapes finish; serve's deferred closes run
+			cancel()
+			return
 		}
 	}()
 
-	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	return web.ListenAndServe(server, webConfig, webLogger)
+	if err := web.ListenAndServe(server, webConfig, webLogger); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 func buildInfo() prometheus.Collector {

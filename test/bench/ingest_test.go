@@ -113,7 +113,7 @@ func newExporter(b *testing.B, client redis.UniversalClient, patterns []string) 
 	logger := level.NewFilter(log.NewLogfmtLogger(log.NewSyncWriter(os.Stderr)), level.AllowWarn())
 	sub := listener.New(logger, client, patterns, 65536)
 	src := collector.NewEventSource(logger, sub, collector.EventOptions{
-		BufferSize: 65536, WorkerTimeout: 5 * time.Second, PurgeAfter: time.Hour, MaxTracked: 100000,
+		WorkerTimeout: 5 * time.Second, PurgeAfter: time.Hour, MaxTracked: 100000,
 		TaskTTL: 6 * time.Hour, SentWait: 2 * time.Second, DefaultQueue: "celery", MaxTaskNames: 1000,
 		MaxExceptionsPerTask: 50, MaxWorkers: 1000,
 	})
