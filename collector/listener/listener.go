@@ -92,6 +92,16 @@ func (s *Subscriber) Run(ctx context.Context) {
 func (s *Subscriber) session(ctx context.Context, established func()) error {
 	ps := s.client.PSubscribe(ctx)
 	defer ps.Close()
+	// A blocked read does not see ctx being cancelled; closing the connection ends it.
+	ended := make(chan struct{})
+	defer close(ended)
+	go func() {
+		select {
+		case <-ctx.Done():
+			ps.Close()
+		case <-ended:
+		}
+	}()
 	if err := ps.PSubscribe(ctx, s.patterns...); err != nil {
 		return err
 	}
