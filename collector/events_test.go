@@ -525,3 +525,36 @@ func (failing) Name() string { return "broken" }
 func (failing) Scrape(_ context.Context, _ chan<- prometheus.Metric) error {
 	return fmt.Errorf("down")
 }
+
+// Scrapes, remote control and the broker source read while the pipeline writes (go test -race).
+func TestEventSourceConcurrentReaders(t *testing.T) {
+	src, clk := newTestSource(EventOptions{MaxTracked: 50})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 2000; i++ {
+			id := fmt.Sprint(i)
+			src.HandlePayload(payload(sent(id, "t.a", "q", 1), taskEv("task-received", id, "celery@a", 1, "name", "t.a")))
+			src.HandlePayload(payload(heartbeat("celery@a", 2, 1, i)))
+			if i%100 == 0 {
+				clk.Add(6 * time.Second)
+				src.Tick()
+			}
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			got := samples(t, AsCollector(src))
+			if v := got[`celery_task_sent_total{name="t.a",queue_name="q"}`]; v != 2000 {
+				t.Fatalf("sent = %v", v)
+			}
+			return
+		default:
+			_ = samples(t, AsCollector(src))
+			src.WorkerNames()
+			src.TaskSentAt("7")
+			src.WorkerSystem("celery@a")
+		}
+	}
+}
