@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests (and the demo) need, when they are missing.
 # Where it cannot (not root, no apt-get), it prints the exact command to run and fails.
+#
+# Every program a test asks for with harness.Require is checked here by its own name, so that
+# `make test` under CI=true (where a missing tool fails the test) passes on a fresh machine.
 set -euo pipefail
 
 need=()
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_py() { /usr/bin/python3 -c "import $1" >/dev/null 2>&1; }
+# want PACKAGE: add it once.
+want() {
+  local p
+  for p in "${need[@]}"; do [ "$p" = "$1" ] && return 0; done
+  need+=("$1")
+}
 
-have_cmd redis-server || need+=(redis-server)
-have_py celery || need+=(python3-celery)
-have_py django_redis || need+=(python3-django-redis)
-have_cmd promtool || need+=(prometheus)
-have_cmd amtool || need+=(prometheus-alertmanager)
+have_cmd redis-server || want redis-server
+have_cmd redis-cli || want redis-tools
+have_py celery || want python3-celery
+have_py django_redis || want python3-django-redis
+have_cmd prometheus || want prometheus
+have_cmd promtool || want prometheus
+have_cmd prometheus-alertmanager || want prometheus-alertmanager
+have_cmd amtool || want prometheus-alertmanager
+# TestDeploySystemd runs `systemd-analyze verify` on the unit; a container base image has no systemd.
+have_cmd systemd-analyze || want systemd
 
 [ ${#need[@]} -eq 0 ] && exit 0
 
