@@ -101,7 +101,7 @@ func NewBrokerScraper(logger log.Logger, client redis.UniversalClient, ks kombu.
 	if logger == nil {
 		logger = log.NewNopLogger()
 	}
-	b := &BrokerScraper{
+	return &BrokerScraper{
 		logger: logger, client: client, ks: ks, opts: opts, sent: sent, dynamic: dynamic, clock: clock.Real{},
 		exclude: map[string]bool{
 			opts.EventExchange:                         true,
@@ -109,11 +109,6 @@ func NewBrokerScraper(logger log.Logger, client redis.UniversalClient, ks kombu.
 			kombu.ReplyExchange(opts.ControlExchange):  true,
 		},
 	}
-	// A typed nil (a nil *ControlSource in an interface) must not be called.
-	if cs, ok := dynamic.(*ControlSource); ok && cs == nil {
-		b.dynamic = nil
-	}
-	return b
 }
 
 // WithClock sets the clock the ages are measured with (tests).
@@ -170,11 +165,10 @@ func (b *BrokerScraper) Scrape(ctx context.Context, ch chan<- prometheus.Metric)
 }
 
 type queueDepth struct {
-	name      string
-	keys      []kombu.PriorityKey
-	lens      []*redis.IntCmd
-	tails     []*redis.StringCmd
-	wrongType bool
+	name  string
+	keys  []kombu.PriorityKey
+	lens  []*redis.IntCmd
+	tails []*redis.StringCmd
 }
 
 func (b *BrokerScraper) scrape(ctx context.Context, emit func(prometheus.Metric)) error {
@@ -209,19 +203,16 @@ func (b *BrokerScraper) scrape(ctx context.Context, emit func(prometheus.Metric)
 
 	now := b.clock.Now()
 	var p fastjson.Parser
+depths:
 	for _, d := range depths {
 		total := int64(0)
 		for _, c := range d.lens {
 			n, err := c.Result()
 			if err != nil {
 				// WRONGTYPE: a key of that name that is not a list is not a Celery queue.
-				d.wrongType = true
-				break
+				continue depths
 			}
 			total += n
-		}
-		if d.wrongType {
-			continue
 		}
 		emitConst(emit, queueLengthDesc, prometheus.GaugeValue, float64(total), d.name)
 		for i, c := range d.lens {
@@ -511,7 +502,8 @@ func (b *BrokerScraper) queuesOf(table *bindingTable, e kombu.UnackedEntry) []st
 	return []string{e.RoutingKey}
 }
 
-// emitConst adds a metric, skipping label values Prometheus refuses (invalid UTF-8 in a key name).
+// emitConst adds a metric, skipping a series Prometheus refuses (invalid UTF-8 in a queue or host
+// name read from Redis) instead of panicking as MustNewConstMetric would.
 func emitConst(emit func(prometheus.Metric), d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
 	if m, err := prometheus.NewConstMetric(d, t, v, labels...); err == nil {
 		emit(m)

@@ -409,6 +409,7 @@ func (c *ControlSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) e
 	if r.err != nil {
 		return fmt.Errorf("last remote-control round at %s: %w", r.at.UTC().Format(time.RFC3339), r.err)
 	}
+	emit := func(m prometheus.Metric) { ch <- m }
 	hosts := map[string]bool{}
 	for _, h := range r.known {
 		hosts[h] = true
@@ -417,23 +418,23 @@ func (c *ControlSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) e
 		hosts[h] = true
 	}
 	for _, h := range sortedStringKeys(hosts) {
-		sendConstGauge(ch, workerPingOKDesc, gaugeBool(r.ping[h]), h)
+		emitConst(emit, workerPingOKDesc, prometheus.GaugeValue, gaugeBool(r.ping[h]), h)
 	}
 	for _, h := range sortedStringKeys(r.queues) {
 		for _, q := range r.queues[h] {
-			sendConstGauge(ch, workerQueueInfoDesc, 1, h, q)
+			emitConst(emit, workerQueueInfoDesc, prometheus.GaugeValue, 1, h, q)
 		}
 	}
 	for _, h := range sortedStringKeys(r.stats) {
 		st := r.stats[h]
 		if st.maxConcurrency != nil {
-			sendConstGauge(ch, workerPoolMaxConcurrencyDesc, *st.maxConcurrency, h)
+			emitConst(emit, workerPoolMaxConcurrencyDesc, prometheus.GaugeValue, *st.maxConcurrency, h)
 		}
 		if st.prefetch != nil {
-			sendConstGauge(ch, workerPrefetchCountDesc, *st.prefetch, h)
+			emitConst(emit, workerPrefetchCountDesc, prometheus.GaugeValue, *st.prefetch, h)
 		}
 		if st.uptime != nil {
-			sendConstGauge(ch, workerUptimeDesc, *st.uptime, h)
+			emitConst(emit, workerUptimeDesc, prometheus.GaugeValue, *st.uptime, h)
 		}
 		if st.maxRSSKiB != nil {
 			// getrusage's ru_maxrss is KiB on Linux and bytes on macOS.
@@ -441,31 +442,19 @@ func (c *ControlSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) e
 			if st.rusageDarwin {
 				rss = *st.maxRSSKiB
 			}
-			sendConstGauge(ch, workerMaxRSSDesc, rss, h)
+			emitConst(emit, workerMaxRSSDesc, prometheus.GaugeValue, rss, h)
 		}
 		if st.userCPU != nil {
-			sendConstMetric(ch, workerCPUDesc, prometheus.CounterValue, *st.userCPU, h, "user")
+			emitConst(emit, workerCPUDesc, prometheus.CounterValue, *st.userCPU, h, "user")
 		}
 		if st.systemCPU != nil {
-			sendConstMetric(ch, workerCPUDesc, prometheus.CounterValue, *st.systemCPU, h, "system")
+			emitConst(emit, workerCPUDesc, prometheus.CounterValue, *st.systemCPU, h, "system")
 		}
 		for _, name := range sortedStringKeys(st.total) {
-			sendConstMetric(ch, workerTasksAcceptedDesc, prometheus.CounterValue, st.total[name], h, name)
+			emitConst(emit, workerTasksAcceptedDesc, prometheus.CounterValue, st.total[name], h, name)
 		}
 	}
 	return nil
-}
-
-func sendConstGauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
-	sendConstMetric(ch, d, prometheus.GaugeValue, v, labels...)
-}
-
-// sendConstMetric skips a series Prometheus refuses (invalid UTF-8 in a queue or host name read
-// from Redis) instead of panicking as MustNewConstMetric would.
-func sendConstMetric(ch chan<- prometheus.Metric, d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
-	if m, err := prometheus.NewConstMetric(d, t, v, labels...); err == nil {
-		ch <- m
-	}
 }
 
 func gaugeBool(b bool) float64 {
