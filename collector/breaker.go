@@ -88,11 +88,23 @@ type BreakerScraper struct {
 }
 
 type breakerState struct {
-	seen     bool // a successful read happened
 	open     bool
 	openedAt float64 // of the current open period; NaN when unknown
 	trips    map[string]float64
 	refused  float64
+}
+
+// maxTripReasons bounds the reason values of one breaker's trip counter: the reason is read from
+// Redis, and an application that wrote an error message there would add a series with every trip.
+const maxTripReasons = 32
+
+// tripReason is the reason label of a new trip: past the cap, the overflow value every capped
+// label of this exporter uses.
+func (st *breakerState) tripReason(reason string) string {
+	if _, ok := st.trips[reason]; ok || len(st.trips) < maxTripReasons {
+		return reason
+	}
+	return overflowValue
 }
 
 // NewBreakerScraper returns a scraper with no breakers until ApplyConfig. dial connects to a
@@ -261,13 +273,13 @@ func (s *BreakerScraper) Scrape(ctx context.Context, ch chan<- prometheus.Metric
 			// force_write_only() call is one trip, as the app's own downgrade counter counts.
 			reopened := st.open && r.open && !math.IsNaN(r.openedAt) && !math.IsNaN(st.openedAt) && r.openedAt != st.openedAt
 			if r.open && (!st.open || reopened) {
-				st.trips[r.reason]++
+				st.trips[st.tripReason(r.reason)]++
 			}
-			st.seen, st.open, st.openedAt = true, r.open, r.openedAt
+			st.open, st.openedAt = r.open, r.openedAt
 			if !r.open {
 				st.openedAt = math.NaN()
 			}
-			ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, b2f(r.open), b.Name)
+			ch <- prometheus.MustNewConstMetric(breakerOpenDesc, prometheus.GaugeValue, gaugeBool(r.open), b.Name)
 			if r.open {
 				ch <- prometheus.MustNewConstMetric(breakerInfoDesc, prometheus.GaugeValue, 1, b.Name, r.mode, r.reason)
 				if !math.IsNaN(r.until) {
@@ -443,6 +455,7 @@ func evalBreaker(b config.Breaker, raw []byte, now time.Time, ttl time.Duration)
 				if s == ov {
 					// Only configured values become labels.
 					r.open, r.mode = true, ov
+					break
 				}
 			}
 		}
@@ -543,7 +556,7 @@ func toTimestamp(v any) (float64, error) {
 		f, _ := new(big.Float).SetInt(x).Float64()
 		return f, nil
 	case bool:
-		return b2f(x), nil
+		return gaugeBool(x), nil
 	case nil:
 		return 0, nil
 	case string:
@@ -626,11 +639,11 @@ func truncate(s string) string {
 // parseAppValue reads a number as django-redis stores it: digits for an int, a pickle for a
 // float or bool; plain decimal strings (e.g. set by redis-cli or INCRBYFLOAT) too.
 func parseAppValue(raw []byte) (float64, error) {
-	if f, err := strconv.ParseFloat(strings.TrimSpace(string(raw)), 64); err == nil {
-		return f, nil
-	}
 	if len(raw) > maxValueBytes {
 		return 0, fmt.Errorf("value of %d bytes is over the %d limit", len(raw), maxValueBytes)
+	}
+	if f, err := strconv.ParseFloat(strings.TrimSpace(string(raw)), 64); err == nil {
+		return f, nil
 	}
 	v, err := pickle.Decode(raw)
 	if err != nil {
@@ -642,11 +655,4 @@ func parseAppValue(raw []byte) (float64, error) {
 	default:
 		return 0, fmt.Errorf("pickled %T is not a number", v)
 	}
-}
-
-func b2f(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
 }

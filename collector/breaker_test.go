@@ -1,32 +1,19 @@
 package collector
 
 import (
-	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector/config"
 )
-
-// appSignalsCollector adapts a Scraper to prometheus.Collector for testutil, keeping the error of
-// the last scrape.
-type appSignalsCollector struct {
-	s   Scraper
-	err error
-}
-
-func (c *appSignalsCollector) Describe(chan<- *prometheus.Desc) {}
-func (c *appSignalsCollector) Collect(ch chan<- prometheus.Metric) {
-	c.err = c.s.Scrape(context.Background(), ch)
-}
 
 // The seed app's breaker as django-redis writes it (pickle protocol 4), from
 // /work/shared/fixtures/capture-5.2.6/django_redis_forced_mode_simulated.txt: reason
@@ -36,7 +23,7 @@ const forcedModeFixture = "\x80\x04\x95_\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x
 // A pickle whose __reduce__ calls os.system (protocol 2, as python3 writes it).
 const evilPickle = "\x80\x02cposix\nsystem\nq\x00X\x0c\x00\x00\x00touch /tmp/xq\x01\x85q\x02Rq\x03."
 
-func newTestBreakers(t *testing.T, cfg string) (*BreakerScraper, *miniredis.Miniredis, *appSignalsCollector) {
+func newTestBreakers(t *testing.T, cfg string) (*BreakerScraper, *miniredis.Miniredis, *errCapturingCollector) {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	client := redis.NewClient(&redis.Options{Addr: mr.Addr()})
@@ -50,7 +37,7 @@ func newTestBreakers(t *testing.T, cfg string) (*BreakerScraper, *miniredis.Mini
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s, mr, &appSignalsCollector{s: s}
+	return s, mr, &errCapturingCollector{s: s}
 }
 
 func dialPlain(raw string) (redis.UniversalClient, error) {
@@ -61,7 +48,7 @@ func dialPlain(raw string) (redis.UniversalClient, error) {
 	return redis.NewClient(o), nil
 }
 
-func compare(t *testing.T, c *appSignalsCollector, want string, names ...string) {
+func compare(t *testing.T, c *errCapturingCollector, want string, names ...string) {
 	t.Helper()
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
@@ -275,6 +262,38 @@ celery_breaker_trips_total{breaker="zep",reason="consecutive_failures"} 1
 	trips("")
 }
 
+// TestBreakerTripReasonsBounded: the reason comes from Redis; past maxTripReasons distinct values
+// new ones are counted as "other", so a reason carrying an error message cannot grow the series
+// without end.
+func TestBreakerTripReasonsBounded(t *testing.T) {
+	s, mr, c := newTestBreakers(t, "breakers:\n  - {name: zep, key: k, format: json}\n")
+	s.now = func() time.Time { return time.Unix(1700000000, 0) }
+	for i := range maxTripReasons + 8 {
+		// A new forced_at each time: every read is a trip.
+		mr.Set("k", fmt.Sprintf(`{"reason":"http 503 #%d","until":1800000000,"forced_at":%d}`, i, i))
+		testutil.CollectAndCount(c)
+	}
+	mr.Set("k", `{"reason":"http 503 #0","until":1800000000,"forced_at":1000}`)
+	testutil.CollectAndCount(c)
+	text, err := collectText(t, s, "celery_breaker_trips_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := strings.Split(strings.TrimSpace(text), "\n")
+	if len(series) != maxTripReasons+1 {
+		t.Errorf("%d trip series, want %d (the cap and other):\n%s", len(series), maxTripReasons+1, text)
+	}
+	for _, want := range []string{
+		`celery_breaker_trips_total{breaker="zep",reason="http 503 #0"} 2`,
+		fmt.Sprintf(`celery_breaker_trips_total{breaker="zep",reason="http 503 #%d"} 1`, maxTripReasons-1),
+		`celery_breaker_trips_total{breaker="zep",reason="other"} 8`,
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("missing %s in\n%s", want, text)
+		}
+	}
+}
+
 func TestAppValues(t *testing.T) {
 	_, mr, c := newTestBreakers(t, `
 app_values:
@@ -286,6 +305,7 @@ app_values:
   - {name: garbage, key: f}
   - {name: pickled_str, key: g}
   - {name: negative, key: h}
+  - {name: oversized, key: i}
 `)
 	mr.Set("a", "2")
 	mr.Set("b", "\x80\x04\x95\n\x00\x00\x00\x00\x00\x00\x00G?\xf8\x00\x00\x00\x00\x00\x00.") // 1.5
@@ -293,6 +313,7 @@ app_values:
 	mr.Set("f", "zz")
 	mr.Set("g", "\x80\x04\x8c\x013\x94.") // "3": a str, not a number
 	mr.Set("h", "-7")
+	mr.Set("i", strings.Repeat("1", maxValueBytes+1))
 	compare(t, c, hValue+`celery_app_value{name="absent_default"} 0
 celery_app_value{name="digits"} 2
 celery_app_value{name="negative"} -7
@@ -355,7 +376,7 @@ app_values:
 	cache.Select(3)
 	cache.Set("k", "x")
 	cache.Set("v", "5")
-	c := &appSignalsCollector{s: s}
+	c := &errCapturingCollector{s: s}
 	compare(t, c, hValue+`celery_app_value{name="on_cache"} 5
 `+hOpen+`celery_breaker_open{breaker="on_broker"} 0
 celery_breaker_open{breaker="on_cache"} 1
