@@ -66,7 +66,8 @@ type Options struct {
 	PollInterval  time.Duration
 	// MaxFiles bounds how many files are open at once; default 1024.
 	MaxFiles int
-	// Resume gives start offsets for files known from a previous Tailer (a reload).
+	// Resume gives start offsets for files known from a previous Tailer (a reload); it applies to
+	// the files of the first scan.
 	Resume map[FileID]Position
 }
 
@@ -218,7 +219,9 @@ func (t *Tailer) scan(now time.Time) {
 	for _, path := range t.glob() {
 		t.track(path, now)
 	}
-	t.initial = false
+	// Resume describes the files of the first scan only: a file found later with a resumed
+	// (device, inode) is a new file that reuses a deleted one's inode, read from its start.
+	t.initial, t.opts.Resume = false, nil
 	t.watched.Store(int64(len(t.files)))
 }
 
@@ -279,6 +282,8 @@ func (t *Tailer) track(path string, now time.Time) {
 	switch pos, ok := t.opts.Resume[id]; {
 	case ok && pos.Offset <= fi.Size():
 		f.offset, f.skipping = pos.Offset, pos.Skipping
+	case ok:
+		// Truncated (copytruncate) during the reload: all it holds was written since.
 	case t.initial && !t.opts.FromBeginning:
 		// Existing history is not replayed: its events happened before we were watching.
 		f.offset = fi.Size()
@@ -308,7 +313,8 @@ func (t *Tailer) rewritten(f *file, size int64) bool {
 	if len(f.fp) == 0 {
 		return false
 	}
-	b := make([]byte, len(f.fp))
+	// Called before read fills t.buf: borrow it rather than allocate on every poll of every file.
+	b := t.buf[:len(f.fp)]
 	m, _ := f.f.ReadAt(b, 0)
 	return !bytes.Equal(b[:m], f.fp)
 }

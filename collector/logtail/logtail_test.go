@@ -263,6 +263,48 @@ func TestStopResume(t *testing.T) {
 	expectLines(t, r2, "partial", "two")
 }
 
+// TestResumeTruncatedDuringReload: a file shorter than its resumed offset was truncated in
+// between: what it holds now is new and read from the start.
+func TestResumeTruncatedDuringReload(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "a.log")
+	appendFile(t, p, "")
+	tl, r := newTailer(t, dir, Options{})
+	tl.Poll()
+	appendFile(t, p, "one before the reload\n")
+	tl.Poll()
+	expectLines(t, r, "one before the reload")
+	pos := tl.Stop()
+
+	if err := os.Truncate(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, p, "two\n")
+	tl2, r2 := newTailer(t, dir, Options{Resume: pos})
+	tl2.Poll()
+	expectLines(t, r2, "two")
+}
+
+// TestResumeOnlyFirstScan: a file that starts matching later is new even if its device and
+// inode are in Resume (a deleted file's inode reused).
+func TestResumeOnlyFirstScan(t *testing.T) {
+	dir := t.TempDir()
+	hidden := filepath.Join(dir, "b.txt")
+	appendFile(t, hidden, "first\nsecond\n")
+	fi, err := os.Stat(hidden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl, r := newTailer(t, dir, Options{Resume: map[FileID]Position{fileID(hidden, fi): {Offset: 6}}})
+	tl.Poll()
+	expectLines(t, r)
+	if err := os.Rename(hidden, filepath.Join(dir, "b.log")); err != nil {
+		t.Fatal(err)
+	}
+	tl.Poll()
+	expectLines(t, r, "first", "second")
+}
+
 func TestMaxFiles(t *testing.T) {
 	dir := t.TempDir()
 	for i := 0; i < 3; i++ {
@@ -368,8 +410,11 @@ func TestBurstCopyTruncate(t *testing.T) {
 		// then truncate it in place while the writer keeps its descriptor. Lines written between
 		// the tailer's last read and the truncation cannot be seen by any reader, so, like a
 		// careful copytruncate, wait until the tailer has caught up before truncating.
-		for r.count() < i && !t.Failed() {
-			time.Sleep(time.Millisecond)
+		for deadline := time.Now().Add(10 * time.Second); r.count() < i; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Errorf("the tailer read %d of %d lines in 10s", r.count(), i)
+				break
+			}
 		}
 		data, err := os.ReadFile(p)
 		if err != nil {
