@@ -23,7 +23,6 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -71,7 +70,8 @@ type Reply struct {
 type Result struct {
 	Replies []Reply
 	// Malformed counts replies that could not be decoded; Foreign counts replies for tickets of no
-	// call of this round (a late reply of an earlier client that used the same list).
+	// call of this round (a late reply of an earlier client that used the same list); Dropped
+	// counts replies read past Options.MaxReplies.
 	Malformed, Foreign, Dropped int
 }
 
@@ -83,9 +83,9 @@ type Client struct {
 	clock    atomic.Int64
 	now      func() time.Time
 	newID    func() string
-
-	mu        sync.Mutex
-	intSecond bool // the server refused a fractional BRPOP timeout (Redis < 6): whole seconds only
+	// intSecond is set once the server refused a fractional BRPOP timeout (Redis < 6): whole
+	// seconds from then on.
+	intSecond atomic.Bool
 }
 
 // New returns a client for the control exchange (Celery's control_exchange setting, "celery").
@@ -182,10 +182,12 @@ func (c *Client) Broadcast(ctx context.Context, calls []Call, o Options) (Result
 
 // Cast sends commands that want no reply (enable_events, heartbeat, ...).
 func (c *Client) Cast(ctx context.Context, calls ...Call) error {
-	for i := range calls {
-		calls[i].Cast = true
+	casts := make([]Call, len(calls)) // not in place: calls may be the caller's slice
+	for i, call := range calls {
+		call.Cast = true
+		casts[i] = call
 	}
-	_, err := c.Broadcast(ctx, calls, Options{})
+	_, err := c.Broadcast(ctx, casts, Options{})
 	return err
 }
 
@@ -328,9 +330,7 @@ func toInt(v any) (int64, bool) {
 // command is sent by hand with a fractional timeout (Redis >= 6), falling back to whole seconds
 // for older servers.
 func (c *Client) brpop(ctx context.Context, keys []string, wait time.Duration) ([]byte, error) {
-	c.mu.Lock()
-	intSecond := c.intSecond
-	c.mu.Unlock()
+	intSecond := c.intSecond.Load()
 	args := make([]any, 0, len(keys)+2)
 	args = append(args, "brpop")
 	for _, k := range keys {
@@ -344,9 +344,7 @@ func (c *Client) brpop(ctx context.Context, keys []string, wait time.Duration) (
 	v, err := c.rdb.Do(ctx, args...).Slice()
 	if err != nil {
 		if !intSecond && strings.Contains(strings.ToLower(err.Error()), "timeout is not") {
-			c.mu.Lock()
-			c.intSecond = true
-			c.mu.Unlock()
+			c.intSecond.Store(true)
 			return nil, redis.Nil // retried by the caller's loop with whole seconds
 		}
 		return nil, err

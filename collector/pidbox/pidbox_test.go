@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -349,13 +350,70 @@ func TestBroadcastCleansUpOnCancelAndError(t *testing.T) {
 		t.Errorf("last commands = %q, want srem, del", cmds[len(cmds)-2:])
 	}
 
-	// The server refuses the reply list read: the binding still goes.
-	s.mr.SetError("LOADING")
+	// The server refuses the reply list read after the binding was added: the binding still goes.
+	s.rdb.AddHook(failBRPOP{err: errors.New("NOPERM this user has no permissions to run the 'brpop' command")})
 	_, err = c.Broadcast(context.Background(), []Call{{Method: "ping"}}, Options{Timeout: time.Second})
-	if err == nil {
-		t.Fatal("no error from a failing server")
+	if err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("err = %v, want the BRPOP's NOPERM", err)
 	}
-	s.mr.SetError("")
+	var names []string
+	for _, cmd := range s.rec.get()[len(cmds):] {
+		names = append(names, cmd[0])
+	}
+	if got, want := strings.Join(names, " "), "sadd publish brpop srem del"; got != want {
+		t.Errorf("commands of the failed round = %q, want %q", got, want)
+	}
+	if keys := s.mr.Keys(); len(keys) != 0 {
+		t.Errorf("keys left after a failed read: %q", keys)
+	}
+}
+
+// failBRPOP is a go-redis hook that fails every BRPOP whose arguments reject says no to (all when
+// reject is nil) with err, as a server would, without sending it.
+type failBRPOP struct {
+	err    error
+	reject func(args []any) bool
+}
+
+func (f failBRPOP) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f failBRPOP) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "brpop" && (f.reject == nil || f.reject(cmd.Args())) {
+			cmd.SetErr(f.err)
+			return f.err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (f failBRPOP) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A server before Redis 6 refuses a fractional BRPOP timeout: the client retries at once with
+// whole seconds, and keeps to them.
+func TestBroadcastWholeSecondsForOldRedis(t *testing.T) {
+	s := newSetup(t, 0, kombu.DefaultOptions())
+	s.rdb.AddHook(failBRPOP{
+		err: errors.New("ERR timeout is not an integer or out of range"),
+		reject: func(args []any) bool {
+			return strings.Contains(fmt.Sprint(args[len(args)-1]), ".")
+		},
+	})
+	c := New(s.rdb, s.ks, "celery")
+	for round := 0; round < 2; round++ {
+		if _, err := c.Broadcast(context.Background(), []Call{{Method: "ping"}}, Options{Timeout: 100 * time.Millisecond}); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+	}
+	var timeouts []string
+	for _, cmd := range s.rec.get() {
+		if cmd[0] == "brpop" {
+			timeouts = append(timeouts, cmd[len(cmd)-1])
+		}
+	}
+	if got, want := strings.Join(timeouts, " "), "0.1 1 1"; got != want {
+		t.Errorf("BRPOP timeouts = %q, want %q (refused, then whole seconds in every round)", got, want)
+	}
 }
 
 func TestBroadcastMalformedAndForeignReplies(t *testing.T) {
@@ -379,6 +437,41 @@ func TestBroadcastMalformedAndForeignReplies(t *testing.T) {
 	// The Lamport clock moved past the reply's.
 	if got := c.clock.Load(); got != 41 {
 		t.Errorf("clock = %d, want 41", got)
+	}
+}
+
+func TestBroadcastMaxRepliesBoundsWhatIsKept(t *testing.T) {
+	s := newSetup(t, 0, kombu.DefaultOptions())
+	c := New(s.rdb, s.ks, "celery")
+	fixedIDs(c) // oid id-1, ticket id-2
+	// One reply message may name several workers; each counts against MaxReplies.
+	two, _ := kombu.NewMessage([]byte(`{"a@h": {"ok": "pong"}, "b@h": {"ok": "pong"}}`), "reply.celery.pidbox", "id-1", map[string]any{"ticket": "id-2"})
+	one, _ := kombu.NewMessage([]byte(`{"c@h": {"ok": "pong"}}`), "reply.celery.pidbox", "id-1", map[string]any{"ticket": "id-2"})
+	s.mr.Lpush("id-1.reply.celery.pidbox", string(two))
+	s.mr.Lpush("id-1.reply.celery.pidbox", string(one))
+	res, err := c.Broadcast(context.Background(), []Call{{Method: "ping"}}, Options{Timeout: 100 * time.Millisecond, MaxReplies: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hosts []string
+	for _, r := range res.Replies {
+		hosts = append(hosts, r.Hostname)
+	}
+	sort.Strings(hosts)
+	if got := strings.Join(hosts, " "); got != "a@h b@h" || res.Dropped != 1 {
+		t.Errorf("kept %q, dropped %d; want a@h b@h kept, 1 dropped", got, res.Dropped)
+	}
+}
+
+func TestCastLeavesTheCallersCallsAlone(t *testing.T) {
+	s := newSetup(t, 0, kombu.DefaultOptions())
+	c := New(s.rdb, s.ks, "celery")
+	calls := []Call{{Method: "enable_events"}}
+	if err := c.Cast(context.Background(), calls...); err != nil {
+		t.Fatal(err)
+	}
+	if calls[0].Cast {
+		t.Error("Cast changed the caller's Call")
 	}
 }
 
