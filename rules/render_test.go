@@ -214,7 +214,9 @@ func TestDurations(t *testing.T) {
 		{"0", "0s", false}, {"", "0s", false}, {"0s", "0s", false}, {"30s", "30s", false},
 		{"90s", "1m30s", false}, {"1h30m", "1h30m", false}, {"2d", "2d", false}, {"500ms", "500ms", false},
 		{"1w", "1w", false}, {"5", "", true}, {"5 m", "", true}, {"-1m", "", true}, {"1m1h", "", true},
-		{"99999999999999999999y", "", true},
+		{"99999999999999999999y", "", true}, {"293y", "", true},
+		// Prometheus' own form: weeks only when whole.
+		{"14d", "2w", false}, {"15d", "15d", false}, {"90m", "1h30m", false},
 	} {
 		d, err := bundle.ParseDuration(tc.in)
 		if (err != nil) != tc.err {

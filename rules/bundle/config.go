@@ -16,10 +16,10 @@ import (
 	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"gopkg.in/yaml.v3"
 )
 
@@ -235,58 +235,25 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Duration is a Prometheus-style duration ("90s", "1h30m", "2d"); it renders back in the
-// shortest Prometheus form, so rendered files stay stable.
+// Duration is a Prometheus duration ("90s", "1h30m", "2d") that renders back the way Prometheus
+// prints it (model.Duration), so rendered files stay stable. Unlike model.Duration, an empty string
+// is zero: `interval: ""` means "Prometheus' global evaluation interval".
 type Duration time.Duration
-
-var durationRE = regexp.MustCompile(`^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$`)
-
-var durationUnits = []struct {
-	suffix string
-	d      time.Duration
-}{
-	{"y", 365 * 24 * time.Hour}, {"w", 7 * 24 * time.Hour}, {"d", 24 * time.Hour},
-	{"h", time.Hour}, {"m", time.Minute}, {"s", time.Second}, {"ms", time.Millisecond},
-}
 
 // ParseDuration parses a Prometheus duration; "", "0" and "0s" are zero.
 func ParseDuration(s string) (Duration, error) {
-	if s == "0" || s == "" {
+	if s == "" {
 		return 0, nil
 	}
-	m := durationRE.FindStringSubmatch(s)
-	if m == nil {
-		return 0, fmt.Errorf("not a Prometheus duration: %q (e.g. 30s, 5m, 1h30m)", s)
+	d, err := model.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("not a Prometheus duration: %q (e.g. 30s, 5m, 1h30m): %w", s, err)
 	}
-	var total time.Duration
-	for i, u := range durationUnits {
-		if m[i+1] == "" {
-			continue
-		}
-		n, err := strconv.ParseInt(m[i+1], 10, 64)
-		if err != nil || n > int64(1<<62)/int64(u.d) {
-			return 0, fmt.Errorf("duration %q out of range", s)
-		}
-		total += time.Duration(n) * u.d
-	}
-	return Duration(total), nil
+	return Duration(d), nil
 }
 
-// String renders the duration the way Prometheus does ("1h30m", "0s").
-func (d Duration) String() string {
-	if d == 0 {
-		return "0s"
-	}
-	var b strings.Builder
-	rest := time.Duration(d)
-	for _, u := range durationUnits {
-		if n := rest / u.d; n > 0 {
-			fmt.Fprintf(&b, "%d%s", n, u.suffix)
-			rest -= n * u.d
-		}
-	}
-	return b.String()
-}
+// String renders the duration as Prometheus does ("1h30m", "0s").
+func (d Duration) String() string { return model.Duration(d).String() }
 
 // Seconds is the duration in seconds, for thresholds compared with timestamps.
 func (d Duration) Seconds() float64 { return time.Duration(d).Seconds() }
