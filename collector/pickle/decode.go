@@ -165,17 +165,26 @@ func (d *decoder) readLine() ([]byte, error) {
 
 func (d *decoder) push(v any) { d.stack = append(d.stack, v) }
 
-func (d *decoder) pop() (any, error) {
-	if len(d.stack) == 0 || (len(d.marks) > 0 && len(d.stack) <= d.marks[len(d.marks)-1]) {
-		return nil, d.fail("stack underflow")
+// aboveMark is how many items an opcode may take: those pushed since the last MARK (the whole
+// stack when there is none), as Python's unpickler keeps each MARK's items on a stack of their own.
+func (d *decoder) aboveMark() int {
+	if len(d.marks) == 0 {
+		return len(d.stack)
 	}
-	v := d.stack[len(d.stack)-1]
+	return len(d.stack) - d.marks[len(d.marks)-1]
+}
+
+func (d *decoder) pop() (any, error) {
+	v, err := d.top()
+	if err != nil {
+		return nil, err
+	}
 	d.stack = d.stack[:len(d.stack)-1]
 	return v, nil
 }
 
 func (d *decoder) top() (any, error) {
-	if len(d.stack) == 0 || (len(d.marks) > 0 && len(d.stack) <= d.marks[len(d.marks)-1]) {
+	if d.aboveMark() == 0 {
 		return nil, d.fail("stack underflow")
 	}
 	return d.stack[len(d.stack)-1], nil
@@ -317,7 +326,7 @@ func (d *decoder) step(code byte) error {
 	case opMARK:
 		d.marks = append(d.marks, len(d.stack))
 	case opPOP:
-		if len(d.marks) > 0 && len(d.stack) == d.marks[len(d.marks)-1] {
+		if len(d.marks) > 0 && d.aboveMark() == 0 {
 			// Python's POP discards a MARK when that is what is on top.
 			d.marks = d.marks[:len(d.marks)-1]
 			return nil
@@ -476,7 +485,7 @@ func (d *decoder) step(code byte) error {
 		d.push(Tuple{})
 	case opTUPLE1, opTUPLE2, opTUPLE3:
 		n := int(code-opTUPLE1) + 1
-		if len(d.stack) < n || (len(d.marks) > 0 && len(d.stack)-n < d.marks[len(d.marks)-1]) {
+		if d.aboveMark() < n {
 			return d.fail("stack underflow")
 		}
 		t := make(Tuple, n)

@@ -13,9 +13,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
-)
 
-const python = "/usr/bin/python3"
+	"github.com/celery-exporter/celery_exporter/test/harness"
+)
 
 // canon renders a decoded value the way testdata/gen.py's canon() renders the Python value.
 func canon(v any) string {
@@ -275,23 +275,12 @@ func TestDecodeExponentialKeys(t *testing.T) {
 	}
 }
 
-// requirePython skips (or fails under CI) when Debian's python3 is missing.
-func requirePython(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat(python); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required under CI", python)
-		}
-		t.Skipf("SKIPPED, NOT TESTED: %s not found", python)
-	}
-}
-
 // generate runs gen.py into a temporary directory, with a 70 kB value to cross frame boundaries.
 func generate(t *testing.T, touch string) string {
 	t.Helper()
-	requirePython(t)
+	harness.RequirePython(t, "pickle")
 	dir := t.TempDir()
-	out, err := exec.Command(python, "testdata/gen.py", dir, touch, "--big").CombinedOutput()
+	out, err := exec.Command(harness.Python, "testdata/gen.py", dir, touch, "--big").CombinedOutput()
 	if err != nil {
 		t.Fatalf("gen.py: %v\n%s", err, out)
 	}
@@ -323,7 +312,7 @@ func TestDecodeMaliciousNothingRuns(t *testing.T) {
 	if len(control) != len(touch) {
 		t.Fatal("control path must have the length of the touch path (protocol 2 strings are length-prefixed)")
 	}
-	cmd := exec.Command(python, "-c", "import sys, pickle; pickle.loads(sys.stdin.buffer.read())")
+	cmd := exec.Command(harness.Python, "-c", "import sys, pickle; pickle.loads(sys.stdin.buffer.read())")
 	cmd.Stdin = strings.NewReader(armed)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("python control run: %v\n%s", err, out)
