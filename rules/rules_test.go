@@ -2,6 +2,7 @@ package rules_test
 
 import (
 	"bufio"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -88,7 +89,7 @@ func TestEveryAlertHasLabelsAndAnnotations(t *testing.T) {
 				}
 			}
 			if len(r.Annotations) != 4 {
-				t.Errorf("annotations %v, want exactly summary, description, runbook_url, dashboard_url", sortedKeys(r.Annotations))
+				t.Errorf("annotations %v, want exactly summary, description, runbook_url, dashboard_url", slices.Sorted(maps.Keys(r.Annotations)))
 			}
 			if d := r.Annotations["description"]; !strings.Contains(d, "{{ $value") && !strings.Contains(d, "{{ $labels.") {
 				t.Errorf("description shows neither the value nor labels: %q", d)
@@ -131,15 +132,6 @@ func runbookAnchors(t *testing.T) map[string]bool {
 		t.Fatalf("read runbooks: %v", err)
 	}
 	return anchors
-}
-
-func sortedKeys(m map[string]string) []string {
-	var keys []string
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 func TestEveryExpressionParsesAndFollowsTheContract(t *testing.T) {

@@ -2,7 +2,6 @@ package bundle
 
 import (
 	"regexp"
-	"sort"
 	"strings"
 )
 
@@ -124,13 +123,4 @@ func VariableQueries(dash map[string]any) map[string]string {
 		out[name] = def
 	}
 	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

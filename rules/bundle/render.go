@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -138,7 +140,7 @@ func encodeJSON(v any) ([]byte, error) {
 
 // Write writes files under root, creating directories.
 func Write(root string, files map[string][]byte) error {
-	for _, p := range sortedKeys(files) {
+	for _, p := range slices.Sorted(maps.Keys(files)) {
 		full := filepath.Join(root, filepath.FromSlash(p))
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 			return fmt.Errorf("create directory for %s: %w", p, err)
@@ -154,7 +156,7 @@ func Write(root string, files map[string][]byte) error {
 // different files, and leftovers in the generated-only directories (a renamed dashboard).
 func Check(root string, files map[string][]byte) ([]string, error) {
 	var stale []string
-	for _, p := range sortedKeys(files) {
+	for _, p := range slices.Sorted(maps.Keys(files)) {
 		got, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(p)))
 		switch {
 		case errors.Is(err, os.ErrNotExist):

@@ -15,6 +15,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -286,12 +287,12 @@ func (s *alertsE2E) healthy() {
 func (s *alertsE2E) healthyStats() {
 	t := s.t
 	empty := s.emptyPanels()
-	for _, key := range sortedKeys(empty) {
+	for _, key := range slices.Sorted(maps.Keys(empty)) {
 		if _, ok := alEmptyWhenHealthy[key]; !ok {
 			t.Errorf("%s: no data in the healthy state\n%s", key, empty[key])
 		}
 	}
-	for _, key := range sortedKeys(alEmptyWhenHealthy) {
+	for _, key := range slices.Sorted(maps.Keys(alEmptyWhenHealthy)) {
 		if _, ok := empty[key]; !ok {
 			t.Errorf("%s: has data in the healthy state, yet listed in alEmptyWhenHealthy (%s)", key, alEmptyWhenHealthy[key])
 		}
@@ -430,7 +431,7 @@ func (s *alertsE2E) logSeen(want []alertWant, seen map[string]time.Time, produce
 func (s *alertsE2E) dashboards() {
 	t := s.t
 	empty := s.emptyPanels()
-	for _, key := range sortedKeys(empty) {
+	for _, key := range slices.Sorted(maps.Keys(empty)) {
 		t.Errorf("%s: no data under the conditions\n%s", key, empty[key])
 	}
 
@@ -614,18 +615,12 @@ type statWant struct {
 func (s *alertsE2E) checkStats(stats map[string]statResult, want map[string]statWant, allGreenElse bool) {
 	t := s.t
 	t.Helper()
-	titles := make([]string, 0, len(stats))
-	for title := range stats {
-		titles = append(titles, title)
-	}
-	sort.Strings(titles)
 	used := map[string]bool{}
-	for _, title := range titles {
+	for _, title := range slices.Sorted(maps.Keys(stats)) {
 		r := stats[title]
 		var w *statWant
 		for prefix, sw := range want {
 			if strings.HasPrefix(title, prefix) {
-				sw := sw
 				w, used[prefix] = &sw, true
 			}
 		}
@@ -1044,13 +1039,4 @@ func childPIDs(pid int) ([]int, error) {
 		}
 	}
 	return out, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
