@@ -48,7 +48,7 @@ const (
 	DefaultLevelField   = "level"
 	DefaultMaxLineBytes = 256 << 10
 	DefaultPollInterval = time.Second
-	// maxLabelValue bounds names that become label values.
+	// maxNameLen bounds names that become label values.
 	maxNameLen = 128
 )
 
@@ -116,8 +116,8 @@ type LogSource struct {
 	PollInterval time.Duration `yaml:"poll_interval"`
 }
 
-// FieldOrDefault returns the configured field name, or def when the field was not set at all.
-func FieldOrDefault(p *string, def string) string {
+// fieldOr returns the configured field name, or def when the field was not set at all.
+func fieldOr(p *string, def string) string {
 	if p == nil {
 		return def
 	}
@@ -125,10 +125,10 @@ func FieldOrDefault(p *string, def string) string {
 }
 
 // ModeField, ReasonField, UntilField and OpenedAtField return the effective field names.
-func (f BreakerFields) ModeField() string     { return FieldOrDefault(f.Mode, "mode") }
-func (f BreakerFields) ReasonField() string   { return FieldOrDefault(f.Reason, "reason") }
-func (f BreakerFields) UntilField() string    { return FieldOrDefault(f.Until, "until") }
-func (f BreakerFields) OpenedAtField() string { return FieldOrDefault(f.OpenedAt, "forced_at") }
+func (f BreakerFields) ModeField() string     { return fieldOr(f.Mode, "mode") }
+func (f BreakerFields) ReasonField() string   { return fieldOr(f.Reason, "reason") }
+func (f BreakerFields) UntilField() string    { return fieldOr(f.Until, "until") }
+func (f BreakerFields) OpenedAtField() string { return fieldOr(f.OpenedAt, "forced_at") }
 
 // Load reads and validates the file at path.
 func Load(path string) (*Config, error) {
