@@ -126,7 +126,7 @@ func launchWorker(t testing.TB, o WorkerOptions) *Worker {
 func (w *Worker) waitReady(t testing.TB) {
 	t.Helper()
 	if err := w.p.waitLog(w.NodeName+" ready.", w.Options.ReadyTimeout); err != nil {
-		t.Fatalf("worker %s: %v\n%s", w.NodeName, err, tail(w.Log(), 40))
+		t.Fatalf("worker %s: %v\n%s", w.NodeName, err, Tail(w.Log(), 40))
 	}
 }
 
@@ -256,7 +256,7 @@ func runPython(t testing.TB, timeout time.Duration, brokerURL string, transportO
 	defer cancel()
 	cmd := exec.CommandContext(ctx, Python, args...)
 	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttr(syscall.SIGKILL)
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)

@@ -108,6 +108,26 @@ func StartExporter(t testing.TB, args ...string) *Exporter {
 // CELERY_* variables are never passed on, so a developer's shell cannot change what is tested.
 func StartExporterEnv(t testing.TB, extraEnv []string, args ...string) *Exporter {
 	t.Helper()
+	e := LaunchExporter(t, extraEnv, args...)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if code, _, err := e.Get("/-/healthy"); err == nil && code == http.StatusOK {
+			return e
+		}
+		if e.p.exited() {
+			t.Fatalf("celery_exporter exited at start (%v):\n%s", e.p.waitErr, Tail(e.Log(), 40))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("celery_exporter: /-/healthy not 200 within 15s:\n%s", Tail(e.Log(), 40))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// LaunchExporter is StartExporterEnv without the wait for /-/healthy, for a test that cannot get
+// a 200 there (basic auth, TLS) and waits its own way.
+func LaunchExporter(t testing.TB, extraEnv []string, args ...string) *Exporter {
+	t.Helper()
 	bin := ExporterBinary(t)
 	e := &Exporter{}
 	listen := ""
@@ -129,19 +149,7 @@ func StartExporterEnv(t testing.TB, extraEnv []string, args ...string) *Exporter
 	}
 	env = append(env, extraEnv...)
 	e.p = startProc(t, "celery_exporter", t.TempDir(), env, bin, args...)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if code, _, err := e.Get("/-/healthy"); err == nil && code == http.StatusOK {
-			return e
-		}
-		if e.p.exited() {
-			t.Fatalf("celery_exporter exited at start (%v):\n%s", e.p.waitErr, tail(e.Log(), 40))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("celery_exporter: /-/healthy not 200 within 15s:\n%s", tail(e.Log(), 40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return e
 }
 
 // WaitReady waits until /-/ready answers 200 (the exporter has subscribed to the events).
@@ -154,7 +162,7 @@ func (e *Exporter) WaitReady(t testing.TB, timeout time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("celery_exporter: /-/ready not 200 within %v (last: %d %q %v):\n%s", timeout, code, body, err, tail(e.Log(), 40))
+			t.Fatalf("celery_exporter: /-/ready not 200 within %v (last: %d %q %v):\n%s", timeout, code, body, err, Tail(e.Log(), 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -212,7 +220,7 @@ func (e *Exporter) MustScrape(t testing.TB) Metrics {
 	t.Helper()
 	m, err := e.Scrape()
 	if err != nil {
-		t.Fatalf("%v\n%s", err, tail(e.Log(), 20))
+		t.Fatalf("%v\n%s", err, Tail(e.Log(), 20))
 	}
 	return m
 }
@@ -255,8 +263,14 @@ func (e *Exporter) Signal(sig syscall.Signal) error { return e.p.cmd.Process.Sig
 // Exited tells whether the process is gone.
 func (e *Exporter) Exited() bool { return e.p.exited() }
 
-// Log is the exporter's combined stdout and stderr so far.
-func (e *Exporter) Log() string { return e.p.log() }
+// Log is the exporter's combined stdout and stderr so far ("" for an Exporter the harness did not
+// start, such as the demo's).
+func (e *Exporter) Log() string {
+	if e.p == nil {
+		return ""
+	}
+	return e.p.log()
+}
 
 // Metrics is one parsed scrape.
 type Metrics struct {

@@ -39,11 +39,7 @@ func startProc(t testing.TB, name, dir string, env []string, bin string, args ..
 	p.cmd.Env = env
 	p.cmd.Stdout = f
 	p.cmd.Stderr = f
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if runtime.GOOS == "linux" {
-		// If the test binary dies (timeout panic, SIGKILL), take the child with it.
-		p.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	}
+	p.cmd.SysProcAttr = childAttr(syscall.SIGKILL)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("%s: start %s: %v", name, bin, err)
 	}
@@ -54,10 +50,21 @@ func startProc(t testing.TB, name, dir string, env []string, bin string, args ..
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
-			t.Logf("--- log of %s (%s), last 60 lines ---\n%s", name, strings.Join(append([]string{bin}, args...), " "), tail(p.log(), 60))
+			t.Logf("--- log of %s (%s), last 60 lines ---\n%s", name, strings.Join(append([]string{bin}, args...), " "), Tail(p.log(), 60))
 		}
 	})
 	return p
+}
+
+// childAttr puts a child in a process group of its own, so that signalling the group reaches its
+// own children (a prefork worker's pool), and sends it deathSig if the test binary dies first: a
+// timeout panic or a SIGKILL skips every t.Cleanup.
+func childAttr(deathSig syscall.Signal) *syscall.SysProcAttr {
+	a := &syscall.SysProcAttr{Setpgid: true}
+	if runtime.GOOS == "linux" {
+		a.Pdeathsig = deathSig
+	}
+	return a
 }
 
 func sanitize(s string) string {
@@ -69,7 +76,8 @@ func sanitize(s string) string {
 	}, s)
 }
 
-func tail(s string, n int) string {
+// Tail is the last n lines of s, for failure messages.
+func Tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

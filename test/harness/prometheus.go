@@ -140,10 +140,10 @@ func waitHTTP(t testing.TB, name string, p *proc, u string, timeout time.Duratio
 			}
 		}
 		if p.exited() {
-			t.Fatalf("%s exited at start (%v):\n%s", name, p.waitErr, tail(p.log(), 40))
+			t.Fatalf("%s exited at start (%v):\n%s", name, p.waitErr, Tail(p.log(), 40))
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s not 200 within %v:\n%s", name, u, timeout, tail(p.log(), 40))
+			t.Fatalf("%s: %s not 200 within %v:\n%s", name, u, timeout, Tail(p.log(), 40))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

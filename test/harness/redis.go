@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -66,7 +65,7 @@ func FreePort(t testing.TB) int {
 type Redis struct {
 	Port     int
 	Dir      string
-	cmd      *exec.Cmd
+	p        *proc
 	args     []string
 	password string
 }
@@ -95,50 +94,42 @@ func StartRedisOnPort(t testing.TB, port int, extra ...string) *Redis {
 	}
 	r.args = append([]string{
 		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", r.Dir, "--logfile", filepath.Join(r.Dir, "redis.log"),
+		"--dir", r.Dir,
 	}, extra...)
 	r.start(t)
-	t.Cleanup(func() { r.Stop() })
 	return r
 }
 
+// start runs the server as a harness proc: its log (stdout) is shown when the test fails, and it
+// dies with the test binary even when a timeout panic skips the cleanups.
 func (r *Redis) start(t testing.TB) {
 	t.Helper()
-	r.cmd = exec.Command("redis-server", r.args...)
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
+	r.p = startProc(t, fmt.Sprintf("redis-server %d", r.Port), r.Dir, os.Environ(), "redis-server", r.args...)
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if r.Ping() == nil {
-			return
+	for r.Ping() != nil {
+		if r.p.exited() {
+			t.Fatalf("redis-server on %d exited at start (%v):\n%s", r.Port, r.p.waitErr, Tail(r.Log(), 20))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %d did not answer PING within 10s:\n%s", r.Port, Tail(r.Log(), 20))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("redis-server on %d did not answer PING; log: %s", r.Port, r.Log())
 }
 
-// Stop kills the server (a broker outage, as far as clients can tell).
-func (r *Redis) Stop() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		_ = r.cmd.Process.Kill()
-		_, _ = r.cmd.Process.Wait()
-		r.cmd = nil
-	}
-}
+// Stop kills the server (a broker outage, as far as clients can tell) and waits until it is gone.
+func (r *Redis) Stop() { r.p.kill() }
 
-// Restart starts the server again on the same port, with an empty dataset.
+// Restart starts the server again on the same port, with an empty dataset; the new server is
+// stopped at the end of t.
 func (r *Redis) Restart(t testing.TB) {
 	t.Helper()
 	r.Stop()
 	r.start(t)
 }
 
-// Log returns the server's log file.
-func (r *Redis) Log() string {
-	b, _ := os.ReadFile(filepath.Join(r.Dir, "redis.log"))
-	return string(b)
-}
+// Log returns the output of the server now running.
+func (r *Redis) Log() string { return r.p.log() }
 
 // Ping sends a raw PING, without a client library, so the harness does not depend on the code
 // under test.
@@ -156,18 +147,12 @@ func (r *Redis) Do(args ...string) (string, error) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	var b strings.Builder
-	write := func(args ...string) {
-		fmt.Fprintf(&b, "*%d\r\n", len(args))
-		for _, a := range args {
-			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	if r.password != "" {
+		if err := writeCommand(c, "AUTH", r.password); err != nil {
+			return "", err
 		}
 	}
-	if r.password != "" {
-		write("AUTH", r.password)
-	}
-	write(args...)
-	if _, err := c.Write([]byte(b.String())); err != nil {
+	if err := writeCommand(c, args...); err != nil {
 		return "", err
 	}
 	rd := bufio.NewReader(c)
