@@ -143,6 +143,7 @@ func TestProduceRoutesAndLinkError(t *testing.T) {
 	}
 	redis := StartRedis(t)
 	rec := RecordRedis(t, redis, 0)
+	prefixed := StartRecorder(t, RecorderOptions{Addr: redis.Addr(), GlobalKeyPrefix: "pfx:"})
 	ids := Produce(t, redis.URL(0), map[string]any{"global_keyprefix": "pfx:"}, []Send{
 		{Task: "assistant.tasks.process_chat_message", Kwargs: map[string]any{"message": "hi"}},
 		{Sleep: 0.1},
@@ -154,8 +155,9 @@ func TestProduceRoutesAndLinkError(t *testing.T) {
 	if len(ids) != 5 {
 		t.Fatalf("ids: %v", ids)
 	}
-	// global_keyprefix: the events went to pfx:/0.celeryev/*, which this recorder does not see...
-	time.Sleep(300 * time.Millisecond)
+	// global_keyprefix: the events went to pfx:/0.celeryev/*, which a recorder without the prefix
+	// does not see (Redis delivered them to both subscribers at once)...
+	prefixed.WaitFor(t, 5*time.Second, "5 task-sent", func(r *Recorder) bool { return len(r.Events()) == 5 })
 	if n := len(rec.Events()); n != 0 {
 		t.Fatalf("recorder without the prefix saw %d events", n)
 	}
@@ -178,8 +180,8 @@ func TestRecorderGlobalKeyPrefix(t *testing.T) {
 	ids := Produce(t, redis.URL(3), map[string]any{"global_keyprefix": "pfx:"}, []Send{{Task: "add", Args: []any{1, 2}, Queue: "q"}})
 	rec.WaitFor(t, 5*time.Second, "task-sent", func(r *Recorder) bool { return len(r.Events()) == 1 })
 	e := rec.Events()[0]
-	if e.Channel != "/3.celeryev/task.sent" && e.Channel != "pfx:/3.celeryev/task.sent" {
-		t.Errorf("channel %q", e.Channel)
+	if e.Channel != "pfx:/3.celeryev/task.sent" {
+		t.Errorf("channel %q, want pfx:/3.celeryev/task.sent", e.Channel)
 	}
 	if e.Type != "task-sent" || e.UUID != ids[0] || e.Str("queue") != "q" || e.Str("name") != "celeryapp.app.add" {
 		t.Errorf("event %+v", e.Fields)

@@ -9,8 +9,8 @@ import (
 	"testing"
 )
 
-// A copy of shared/fixtures/celery-wire-samples.jsonl (real Celery 5.2.6 traffic).
-const wireSamples = "testdata/celery-wire-samples.jsonl"
+// Real Celery 5.2.6 traffic, the capture the exporter's own decoders are tested on too.
+const wireSamples = "../fixtures/celery-wire-samples.jsonl"
 
 // Every event PUBLISH captured from real Celery 5.2.6 decodes to the events next to it.
 func TestDecodeEventMessageFixtures(t *testing.T) {
