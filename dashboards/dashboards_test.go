@@ -9,10 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/prometheus/promql/parser"
 	"gopkg.in/yaml.v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
+	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
 )
 
 type obj = map[string]any
@@ -108,12 +108,10 @@ func TestDashboardsHaveTheRequiredVariables(t *testing.T) {
 			}
 		}
 		for name, q := range bundle.VariableQueries(d) {
-			// label_values(selector, label): the selector must be valid PromQL.
+			// label_values(selector, label): the selector must parse and follow the contract.
 			inner := strings.TrimSuffix(strings.TrimPrefix(q, "label_values("), ")")
 			sel := inner[:strings.LastIndex(inner, ",")]
-			if _, err := parser.NewParser(parser.Options{}).ParseExpr(bundle.ExpandVars(sel, bundle.DefaultVarValues())); err != nil {
-				t.Errorf("%s: variable %s query %q: %v", uid, name, q, err)
-			}
+			bundletest.CheckExpr(t, uid+": variable "+name, bundle.ExpandVars(sel, bundle.DefaultVarValues()))
 		}
 	}
 }
@@ -123,7 +121,6 @@ var leftoverVar = regexp.MustCompile(`\$\w|\$\{|\[\[`)
 // TestEveryPanelQueryParses parses every panel query with Prometheus' parser after replacing the
 // Grafana variables with stand-ins, and checks its selectors against the metric contract.
 func TestEveryPanelQueryParses(t *testing.T) {
-	p := parser.NewParser(parser.Options{})
 	total := 0
 	for uid, d := range loadDashboards(t) {
 		qs := bundle.PanelQueries(d)
@@ -137,31 +134,7 @@ func TestEveryPanelQueryParses(t *testing.T) {
 			if leftoverVar.MatchString(expr) {
 				t.Errorf("%s: unknown variable left in %q", where, expr)
 			}
-			ast, err := p.ParseExpr(expr)
-			if err != nil {
-				t.Errorf("%s: %v\n%s", where, err, expr)
-				continue
-			}
-			parser.Inspect(ast, func(n parser.Node, _ []parser.Node) error {
-				vs, ok := n.(*parser.VectorSelector)
-				if !ok {
-					return nil
-				}
-				labels, known := bundle.ContractMetrics[vs.Name]
-				if !known {
-					labels, known = bundle.RecordedMetrics[vs.Name]
-				}
-				if !known {
-					t.Errorf("%s: metric %q is neither in the contract nor recorded", where, vs.Name)
-					return nil
-				}
-				for _, m := range vs.LabelMatchers {
-					if m.Name != "__name__" && !slices.Contains(bundle.TargetLabels, m.Name) && !slices.Contains(labels, m.Name) {
-						t.Errorf("%s: %s has no label %q", where, vs.Name, m.Name)
-					}
-				}
-				return nil
-			})
+			bundletest.CheckExpr(t, where, expr)
 		}
 	}
 	if total < 60 {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
+	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
@@ -103,7 +104,7 @@ func TestRenderVariantIntoTempDir(t *testing.T) {
 			if strings.Contains(r.Expr, "15m") || strings.Contains(r.Expr, "10m") {
 				t.Errorf("%s%s keeps a seed window: %s", r.Record, r.Alert, r.Expr)
 			}
-			checkSelectors(t, "variant "+r.Record+r.Alert, r.Expr)
+			bundletest.CheckExpr(t, "variant "+r.Record+r.Alert, r.Expr)
 		}
 	}
 	alerts := alertsByName(rf)

@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
+	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
@@ -140,7 +141,7 @@ func TestEveryExpressionParsesAndFollowsTheContract(t *testing.T) {
 		n := 0
 		for _, g := range rf.Groups {
 			for _, r := range g.Rules {
-				checkSelectors(t, path+": "+r.Record+r.Alert, r.Expr)
+				bundletest.CheckExpr(t, path+": "+r.Record+r.Alert, r.Expr)
 				n++
 			}
 		}

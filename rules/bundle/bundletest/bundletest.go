@@ -1,0 +1,49 @@
+// Package bundletest holds the checks the rule and dashboard tests share.
+package bundletest
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/celery-exporter/celery_exporter/rules/bundle"
+)
+
+var promql = parser.NewParser(parser.Options{})
+
+// CheckExpr parses expr with Prometheus' parser and checks every selector against the metric
+// contract: a known metric name (the exporter's, Prometheus' own or a recorded one) and, in its
+// matchers, only that metric's labels or the target labels. Failures are reported on t, prefixed
+// with where.
+func CheckExpr(t testing.TB, where, expr string) {
+	t.Helper()
+	ast, err := promql.ParseExpr(expr)
+	if err != nil {
+		t.Errorf("%s: does not parse: %v\n%s", where, err, expr)
+		return
+	}
+	parser.Inspect(ast, func(n parser.Node, _ []parser.Node) error {
+		vs, ok := n.(*parser.VectorSelector)
+		if !ok {
+			return nil
+		}
+		labels, known := bundle.ContractMetrics[vs.Name]
+		if !known {
+			labels, known = bundle.RecordedMetrics[vs.Name]
+		}
+		if !known {
+			t.Errorf("%s: metric %q is neither in the exporter's contract nor recorded", where, vs.Name)
+			return nil
+		}
+		for _, m := range vs.LabelMatchers {
+			if m.Name == "__name__" || slices.Contains(bundle.TargetLabels, m.Name) {
+				continue
+			}
+			if !slices.Contains(labels, m.Name) {
+				t.Errorf("%s: %s has no label %q (labels: %v)", where, vs.Name, m.Name, labels)
+			}
+		}
+		return nil
+	})
+}
