@@ -249,8 +249,12 @@ celery_log_events_total{event="zep_call_failure",level="warning"} 1
 	}
 
 	// An unchanged reload keeps the running tailer; an empty one stops everything but keeps counts.
+	running := s.sources[0].tailer
 	if err := s.ApplyConfig(cfgText("zep_call_error, zep_call_failure")); err != nil {
 		t.Fatal(err)
+	}
+	if len(s.sources) != 1 || s.sources[0].tailer != running {
+		t.Error("an unchanged reload restarted the source")
 	}
 	if err := s.ApplyConfig(&config.Config{}); err != nil {
 		t.Fatal(err)
