@@ -31,20 +31,14 @@ func TestWebConfigBasicAuthAndLandingPage(t *testing.T) {
 	if err := os.WriteFile(webCfg, []byte(fmt.Sprintf("basic_auth_users:\n  prometheus: %s\n", hash)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := harness.FreePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	bin := harness.ExporterBinary(t)
-	// Not harness.StartExporter: it waits for /-/healthy, which basic auth guards too.
-	cmd := exec.Command(bin, "--broker.url="+redis.URL(0), "--control.disabled",
-		"--web.config.file="+webCfg, "--web.listen-address="+addr)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	// Not StartExporter: it waits for a 200 from /-/healthy, which basic auth guards too; get waits
+	// for the listener instead.
+	exp := harness.LaunchExporter(t, nil, "--broker.url="+redis.URL(0), "--control.disabled",
+		"--web.config.file="+webCfg)
 
 	get := func(path string, auth bool) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+		req, _ := http.NewRequest(http.MethodGet, exp.URL+path, nil)
 		if auth {
 			req.SetBasicAuth("prometheus", "scrape-pw")
 		}
@@ -52,7 +46,7 @@ func TestWebConfigBasicAuthAndLandingPage(t *testing.T) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			resp, err = http.DefaultClient.Do(req)
-			if err == nil || time.Now().After(deadline) {
+			if err == nil || exp.Exited() || time.Now().After(deadline) {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -64,8 +58,10 @@ func TestWebConfigBasicAuthAndLandingPage(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	if code, _ := get("/metrics", false); code != http.StatusUnauthorized {
-		t.Errorf("/metrics without credentials: %d, want 401", code)
+	for _, path := range []string{"/metrics", "/", "/-/healthy", "/-/ready"} {
+		if code, _ := get(path, false); code != http.StatusUnauthorized {
+			t.Errorf("%s without credentials: %d, want 401", path, code)
+		}
 	}
 	code, body := get("/metrics", true)
 	if code != http.StatusOK || !strings.Contains(body, "celery_exporter_build_info{") {
@@ -75,7 +71,7 @@ func TestWebConfigBasicAuthAndLandingPage(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(body, `href="/metrics"`) {
 		t.Errorf("landing page: %d %.200s", code, body)
 	}
-	out, err := exec.Command(bin, "--version").CombinedOutput()
+	out, err := exec.Command(harness.ExporterBinary(t), "--version").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "celery_exporter, version") {
 		t.Errorf("--version: %v %s", err, out)
 	}
