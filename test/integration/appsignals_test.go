@@ -26,6 +26,7 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/collector"
 	"github.com/celery-exporter/celery_exporter/collector/config"
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
@@ -154,12 +155,13 @@ func TestAppSignalsDjangoBreaker(t *testing.T) {
 	for _, name := range []string{"proto2", "proto4", "proto5", "evil"} {
 		cfg.Breakers = append(cfg.Breakers, config.Breaker{Name: name, RedisURL: cacheURL, Key: ":1:" + name, Format: config.FormatDjangoPickle})
 	}
+	// The binary's dial: redis_url is parsed as a kombu URL, like the broker's.
 	dial := func(raw string) (redis.UniversalClient, error) {
-		o, err := redis.ParseURL(raw)
+		b, err := kombu.ParseURL(raw)
 		if err != nil {
 			return nil, err
 		}
-		return redis.NewClient(o), nil
+		return b.NewClient(kombu.DefaultOptions())
 	}
 	bs := collector.NewBreakerScraper(log.NewNopLogger(), dial, broker)
 	if err := bs.ApplyConfig(cfg); err != nil {
@@ -178,9 +180,11 @@ func TestAppSignalsDjangoBreaker(t *testing.T) {
 	expectAbsent(t, m, "celery_breaker_trips_total", nil)
 	expectAbsent(t, m, "celery_breaker_info", nil)
 
-	// force_write_only("auth", 3) and an integer counter, both through Django's cache.
-	until, forcedAt := force(t, cacheURL, "default", "mem:mode:forced:v1", "auth", 3)
+	// An integer counter and force_write_only("auth", 3), both through Django's cache. The
+	// counter goes first: a Python start-up inside the breaker's 3 s would eat into the time the
+	// checks below have while it is open.
 	djangoCache(t, cacheURL, "default", "set_int", "mem:read:consec_failures", "2", "60")
+	until, forcedAt := force(t, cacheURL, "default", "mem:mode:forced:v1", "auth", 3)
 	if raw, err := cacheRaw.Get(t.Context(), ":1:mem:read:consec_failures").Result(); err != nil || raw != "2" {
 		t.Errorf("django-redis stored the int as %q (%v), want the digits \"2\"", raw, err)
 	}
@@ -350,7 +354,7 @@ var logFormats = []logFormat{
 		wrap: plain},
 }
 
-// appendFileLines opens path in append mode (as Python's logging and Docker do) and writes lines.
+// openAppend opens path in append mode, as Python's logging and Docker do.
 func openAppend(t *testing.T, path string) *os.File {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
