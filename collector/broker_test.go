@@ -13,7 +13,6 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector/clock"
@@ -97,12 +96,14 @@ func TestBrokerQueueLengths(t *testing.T) {
 		name string
 		opts kombu.Options
 		// pushes: key (without prefix) -> messages
-		pushes map[string]int
-		want   string
+		pushes  map[string]int
+		metrics []string
+		want    string
 	}{
 		{
 			name: "kombu defaults", opts: kombu.DefaultOptions(),
-			pushes: map[string]int{"celery": 2, "celery\x06\x163": 1, "celery\x06\x169": 4, "chat": 1},
+			pushes:  map[string]int{"celery": 2, "celery\x06\x163": 1, "celery\x06\x169": 4, "chat": 1},
+			metrics: []string{"celery_queue_length", "celery_queue_priority_length", "celery_up"},
 			want: `celery_queue_length{queue_name="celery"} 7
 celery_queue_length{queue_name="chat"} 1
 celery_queue_length{queue_name="dlq"} 0
@@ -127,8 +128,10 @@ celery_up{} 1
 `,
 		},
 		{
+			// Every queue has ten priority series here; the sums show that each list was found.
 			name: "global_keyprefix, sep and ten steps", opts: custom,
-			pushes: map[string]int{"celery": 1, "celery:5": 3, "celery:9": 2},
+			pushes:  map[string]int{"celery": 1, "celery:5": 3, "celery:9": 2},
+			metrics: []string{"celery_queue_length", "celery_up"},
 			want: `celery_queue_length{queue_name="celery"} 6
 celery_queue_length{queue_name="chat"} 0
 celery_queue_length{queue_name="dlq"} 0
@@ -159,12 +162,7 @@ celery_up{} 1
 			b.mr.Set(p+"session:1", "x")
 
 			s := NewBrokerScraper(log.NewNopLogger(), b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"dlq"}}, nil, nil)
-			names := []string{"celery_queue_length", "celery_queue_priority_length", "celery_up"}
-			if len(tt.opts.PrioritySteps) > 4 {
-				names = names[:1]
-				names = append(names, "celery_up")
-			}
-			got, err := collectText(t, s, names...)
+			got, err := collectText(t, s, tt.metrics...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -337,11 +335,15 @@ celery_queue_length{queue_name="dlq"} 0
 			}
 		})
 	}
-	// A nil *ControlSource passed as the lister is not called.
+	// A nil *ControlSource passed as the lister (a typed nil in the interface) knows nothing.
 	var cs *ControlSource
 	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, nil, cs)
-	if _, err := collectText(t, s); err != nil {
+	got, err := collectText(t, s, "celery_queue_consumers", "celery_queue_length")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if want := "celery_queue_length{queue_name=\"dlq\"} 0\n"; got != want {
+		t.Errorf("nil *ControlSource: got %q, want %q", got, want)
 	}
 }
 
@@ -470,5 +472,4 @@ func TestBrokerContextDeadline(t *testing.T) {
 	if n := len(ch); n != 1 {
 		t.Errorf("%d metrics, want only celery_up", n)
 	}
-	_ = testutil.ToFloat64
 }

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -323,33 +324,68 @@ func TestControlSingleQueueRetention(t *testing.T) {
 	}
 }
 
+// roundCounter is a WorkerDirectory that counts rounds (each starts by asking for the workers) and
+// cancels Run at the start of round stopAt, before that round sends anything: the rounds before
+// it are whole, so what the worker received is exact and no late reply can outlive a round.
+type roundCounter struct {
+	*fakeDirectory
+	rounds atomic.Int32
+	stopAt int32
+	cancel context.CancelFunc
+}
+
+func (r *roundCounter) WorkerNames() (alive, known []string) {
+	if r.rounds.Add(1) == r.stopAt {
+		r.cancel()
+	}
+	return r.fakeDirectory.WorkerNames()
+}
+
 func TestControlRunRoundsUntilCancelled(t *testing.T) {
-	b := newMiniBroker(t, kombu.DefaultOptions())
-	w := b.worker(t, "celery@a", pidboxtest.Pong)
-	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Interval: 100 * time.Millisecond, Timeout: time.Second}, dir)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { c.Run(ctx); close(done) }()
-	time.Sleep(450 * time.Millisecond)
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after cancel")
+	tests := []struct {
+		name     string
+		interval time.Duration
+		stopAt   int32
+	}{
+		// A round at once, else Run would wait an hour for its first tick.
+		{name: "first round at once", interval: time.Hour, stopAt: 1},
+		// Then one per tick: four whole rounds take at least the three intervals between them.
+		{name: "one round per interval", interval: 100 * time.Millisecond, stopAt: 5},
 	}
-	// A round at once, then one per 100ms: 4 or 5 rounds of 3 requests.
-	if n := len(w.Requests()); n < 12 || n > 18 {
-		t.Errorf("worker got %d requests, want 12-18 (4-6 rounds)", n)
-	}
-	if keys := b.mr.Keys(); len(keys) != 0 {
-		t.Errorf("keys left: %q", keys)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newMiniBroker(t, kombu.DefaultOptions())
+			w := b.worker(t, "celery@a", pidboxtest.Pong)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			dir := &roundCounter{fakeDirectory: &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}},
+				stopAt: tt.stopAt, cancel: cancel}
+			c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Interval: tt.interval, Timeout: time.Second}, dir)
+			done := make(chan struct{})
+			start := time.Now()
+			go func() { c.Run(ctx); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("Run did not return: %d rounds started, want %d", dir.rounds.Load(), tt.stopAt)
+			}
+			whole := int(tt.stopAt - 1)
+			if elapsed, least := time.Since(start), time.Duration(whole)*tt.interval; whole > 0 && elapsed < least {
+				t.Errorf("%d rounds after %v: faster than one per %v", whole+1, elapsed, tt.interval)
+			}
+			if n := len(w.Requests()); n != 3*whole {
+				t.Errorf("worker got %d requests, want %d (%d rounds of ping, active_queues, stats)", n, 3*whole, whole)
+			}
+			if keys := b.mr.Keys(); len(keys) != 0 {
+				t.Errorf("keys left: %q", keys)
+			}
+		})
 	}
 }
 
 func TestControlBadInput(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
-	// Invalid UTF-8 names, odd shapes: skipped, never a panic.
+	// Invalid UTF-8 names, odd shapes: never a panic.
 	b.worker(t, "bad\xffhost", replies(t, map[string]string{"ping": `{"ok":"pong"}`, "active_queues": queuesReply("ok")}))
 	b.worker(t, "celery@weird", replies(t, map[string]string{
 		"ping":          `"pong"`,
@@ -360,8 +396,14 @@ func TestControlBadInput(t *testing.T) {
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := scrapeCount(c); err != nil {
-		t.Error(err)
+	// Replies are JSON, whose decoder turns invalid UTF-8 into U+FFFD: the bad host stays valid. The
+	// weird worker's ping is no pong, and neither its queues nor its stats say anything usable.
+	got, err := collectText(t, c)
+	want := "celery_worker_ping_ok{hostname=\"bad\ufffdhost\"} 1\n" +
+		"celery_worker_ping_ok{hostname=\"celery@weird\"} 0\n" +
+		"celery_worker_queue_info{hostname=\"bad\ufffdhost\",queue_name=\"ok\"} 1\n"
+	if got != want || err != nil {
+		t.Errorf("got %q, %v; want %q", got, err, want)
 	}
 	var nilSource *ControlSource
 	if nilSource.Queues() != nil {
