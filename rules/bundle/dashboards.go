@@ -45,10 +45,10 @@ func (c *Config) successDashboard() *board {
 		target{expr: "sum(" + RecWorkersUpCount + matchers(mJob) + ")" + zero}))
 	b.add(4, 5, stat("Queues without consumer", "Queues with messages (or expected: "+strings.Join(c.Queues.Expected, ", ")+
 		") and no live consumer.", "short", redAtOrAbove(1), nil, &DashWorkers,
-		target{expr: "count(\n  (" + queueHasWork(c, mJob, mQueue) + ")\n  and on (job, queue_name)\n  " + RecQueueConsumers + matchers(mJob) + " == 0\n)" + zero}))
+		target{expr: "count(\n" + indent(dc.queuesWithoutConsumers(mJob, mQueue)) + "\n)" + zero}))
 	b.add(4, 5, stat("Unresponsive workers", "Workers that heartbeat but do not answer ping (stuck after a broker reconnect).",
 		"short", redAtOrAbove(1), nil, &DashWorkers,
-		target{expr: "count(\n  " + RecWorkerUp + matchers(mJob) + " == 1\n  and on (job, hostname)\n  max by (job, hostname) (celery_worker_ping_ok" + matchers(mJob) + ") == 0\n)" + zero}))
+		target{expr: "count(\n" + indent(dc.workersUnresponsive(mJob)) + "\n)" + zero}))
 	b.add(4, 5, stat("Broker reachable", "celery_up: the exporter reads the Redis broker.", "short", greenAtOrAbove(1), upDownMap, &DashWorkers,
 		target{expr: "min(celery_up" + ji + ")"}))
 	b.add(4, 5, stat("Exporter up", "Prometheus scrapes the exporter.", "short", greenAtOrAbove(1), upDownMap, &DashWorkers,
@@ -63,30 +63,27 @@ func (c *Config) successDashboard() *board {
 		target{expr: "max(" + RecTaskRuntimeP95 + matchers(mJob, mQueue) + ")" + zero}))
 	b.add(4, 5, stat(windowTitle("Lost or requeued tasks", wl), "Tasks failed with "+strings.Join(c.Tasks.WorkerLostExceptions, ", ")+
 		" or rejected (requeued) when a pool process died.", "short", redAtOrAbove(1), nil, &DashTasks,
-		target{expr: "sum(\n  " + dc.increaseNew("celery_task_failed_total"+dc.sel(mQueue, anyOf("exception", c.Tasks.WorkerLostExceptions)), wl) +
-			"\n  or\n  " + dc.increaseNew("celery_task_rejected_total"+dc.sel(mQueue), wl) + "\n)" + zero}))
+		target{expr: "sum(\n  " + dc.tasksLost(mQueue) + "\n)" + zero}))
 	b.add(4, 5, stat(windowTitle("Time limits hit", tl), "Task failures with "+strings.Join(c.Tasks.TimeLimitExceptions, " or ")+".",
 		"short", redAtOrAbove(1), nil, &DashTasks,
-		target{expr: "sum(\n  " + dc.increaseNew("celery_task_failed_total"+dc.sel(mQueue, anyOf("exception", c.Tasks.TimeLimitExceptions)), tl) + "\n)" + zero}))
+		target{expr: "sum(\n  " + dc.timeLimitsHit(mQueue) + "\n)" + zero}))
 	b.add(4, 5, stat("Seconds since last event", "Age of the last Celery event the exporter received (heartbeats every 2s); alert after "+
 		c.Events.StaleAfter.String()+".", "s", redAtOrAbove(c.Events.StaleAfter.Seconds()), nil, &DashWorkers,
 		target{expr: "max(" + RecLastEventAge + ji + ")"}))
 	b.add(4, 5, stat("Workers without task events", "Live workers whose task events do not arrive (events disabled).",
 		"short", redAtOrAbove(1), nil, &DashWorkers,
-		target{expr: "count(\n  max by (job, hostname) (celery_worker_task_events_enabled" + matchers(mJob) + ") == 0\n  and on (job, hostname)\n  " +
-			RecWorkerUp + matchers(mJob) + " == 1\n)" + zero}))
+		target{expr: "count(\n" + indent(dc.workersWithoutTaskEvents(mJob)) + "\n)" + zero}))
 
 	b.row("App and resources")
 	b.add(4, 5, stat(windowTitle(c.App.ZepErrorEvent, ze), "Log lines with event "+c.App.ZepErrorEvent+"; the criterion is none.",
 		"short", redAtOrAbove(1), nil, &DashApp,
-		target{expr: "sum(\n  " + dc.increaseNew("celery_log_events_total"+dc.sel(eq("event", c.App.ZepErrorEvent)), ze) + "\n)" + zero}))
+		target{expr: "sum(\n  " + dc.logEvents(c.App.ZepErrorEvent, ze) + "\n)" + zero}))
 	b.add(4, 5, stat("Breaker "+c.App.Breaker, "Circuit breaker "+c.App.Breaker+": open means memory writes are skipped (degraded).",
 		"short", redAtOrAbove(1), openClosedMap, &DashApp,
 		target{expr: "max(" + RecBreakerOpen + matchers(mJob, eq("breaker", c.App.Breaker)) + ")"}))
 	b.add(4, 5, stat(windowTitle("Preference extraction failures", pf), c.App.PreferenceTask+" task failures plus "+
 		c.App.PreferenceFailedEvent+" log lines.", "short", redAtOrAbove(1), nil, &DashApp,
-		target{expr: "sum(\n  " + dc.increaseNew("celery_task_failed_total"+dc.sel(taskName(c.App.PreferenceTask)), pf) +
-			"\n  or\n  " + dc.increaseNew("celery_log_events_total"+dc.sel(eq("event", c.App.PreferenceFailedEvent)), pf) + "\n)" + zero}))
+		target{expr: "sum(\n  " + dc.preferenceFailures() + "\n)" + zero}))
 	b.add(4, 5, stat("Max worker memory", "Highest max RSS of a live worker; alert above "+fmtFloat(c.Workers.MaxRSSMiB)+" MiB.",
 		"bytes", redAtOrAbove(mib(c.Workers.MaxRSSMiB)), nil, &DashWorkers,
 		target{expr: "max(" + RecWorkerMaxRSS + matchers(mJob) + ")"}))
@@ -96,15 +93,6 @@ func (c *Config) successDashboard() *board {
 	b.add(4, 5, stat("Celery alerts firing", "Alerts of this bundle firing now for the selected job.", "short", redAtOrAbove(1), nil, nil,
 		target{expr: "count(ALERTS" + matchers(`alertstate="firing"`, mJob, anyOf("alertname", alertOrder)) + ")" + zero}))
 	return b
-}
-
-// queueHasWork selects queues with messages or in the expected list.
-func queueHasWork(c *Config, ms ...string) string {
-	s := RecQueueLength + matchers(ms...) + " > 0"
-	if len(c.Queues.Expected) > 0 {
-		s += " or " + RecQueueLength + matchers(append(ms, anyOf("queue_name", c.Queues.Expected))...)
-	}
-	return s
 }
 
 func (c *Config) tasksDashboard() *board {
@@ -270,7 +258,7 @@ func (c *Config) appDashboard() *board {
 		}
 		win := c.Windows[WindowZepCallErrors]
 		b.add(4, 4, stat(windowTitle(ev, win), "Log lines with event "+ev+".", "short", th, nil, nil,
-			target{expr: "sum(\n  " + dc.increaseNew("celery_log_events_total"+dc.sel(mInstance, eq("event", ev)), win) + "\n)\nor vector(0)"}))
+			target{expr: "sum(\n  " + dc.logEvents(ev, win, mInstance) + "\n)\nor vector(0)"}))
 	}
 	b.add(12, 8, bars("Log events", "Configured events per interval.", "short",
 		target{expr: "sum by (event) (increase(celery_log_events_total" + w + "[$__rate_interval]))", legend: "{{event}}"}))

@@ -346,16 +346,16 @@ func (b *board) json(cfg *Config) obj {
 	}
 }
 
-// matchers joins label matchers into a selector.
+// matchers joins label matchers into a selector; none gives "" (the bare metric name).
 func matchers(ms ...string) string {
-	var nonEmpty []string
-	for _, m := range ms {
-		if m != "" {
-			nonEmpty = append(nonEmpty, m)
-		}
+	if len(ms) == 0 {
+		return ""
 	}
-	return "{" + strings.Join(nonEmpty, ", ") + "}"
+	return "{" + strings.Join(ms, ", ") + "}"
 }
+
+// indent indents every line of a multi-line expression by two spaces, to nest it in a call.
+func indent(expr string) string { return "  " + strings.ReplaceAll(expr, "\n", "\n  ") }
 
 func mib(v float64) float64 { return v * 1024 * 1024 }
 

@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -159,15 +160,14 @@ func (c *Config) workerAlerts() []alert {
 		dash: DashWorkers,
 	}, {
 		name: "CeleryWorkerUnresponsive", severity: "critical",
-		expr:    RecWorkerUp + " == 1\nand on (job, hostname)\nmax by (job, hostname) (celery_worker_ping_ok" + c.sel() + ") == 0",
+		expr:    c.workersUnresponsive(),
 		summary: "A Celery worker heartbeats but does not answer remote control.",
 		descr: "Worker {{ $labels.hostname }} sends heartbeats but has not answered ping for " + c.forText("CeleryWorkerUnresponsive") +
 			". It is probably stuck after a broker reconnect and no longer consumes its queues.",
 		dash: DashWorkers,
 	}, {
 		name: "CeleryTaskEventsDisabled", severity: "warning",
-		expr: "max by (job, hostname) (celery_worker_task_events_enabled" + c.sel() + ") == 0\nand on (job, hostname)\n" +
-			RecWorkerUp + " == 1",
+		expr:    c.workersWithoutTaskEvents(),
 		summary: "A live Celery worker sends no task events.",
 		descr: "Worker {{ $labels.hostname }} processes tasks but none of its task events arrive (for " +
 			c.forText("CeleryTaskEventsDisabled") + "): task rates, failures and runtimes of this worker are not measured.",
@@ -183,10 +183,6 @@ func (c *Config) workerAlerts() []alert {
 }
 
 func (c *Config) queueAlerts() []alert {
-	hasMessages := RecQueueLength + " > 0"
-	if len(c.Queues.Expected) > 0 {
-		hasMessages += " or " + RecQueueLength + "{" + anyOf("queue_name", c.Queues.Expected) + "}"
-	}
 	queueVars := [][2]string{{"queue", "queue_name"}}
 	backlog := func(name, severity string, limit float64) alert {
 		return alert{
@@ -200,7 +196,7 @@ func (c *Config) queueAlerts() []alert {
 	}
 	return []alert{{
 		name: "CeleryQueueWithoutConsumers", severity: "critical",
-		expr:    "(" + hasMessages + ")\nand on (job, queue_name)\n" + RecQueueConsumers + " == 0",
+		expr:    c.queuesWithoutConsumers(),
 		summary: "A Celery queue has no live consumer.",
 		descr: "Queue {{ $labels.queue_name }} ({{ $value }} messages) has had no live consumer for " +
 			c.forText("CeleryQueueWithoutConsumers") + ": its tasks are not processed.",
@@ -213,7 +209,6 @@ func (c *Config) queueAlerts() []alert {
 
 func (c *Config) taskAlerts() []alert {
 	taskVars := [][2]string{{"queue", "queue_name"}, {"task", "name"}}
-	failed := func(extra string) string { return "celery_task_failed_total" + c.sel(extra) }
 	return []alert{{
 		name: "CeleryTaskFailureRateHigh", severity: "warning",
 		expr:    RecTaskFailureRatio + " > " + fmtFloat(c.Tasks.FailureRatio),
@@ -224,17 +219,14 @@ func (c *Config) taskAlerts() []alert {
 		dash: DashTasks, dashVars: taskVars,
 	}, {
 		name: "CeleryTaskTimeLimitExceeded", severity: "warning",
-		expr: "sum by (job, queue_name, name, exception) (\n  " +
-			c.increaseNew(failed(anyOf("exception", c.Tasks.TimeLimitExceptions)), c.Windows[WindowTimeLimit]) + "\n) > 0",
+		expr:    "sum by (job, queue_name, name, exception) (\n  " + c.timeLimitsHit() + "\n) > 0",
 		summary: "Celery tasks hit their time limit.",
 		descr: "Task {{ $labels.name }} (queue {{ $labels.queue_name }}) failed {{ $value | humanize }} times with " +
 			"{{ $labels.exception }} in the last " + c.Windows[WindowTimeLimit].String() + ".",
 		dash: DashTasks, dashVars: taskVars,
 	}, {
 		name: "CeleryWorkerLost", severity: "warning",
-		expr: "sum by (job, queue_name, name) (\n  " +
-			c.increaseNew(failed(anyOf("exception", c.Tasks.WorkerLostExceptions)), c.Windows[WindowWorkerLost]) +
-			"\n  or\n  " + c.increaseNew("celery_task_rejected_total"+c.sel(), c.Windows[WindowWorkerLost]) + "\n) > 0",
+		expr:    "sum by (job, queue_name, name) (\n  " + c.tasksLost() + "\n) > 0",
 		summary: "Celery worker processes died while running tasks.",
 		descr: "Task {{ $labels.name }} (queue {{ $labels.queue_name }}) was lost or requeued {{ $value | humanize }} times " +
 			"in the last " + c.Windows[WindowWorkerLost].String() + " (WorkerLostError or task-rejected): a pool process was " +
@@ -251,10 +243,9 @@ func (c *Config) taskAlerts() []alert {
 }
 
 func (c *Config) appAlerts() []alert {
-	logs := func(event string) string { return "celery_log_events_total" + c.sel(eq("event", event)) }
 	return []alert{{
 		name: "ZepCallErrors", severity: "warning",
-		expr:    "sum by (job, event) (\n  " + c.increaseNew(logs(c.App.ZepErrorEvent), c.Windows[WindowZepCallErrors]) + "\n) > 0",
+		expr:    "sum by (job, event) (\n  " + c.logEvents(c.App.ZepErrorEvent, c.Windows[WindowZepCallErrors]) + "\n) > 0",
 		summary: "The app logged Zep call errors.",
 		descr: "{{ $value | humanize }} {{ $labels.event }} log events in the last " + c.Windows[WindowZepCallErrors].String() +
 			": Zep memory writes failed with an unexpected exception (swallowed, so tasks still succeed).",
@@ -270,14 +261,62 @@ func (c *Config) appAlerts() []alert {
 		dash: DashApp,
 	}, {
 		name: "PreferenceExtractionFailing", severity: "warning",
-		expr: "sum by (job) (\n  " +
-			c.increaseNew("celery_task_failed_total"+c.sel(taskName(c.App.PreferenceTask)), c.Windows[WindowPreferenceFailure]) +
-			"\n  or\n  " + c.increaseNew(logs(c.App.PreferenceFailedEvent), c.Windows[WindowPreferenceFailure]) + "\n) > 0",
+		expr:    "sum by (job) (\n  " + c.preferenceFailures() + "\n) > 0",
 		summary: "Preference extraction is failing.",
 		descr: "{{ $value | humanize }} " + c.App.PreferenceTask + " failures (task failures plus " + c.App.PreferenceFailedEvent +
 			" log events) in the last " + c.Windows[WindowPreferenceFailure].String() + ".",
 		dash: DashApp,
 	}}
+}
+
+// The conditions below are shared by an alert and its stat on the success criteria dashboard, so
+// the two cannot drift apart. The dashboards call them on dashConfig (raw series selected by
+// $job) and pass matchers for the recorded series and the panel's filters (mJob, mQueue); the
+// rules pass none, as recorded series only hold the selected jobs.
+
+// queuesWithoutConsumers: queues with messages, or expected ones, that no live worker consumes.
+func (c *Config) queuesWithoutConsumers(rec ...string) string {
+	hasWork := RecQueueLength + matchers(rec...) + " > 0"
+	if len(c.Queues.Expected) > 0 {
+		hasWork += " or " + RecQueueLength + matchers(slices.Concat(rec, []string{anyOf("queue_name", c.Queues.Expected)})...)
+	}
+	return "(" + hasWork + ")\nand on (job, queue_name)\n" + RecQueueConsumers + matchers(rec...) + " == 0"
+}
+
+// workersUnresponsive: live workers that do not answer ping.
+func (c *Config) workersUnresponsive(rec ...string) string {
+	return RecWorkerUp + matchers(rec...) + " == 1\nand on (job, hostname)\nmax by (job, hostname) (celery_worker_ping_ok" + c.sel() + ") == 0"
+}
+
+// workersWithoutTaskEvents: live workers whose task events do not arrive.
+func (c *Config) workersWithoutTaskEvents(rec ...string) string {
+	return "max by (job, hostname) (celery_worker_task_events_enabled" + c.sel() + ") == 0\nand on (job, hostname)\n" +
+		RecWorkerUp + matchers(rec...) + " == 1"
+}
+
+// timeLimitsHit: task failures with a time-limit exception in the window, per series.
+func (c *Config) timeLimitsHit(extra ...string) string {
+	return c.increaseNew("celery_task_failed_total"+c.sel(slices.Concat(extra, []string{anyOf("exception", c.Tasks.TimeLimitExceptions)})...),
+		c.Windows[WindowTimeLimit])
+}
+
+// tasksLost: task failures with a worker-lost exception plus rejections (requeues) in the window.
+func (c *Config) tasksLost(extra ...string) string {
+	w := c.Windows[WindowWorkerLost]
+	return c.increaseNew("celery_task_failed_total"+c.sel(slices.Concat(extra, []string{anyOf("exception", c.Tasks.WorkerLostExceptions)})...), w) +
+		"\n  or\n  " + c.increaseNew("celery_task_rejected_total"+c.sel(extra...), w)
+}
+
+// logEvents: log lines with the event in the window.
+func (c *Config) logEvents(event string, w Duration, extra ...string) string {
+	return c.increaseNew("celery_log_events_total"+c.sel(slices.Concat(extra, []string{eq("event", event)})...), w)
+}
+
+// preferenceFailures: failures of the preference task plus its failure log events in the window.
+func (c *Config) preferenceFailures() string {
+	w := c.Windows[WindowPreferenceFailure]
+	return c.increaseNew("celery_task_failed_total"+c.sel(taskName(c.App.PreferenceTask)), w) +
+		"\n  or\n  " + c.logEvents(c.App.PreferenceFailedEvent, w)
 }
 
 // forText is an alert's `for` in words for its description.
