@@ -75,17 +75,31 @@ func TestResilienceBrokerOutages(t *testing.T) {
 	if v, _ := m.Value("celery_task_succeeded_total", succeeded); v != 1 {
 		t.Errorf("counters must survive reconnects: succeeded = %v", v)
 	}
+	if v, _ := m.Value("celery_exporter_subscription_reconnects_total", nil); v != 1 {
+		t.Errorf("celery_exporter_subscription_reconnects_total = %v after one lost subscription, want 1", v)
+	}
 
+	// The listener logs "subscribed" just after it reports the subscription up: give the line a
+	// moment.
 	log := exp.Log()
+	for deadline := time.Now().Add(5 * time.Second); strings.Count(log, "subscribed to events") < 2 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		log = exp.Log()
+	}
 	if strings.Contains(log, password) {
 		t.Errorf("the broker password is in the log")
 	}
-	_, body, _ := exp.Get("/metrics")
-	if strings.Contains(body, password) {
+	if strings.Contains(exp.MustScrape(t).Text, password) {
 		t.Errorf("the broker password is in /metrics")
 	}
-	// Once per change of state: two outages (start, restart), not once per retry.
-	if n := strings.Count(log, "event subscription lost"); n < 1 || n > 2 {
-		t.Errorf("%d 'subscription lost' lines for two outages:\n%s", n, log)
+	// Once per change of state: two outages (start, restart), not once per retry; and two
+	// recoveries.
+	for _, c := range []struct {
+		line string
+		want int
+	}{{"event subscription lost", 2}, {"subscribed to events", 2}} {
+		if n := strings.Count(log, c.line); n != c.want {
+			t.Errorf("%d %q lines for two outages, want %d:\n%s", n, c.line, c.want, log)
+		}
 	}
 }
