@@ -96,8 +96,9 @@ func (s *e2e) waitTasksDone(t *testing.T) {
 // test app cannot turn into an easy pass.
 func (s *e2e) checkRecorded(t *testing.T) {
 	t.Helper()
+	recorded := s.rec.ExpectedTaskCounters("celery")
 	has := func(metric string, labels map[string]string) bool {
-		for _, smp := range s.rec.ExpectedTaskCounters("celery") {
+		for _, smp := range recorded {
 			if smp.Name != metric {
 				continue
 			}
