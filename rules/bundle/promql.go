@@ -51,7 +51,10 @@ func taskName(name string) string {
 // total. The cost is that a series born within one window after such a gap, or after
 // Prometheus starts, is counted by increase() only.
 func (c *Config) increaseNew(series string, window Duration) string {
-	return c.increaseNewOver(series, window.String())
+	w := window.String()
+	return "((" + series + " unless " + series + " offset " + w + ")" +
+		" and on (job, instance) (up" + c.sel() + " offset " + w + " == 1))" +
+		" or increase(" + series + "[" + w + "])"
 }
 
 // increaseNewInRange is increaseNew over Grafana's $__range for a table, without the `up offset`
@@ -59,13 +62,6 @@ func (c *Config) increaseNew(series string, window Duration) string {
 // and a table has no pager to wake if a gap makes old totals show.
 func increaseNewInRange(series string) string {
 	return "(" + series + " unless " + series + " offset $__range) or increase(" + series + "[$__range])"
-}
-
-// increaseNewOver is increaseNew over a window given as PromQL text.
-func (c *Config) increaseNewOver(series, w string) string {
-	return "((" + series + " unless " + series + " offset " + w + ")" +
-		" and on (job, instance) (up" + c.sel() + " offset " + w + " == 1))" +
-		" or increase(" + series + "[" + w + "])"
 }
 
 // fmtFloat renders a threshold without exponent or trailing zeros.
