@@ -2,7 +2,9 @@ package dashboards_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
+	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
 type obj = map[string]any
@@ -341,5 +344,97 @@ func TestConfigMapsCarryTheDashboards(t *testing.T) {
 		if got := cm.Data[uid+".json"]; got != strings.TrimRight(string(js), "\n") {
 			t.Errorf("%s: ConfigMap data differs from dashboards/%s.json", uid, uid)
 		}
+	}
+}
+
+// TestSuccessStatsReadTwoReplicasAsOne evaluates stats of the success criteria dashboard with
+// promtool on the rendered rules, once with one exporter and once with two replicas reporting the
+// same broker and workers: every gauge-like criterion must read the same (two replicas must not
+// double a worker's CPU or a queue's depth).
+func TestSuccessStatsReadTwoReplicasAsOne(t *testing.T) {
+	harness.Require(t, "promtool")
+	want := map[string]float64{
+		"Max queue depth":         7,
+		"Workers up":              1,
+		"Queues without consumer": 0,
+		"Unresponsive workers":    0,
+		"Broker reachable":        1,
+		"Exporter up":             1,
+		"Max worker memory":       1000,
+		"Max worker CPU":          0.75, // user 0.5 + system 0.25 core
+	}
+	vals := bundle.DefaultVarValues()
+	vals["__rate_interval"] = "5m"
+	type sample struct {
+		Labels string  `yaml:"labels"`
+		Value  float64 `yaml:"value"`
+	}
+	type exprTest struct {
+		Expr       string   `yaml:"expr"`
+		EvalTime   string   `yaml:"eval_time"`
+		ExpSamples []sample `yaml:"exp_samples"`
+	}
+	var exprs []exprTest
+	for _, q := range bundle.PanelQueries(loadDashboards(t)["celery-success-criteria"]) {
+		if v, ok := want[q.Panel]; ok {
+			exprs = append(exprs, exprTest{bundle.ExpandVars(q.Expr, vals), "10m", []sample{{"{}", v}}})
+			delete(want, q.Panel)
+		}
+	}
+	for title := range want {
+		t.Errorf("no stat %q on the success criteria dashboard", title)
+	}
+	type series struct {
+		Series string `yaml:"series"`
+		Values string `yaml:"values"`
+	}
+	type test struct {
+		Name     string     `yaml:"name"`
+		Interval string     `yaml:"interval"`
+		Input    []series   `yaml:"input_series"`
+		Exprs    []exprTest `yaml:"promql_expr_test"`
+	}
+	var tests []test
+	for _, replicas := range [][]string{{"a:9808"}, {"a:9808", "b:9808"}} {
+		tc := test{Name: fmt.Sprintf("%d replicas", len(replicas)), Interval: "1m", Exprs: exprs}
+		for _, inst := range replicas {
+			for _, s := range []series{
+				{`up{%s}`, "1x10"},
+				{`celery_up{%s}`, "1x10"},
+				{`celery_queue_length{%s,queue_name="chat"}`, "7x10"},
+				{`celery_queue_consumers{%s,queue_name="chat"}`, "1x10"},
+				{`celery_worker_up{%s,hostname="celery@w1"}`, "1x10"},
+				{`celery_worker_ping_ok{%s,hostname="celery@w1"}`, "1x10"},
+				{`celery_worker_max_rss_bytes{%s,hostname="celery@w1"}`, "1000x10"},
+				{`celery_worker_cpu_seconds_total{%s,hostname="celery@w1",mode="user"}`, "0+30x10"},
+				{`celery_worker_cpu_seconds_total{%s,hostname="celery@w1",mode="system"}`, "0+15x10"},
+			} {
+				s.Series = fmt.Sprintf(s.Series, `job="celery",instance="`+inst+`"`)
+				tc.Input = append(tc.Input, s)
+			}
+		}
+		tests = append(tests, tc)
+	}
+	rules, err := filepath.Abs(filepath.Join("..", bundle.RulesFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := struct {
+		RuleFiles  []string `yaml:"rule_files"`
+		EvalEvery  string   `yaml:"evaluation_interval"`
+		GroupOrder []string `yaml:"group_eval_order"`
+		Tests      []test   `yaml:"tests"`
+	}{[]string{rules}, "1m", []string{"celery.rules"}, tests}
+	b, err := yaml.Marshal(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "stats_test.yml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("promtool", "test", "rules", path).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SUCCESS") {
+		t.Errorf("promtool test rules: %v\n%s", err, out)
 	}
 }

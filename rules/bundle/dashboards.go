@@ -89,7 +89,8 @@ func (c *Config) successDashboard() *board {
 		target{expr: "max(" + RecWorkerMaxRSS + matchers(mJob) + ")"}))
 	b.add(4, 5, stat("Max worker CPU", "Highest CPU use of a worker's main process (1 = one core); criterion below "+
 		fmtFloat(c.Workers.CPURatio*100)+"%.", "percentunit", redAtOrAbove(c.Workers.CPURatio), nil, &DashWorkers,
-		target{expr: "max(sum by (hostname) (rate(celery_worker_cpu_seconds_total" + ji + "[$__rate_interval])))"}))
+		// Summed per exporter replica: two replicas report the same worker's CPU twice.
+		target{expr: "max(sum by (instance, hostname) (rate(celery_worker_cpu_seconds_total" + ji + "[$__rate_interval])))"}))
 	b.add(4, 5, stat("Celery alerts firing", "Alerts of this bundle firing now for the selected job.", "short", redAtOrAbove(1), nil, nil,
 		target{expr: "count(ALERTS" + matchers(`alertstate="firing"`, mJob, anyOf("alertname", alertOrder)) + ")" + zero}))
 	return b
