@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -121,13 +123,12 @@ func TestBrokerUnackedPrefetch(t *testing.T) {
 	}
 	harness.Produce(t, url, nil, plan)
 	// prefetch_count = multiplier × concurrency = 4 for both.
-	ws := harness.StartWorkers(t,
+	harness.StartWorkers(t,
 		harness.WorkerOptions{BrokerURL: url, Queues: []string{"late"}, Pool: "prefork", Concurrency: 1, NodeName: "late@harness",
 			Env: []string{"CELERY_ACKS_LATE=1", "CELERY_PREFETCH_MULTIPLIER=4"}},
 		harness.WorkerOptions{BrokerURL: url, Queues: []string{"early"}, Pool: "prefork", Concurrency: 1, NodeName: "early@harness",
 			Env: []string{"CELERY_PREFETCH_MULTIPLIER=4"}},
 	)
-	_ = ws
 	e := harness.StartExporter(t, "--broker.url="+url, "--control.interval=1s")
 
 	// What the workers hold, in their own words, once they have filled their prefetch window.
@@ -231,7 +232,7 @@ func TestBrokerReadOnlyModeWritesNothing(t *testing.T) {
 			if err := e.Stop(); err != nil {
 				t.Error(err)
 			}
-			cmds := mon.stop()
+			cmds := mon.stop(t)
 
 			seen := map[string]bool{}
 			for _, c := range cmds {
@@ -239,12 +240,12 @@ func TestBrokerReadOnlyModeWritesNothing(t *testing.T) {
 			}
 			for _, must := range []string{"scan", "smembers", "llen", "hlen", "hscan", "psubscribe"} {
 				if !seen[must] {
-					t.Errorf("MONITOR never saw %q: the exporter's reads are not being watched (saw %v)", must, sortedSet(seen))
+					t.Errorf("MONITOR never saw %q: the exporter's reads are not being watched (saw %v)", must, slices.Sorted(maps.Keys(seen)))
 				}
 			}
 			writes := writeCommands(t, r, seen)
 			if strings.Join(writes, " ") != strings.Join(tt.wantWrites, " ") {
-				t.Errorf("write commands = %q, want %q (all commands: %v)", writes, tt.wantWrites, sortedSet(seen))
+				t.Errorf("write commands = %q, want %q (all commands: %v)", writes, tt.wantWrites, slices.Sorted(maps.Keys(seen)))
 			}
 		})
 	}
@@ -281,17 +282,9 @@ func writeCommands(t *testing.T, r *harness.Redis, seen map[string]bool) []strin
 	return out
 }
 
-func sortedSet(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // monitor is a raw MONITOR connection that collects every command with the client that sent it.
 type monitor struct {
+	addr    string
 	conn    net.Conn
 	mu      sync.Mutex
 	entries []monitorEntry
@@ -317,7 +310,7 @@ func startMonitor(t *testing.T, addr string) *monitor {
 	if line, err := rd.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
 		t.Fatalf("MONITOR: %q, %v", line, err)
 	}
-	m := &monitor{conn: c, done: make(chan struct{})}
+	m := &monitor{addr: addr, conn: c, done: make(chan struct{})}
 	go func() {
 		defer close(m.done)
 		for {
@@ -343,21 +336,43 @@ func startMonitor(t *testing.T, addr string) *monitor {
 }
 
 // stop ends the watch and returns the command names seen.
-func (m *monitor) stop() []string {
+func (m *monitor) stop(t *testing.T) []string {
+	t.Helper()
 	var names []string
-	for _, e := range m.stopEntries() {
+	for _, e := range m.stopEntries(t) {
 		names = append(names, e.name)
 	}
 	return names
 }
 
-func (m *monitor) stopEntries() []monitorEntry {
-	time.Sleep(200 * time.Millisecond) // the last lines of a shutdown
-	m.conn.Close()
-	<-m.done
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return append([]monitorEntry(nil), m.entries...)
+// stopEntries ends the watch and returns what it saw of every command the server ran before it
+// was called. MONITOR shows commands in the order the server runs them, so once a marker sent now
+// shows up, everything before it is in.
+func (m *monitor) stopEntries(t *testing.T) []monitorEntry {
+	t.Helper()
+	marker := fmt.Sprintf("end-of-watch-%d", time.Now().UnixNano())
+	rdb := redis.NewClient(&redis.Options{Addr: m.addr, Protocol: 2, DisableIdentity: true})
+	defer rdb.Close()
+	if err := rdb.Echo(context.Background(), marker).Err(); err != nil {
+		t.Fatalf("ECHO marker: %v", err)
+	}
+	defer func() {
+		m.conn.Close()
+		<-m.done
+	}()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		m.mu.Lock()
+		for i, e := range m.entries {
+			if e.name == "echo" && strings.Contains(e.line, marker) {
+				out := append([]monitorEntry(nil), m.entries[:i]...)
+				m.mu.Unlock()
+				return out
+			}
+		}
+		m.mu.Unlock()
+	}
+	t.Fatal("MONITOR never showed the end-of-watch marker")
+	return nil
 }
 
 // expectSeries checks one series' value (label set exact; nil = no labels).

@@ -15,7 +15,8 @@ import (
 	"time"
 
 	"github.com/go-kit/log"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector"
@@ -214,7 +215,11 @@ func TestControlThousandRounds(t *testing.T) {
 
 func notAnswering(t *testing.T, s collector.Scraper, names []string) []string {
 	t.Helper()
-	m, err := harness.ParseMetrics([]byte(gatherText(t, s)))
+	text, err := testutil.CollectAndFormat(collector.AsCollector(s), expfmt.TypeTextPlain, "celery_worker_ping_ok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := harness.ParseMetrics(text)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,29 +230,6 @@ func notAnswering(t *testing.T, s collector.Scraper, names []string) []string {
 		}
 	}
 	return missing
-}
-
-// gatherText renders one scraper's metrics in the text format.
-func gatherText(t *testing.T, s collector.Scraper) string {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector.AsCollector(s))
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			var ls []string
-			for _, l := range m.GetLabel() {
-				ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			fmt.Fprintf(&b, "%s{%s} %v\n", mf.GetName(), strings.Join(ls, ","), v)
-		}
-	}
-	return b.String()
 }
 
 // TestControlEnableEvents starts a worker with task events off, and checks that task events come
@@ -468,7 +450,7 @@ func TestControlRoundOnTheWire(t *testing.T) {
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	entries := mon.stopEntries()
+	entries := mon.stopEntries(t)
 
 	var seq []string
 	var mine []monitorEntry
