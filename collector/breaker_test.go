@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector/config"
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
 )
 
 // The seed app's breaker as django-redis writes it (pickle protocol 4), from
@@ -28,7 +29,7 @@ func newTestBreakers(t *testing.T, cfg string) (*BreakerScraper, *miniredis.Mini
 	mr := miniredis.RunT(t)
 	client := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { client.Close() })
-	s := NewBreakerScraper(nil, dialPlain, client)
+	s := NewBreakerScraper(nil, kombu.Dial, client)
 	c, err := config.Parse([]byte(cfg), "test.yml")
 	if err != nil {
 		t.Fatal(err)
@@ -38,14 +39,6 @@ func newTestBreakers(t *testing.T, cfg string) (*BreakerScraper, *miniredis.Mini
 	}
 	t.Cleanup(func() { s.Close() })
 	return s, mr, &errCapturingCollector{s: s}
-}
-
-func dialPlain(raw string) (redis.UniversalClient, error) {
-	o, err := redis.ParseURL(raw)
-	if err != nil {
-		return nil, err
-	}
-	return redis.NewClient(o), nil
 }
 
 func compare(t *testing.T, c *errCapturingCollector, want string, names ...string) {
@@ -345,7 +338,7 @@ func TestBreakerSeparateRedis(t *testing.T) {
 	var closed []string
 	dial := func(raw string) (redis.UniversalClient, error) {
 		dials[raw]++
-		c, err := dialPlain(raw)
+		c, err := kombu.Dial(raw)
 		if err != nil {
 			return nil, err
 		}

@@ -251,14 +251,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	reg := prometheus.NewRegistry()
 	var reloader *config.Reloader
 	if f.configFile != "" {
-		dial := func(raw string) (redis.UniversalClient, error) {
-			b, err := kombu.ParseURL(raw)
-			if err != nil {
-				return nil, err
-			}
-			return b.NewClient(kombu.DefaultOptions())
-		}
-		breakers := collector.NewBreakerScraper(log.With(logger, "source", "breakers"), dial, client)
+		breakers := collector.NewBreakerScraper(log.With(logger, "source", "breakers"), kombu.Dial, client)
 		defer breakers.Close()
 		logs := collector.NewLogScraper(log.With(logger, "source", "logs"))
 		defer logs.Close()

@@ -305,3 +305,13 @@ func (b *Broker) NewClient(o Options) (redis.UniversalClient, error) {
 			Password: b.Password, DB: b.DB, TLSConfig: b.TLS}), nil
 	}
 }
+
+// Dial parses a URL in any form ParseURL takes and returns a client with kombu's default options:
+// for Redis connections other than the broker's (a Django cache named in the config file).
+func Dial(raw string) (redis.UniversalClient, error) {
+	b, err := ParseURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	return b.NewClient(DefaultOptions())
+}

@@ -156,14 +156,7 @@ func TestAppSignalsDjangoBreaker(t *testing.T) {
 		cfg.Breakers = append(cfg.Breakers, config.Breaker{Name: name, RedisURL: cacheURL, Key: ":1:" + name, Format: config.FormatDjangoPickle})
 	}
 	// The binary's dial: redis_url is parsed as a kombu URL, like the broker's.
-	dial := func(raw string) (redis.UniversalClient, error) {
-		b, err := kombu.ParseURL(raw)
-		if err != nil {
-			return nil, err
-		}
-		return b.NewClient(kombu.DefaultOptions())
-	}
-	bs := collector.NewBreakerScraper(log.NewNopLogger(), dial, broker)
+	bs := collector.NewBreakerScraper(log.NewNopLogger(), kombu.Dial, broker)
 	if err := bs.ApplyConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
