@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -334,7 +336,7 @@ func (b *BrokerScraper) queueSet(table *bindingTable) []string {
 			}
 		}
 	}
-	out := sortedStringKeys(set)
+	out := slices.Sorted(maps.Keys(set))
 	if len(out) > maxBrokerQueues {
 		b.mu.Lock()
 		if !b.truncWarned {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -272,12 +274,7 @@ func parseStats(raw json.RawMessage) *workerStats {
 	var total map[string]float64
 	if json.Unmarshal(top["total"], &total) == nil && total != nil {
 		if len(total) > maxTaskNamesPerWorker {
-			names := make([]string, 0, len(total))
-			for n := range total {
-				names = append(names, n)
-			}
-			sort.Strings(names)
-			for _, n := range names[maxTaskNamesPerWorker:] {
+			for _, n := range slices.Sorted(maps.Keys(total))[maxTaskNamesPerWorker:] {
 				delete(total, n)
 			}
 		}
@@ -417,15 +414,15 @@ func (c *ControlSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) e
 	for h := range r.ping {
 		hosts[h] = true
 	}
-	for _, h := range sortedStringKeys(hosts) {
+	for _, h := range slices.Sorted(maps.Keys(hosts)) {
 		emitConst(emit, workerPingOKDesc, prometheus.GaugeValue, gaugeBool(r.ping[h]), h)
 	}
-	for _, h := range sortedStringKeys(r.queues) {
+	for _, h := range slices.Sorted(maps.Keys(r.queues)) {
 		for _, q := range r.queues[h] {
 			emitConst(emit, workerQueueInfoDesc, prometheus.GaugeValue, 1, h, q)
 		}
 	}
-	for _, h := range sortedStringKeys(r.stats) {
+	for _, h := range slices.Sorted(maps.Keys(r.stats)) {
 		st := r.stats[h]
 		if st.maxConcurrency != nil {
 			emitConst(emit, workerPoolMaxConcurrencyDesc, prometheus.GaugeValue, *st.maxConcurrency, h)
@@ -450,7 +447,7 @@ func (c *ControlSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) e
 		if st.systemCPU != nil {
 			emitConst(emit, workerCPUDesc, prometheus.CounterValue, *st.systemCPU, h, "system")
 		}
-		for _, name := range sortedStringKeys(st.total) {
+		for _, name := range slices.Sorted(maps.Keys(st.total)) {
 			emitConst(emit, workerTasksAcceptedDesc, prometheus.CounterValue, st.total[name], h, name)
 		}
 	}
@@ -462,13 +459,4 @@ func gaugeBool(b bool) float64 {
 		return 1
 	}
 	return 0
-}
-
-func sortedStringKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync"
@@ -411,6 +412,39 @@ func TestControlBadInput(t *testing.T) {
 	}
 	if _, ok := nilSource.SingleQueue("x"); ok {
 		t.Error("nil source has a single queue")
+	}
+}
+
+// A worker's reply cannot grow the exporter's memory or series without bound: task names per
+// worker are capped keeping the first by name, queues keeping the first the worker listed.
+func TestControlRepliesAreBounded(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	total := map[string]int{}
+	for i := 0; i <= maxTaskNamesPerWorker; i++ {
+		total[fmt.Sprintf("t%05d", i)] = 1
+	}
+	stats, _ := json.Marshal(map[string]any{"total": total})
+	queues := make([]string, maxQueuesPerWorker+1)
+	for i := range queues {
+		queues[i] = fmt.Sprintf("q%05d", i)
+	}
+	b.worker(t, "celery@big", replies(t, map[string]string{"active_queues": queuesReply(queues...), "stats": string(stats)}))
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond}, nil)
+	if err := c.Round(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := collectText(t, c, "celery_worker_tasks_accepted_total", "celery_worker_queue_info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	if n, want := len(lines), maxTaskNamesPerWorker+maxQueuesPerWorker; n != want {
+		t.Errorf("%d series, want %d", n, want)
+	}
+	for _, dropped := range []string{fmt.Sprintf(`name="t%05d"`, maxTaskNamesPerWorker), fmt.Sprintf(`queue_name="q%05d"`, maxQueuesPerWorker)} {
+		if strings.Contains(got, dropped) {
+			t.Errorf("%s is past the cap but reported", dropped)
+		}
 	}
 }
 
