@@ -463,6 +463,24 @@ func TestBroadcastMaxRepliesBoundsWhatIsKept(t *testing.T) {
 	}
 }
 
+// Destination names the workers in the request, and only those answer (Celery's -d).
+func TestBroadcastDestination(t *testing.T) {
+	s := newSetup(t, 0, kombu.DefaultOptions())
+	a := pidboxtest.Start(t, s.worker, s.ks, "celery", "a@h", pidboxtest.Pong)
+	pidboxtest.Start(t, s.worker, s.ks, "celery", "b@h", pidboxtest.Pong)
+	c := New(s.rdb, s.ks, "celery")
+	res, err := c.Broadcast(context.Background(), []Call{{Method: "ping"}}, Options{Timeout: 200 * time.Millisecond, Destination: []string{"a@h"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Replies) != 1 || res.Replies[0].Hostname != "a@h" {
+		t.Errorf("replies = %+v, want a@h's only", res.Replies)
+	}
+	if got := a.Requests()[0].Body["destination"]; !reflect.DeepEqual(got, []any{"a@h"}) {
+		t.Errorf("destination = %v, want [a@h]", got)
+	}
+}
+
 func TestCastLeavesTheCallersCallsAlone(t *testing.T) {
 	s := newSetup(t, 0, kombu.DefaultOptions())
 	c := New(s.rdb, s.ks, "celery")

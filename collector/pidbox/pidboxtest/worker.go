@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -22,8 +23,7 @@ type Handler func(method string, args map[string]any) (result any, ok bool)
 
 // Request is a request as the worker received it.
 type Request struct {
-	Envelope map[string]any // the decoded envelope (properties, headers, ...)
-	Body     map[string]any // the decoded body (method, arguments, ticket, reply_to, ...)
+	Body map[string]any // the decoded body (method, arguments, ticket, reply_to, ...)
 }
 
 // Worker is one fake worker.
@@ -90,17 +90,12 @@ func (w *Worker) serve(ctx context.Context, ps *redis.PubSub) {
 }
 
 func (w *Worker) handle(ctx context.Context, payload []byte) {
-	var env map[string]any
-	if err := json.Unmarshal(payload, &env); err != nil {
-		return
-	}
-	props, _ := env["properties"].(map[string]any)
-	if _, ok := props["delivery_tag"]; !ok {
-		// kombu's virtual Message raises KeyError('delivery_tag'): a real worker dies here.
-		return
-	}
 	msg, err := kombu.ParseMessage(payload)
 	if err != nil {
+		return
+	}
+	if msg.Properties.DeliveryTag == "" {
+		// kombu's virtual Message raises KeyError('delivery_tag'): a real worker dies here.
 		return
 	}
 	var body map[string]any
@@ -108,18 +103,10 @@ func (w *Worker) handle(ctx context.Context, payload []byte) {
 		return
 	}
 	w.mu.Lock()
-	w.requests = append(w.requests, Request{Envelope: env, Body: body})
+	w.requests = append(w.requests, Request{Body: body})
 	w.mu.Unlock()
-	if dest, ok := body["destination"].([]any); ok && len(dest) > 0 {
-		found := false
-		for _, d := range dest {
-			if d == w.Hostname {
-				found = true
-			}
-		}
-		if !found {
-			return
-		}
+	if dest, ok := body["destination"].([]any); ok && len(dest) > 0 && !slices.Contains(dest, any(w.Hostname)) {
+		return
 	}
 	method, _ := body["method"].(string)
 	args, _ := body["arguments"].(map[string]any)
