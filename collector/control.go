@@ -33,6 +33,13 @@ type workerSystems interface {
 	WorkerSystem(hostname string) (string, bool)
 }
 
+// The optional interfaces are found by type assertion at run time; a rename would silently lose
+// them, so the compiler checks them here.
+var (
+	_ workerSystems  = (*EventSource)(nil)
+	_ queueConsumers = (*ControlSource)(nil)
+)
+
 // ControlOptions configure the remote-control source.
 type ControlOptions struct {
 	// Interval between rounds (default 15s).
