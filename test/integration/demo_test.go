@@ -59,7 +59,9 @@ func startDemo(t *testing.T, duration time.Duration) *demo {
 	d.cmd.Dir = d.root
 	d.cmd.Env = append(os.Environ(), d.env...)
 	d.cmd.Stdout, d.cmd.Stderr = f, f
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// SIGTERM, not SIGKILL, if the test binary dies first (a timeout panic skips t.Cleanup): run.sh
+	// then stops everything it started, as on Ctrl-C.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("start run.sh: %v", err)
 	}
@@ -148,7 +150,7 @@ func (d *demo) forceStop(t *testing.T) {
 		t.Logf("--- run.sh output ---\n%s", d.output())
 		for _, name := range []string{"exporter", "prometheus", "loadgen", "worker-background"} {
 			b, _ := os.ReadFile(filepath.Join(d.dir, "logs", name+".log"))
-			t.Logf("--- last lines of %s.log ---\n%s", name, lastLines(string(b), 15))
+			t.Logf("--- last lines of %s.log ---\n%s", name, harness.Tail(string(b), 15))
 		}
 	}
 }
@@ -173,14 +175,6 @@ func demoProcesses(dir string) []int {
 		}
 	}
 	return pids
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // TestDemoHeadless runs `make demo`'s script for a few minutes at most: metrics flow from the
