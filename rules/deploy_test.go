@@ -1,12 +1,17 @@
 package rules_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -53,92 +58,124 @@ func TestAlertmanagerRoutesEveryAlert(t *testing.T) {
 	}
 }
 
-type amMatcher struct {
-	label, op, value string
-}
-
-func (m amMatcher) matches(labels map[string]string) bool {
-	v := labels[m.label]
-	switch m.op {
-	case "=":
-		return v == m.value
-	case "!=":
-		return v != m.value
-	case "=~":
-		return regexp.MustCompile("^(?:" + m.value + ")$").MatchString(v)
-	case "!~":
-		return !regexp.MustCompile("^(?:" + m.value + ")$").MatchString(v)
-	}
-	return false
-}
-
-var amMatcherRE = regexp.MustCompile(`^(\w+)(=~|!~|!=|=)"(.*)"$`)
-
-func parseMatchers(t *testing.T, ms []string) []amMatcher {
-	t.Helper()
-	var out []amMatcher
-	for _, m := range ms {
-		p := amMatcherRE.FindStringSubmatch(m)
-		if p == nil {
-			t.Fatalf("matcher %q not in the form label<op>\"value\"", m)
-		}
-		out = append(out, amMatcher{p[1], p[2], p[3]})
-	}
-	return out
-}
-
-func matchAll(ms []amMatcher, labels map[string]string) bool {
-	for _, m := range ms {
-		if !m.matches(labels) {
-			return false
-		}
-	}
-	return true
-}
-
-// TestAlertmanagerInhibitsBelowOutages checks that a broker or exporter outage silences every
-// other alert of the bundle for the same job, and nothing else.
+// TestAlertmanagerInhibitsBelowOutages posts alerts to a real Alertmanager running the shipped
+// config and reads back which ones it suppresses. Each scenario has its own job, so the job
+// scoping of the inhibitions is tested along the way:
+//   - no exporter of the job up (the job-wide CeleryExporterDown, without instance): every other
+//     alert of the bundle is suppressed;
+//   - one of two replicas down (CeleryExporterDown of its instance only): nothing is, the other
+//     replica still sees everything;
+//   - the broker unreachable: everything but CeleryExporterDown is;
+//   - a critical backlog: the warning of the same queue is, not the other queue's, not the reverse.
 func TestAlertmanagerInhibitsBelowOutages(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(root, alertmanagerFile))
+	harness.Require(t, harness.AlertmanagerBinary)
+	cfg, err := os.ReadFile(filepath.Join(root, alertmanagerFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var am struct {
-		Inhibit []struct {
-			Source []string `yaml:"source_matchers"`
-			Target []string `yaml:"target_matchers"`
-			Equal  []string `yaml:"equal"`
-		} `yaml:"inhibit_rules"`
+	am := harness.StartAlertmanager(t, string(cfg))
+	rules := alertsByName(readRuleFile(t, filepath.Join(root, bundle.RulesFile)))
+
+	type posted struct {
+		labels     map[string]string
+		suppressed bool
 	}
-	if err := yaml.Unmarshal(b, &am); err != nil {
-		t.Fatal(err)
+	var alerts []posted
+	add := func(suppressed bool, name, job string, extra ...string) {
+		l := map[string]string{"alertname": name, "job": job, "severity": rules[name].Labels["severity"]}
+		for i := 0; i+1 < len(extra); i += 2 {
+			l[extra[i]] = extra[i+1]
+		}
+		alerts = append(alerts, posted{l, suppressed})
 	}
-	inhibited := func(source, target string) bool {
-		for _, r := range am.Inhibit {
-			if matchAll(parseMatchers(t, r.Source), map[string]string{"alertname": source}) &&
-				matchAll(parseMatchers(t, r.Target), map[string]string{"alertname": target}) {
-				if !slices.Contains(r.Equal, "job") {
-					t.Errorf("inhibit rule %v does not require the same job", r.Source)
-				}
-				return true
+	// The alerts of the bundle other than the two outages, labelled as their rules label them
+	// (CeleryEventsStale per exporter, queue alerts per queue, the critical backlog on another
+	// queue than the warning so it does not silence it).
+	others := func(suppressed bool, job, staleInstance string) {
+		extra := map[string][]string{
+			"CeleryEventsStale":           {"instance", staleInstance},
+			"CeleryQueueWithoutConsumers": {"queue_name", "dlq"},
+			"CeleryQueueBacklog":          {"queue_name", "chat"},
+			"CeleryQueueBacklogCritical":  {"queue_name", "default"},
+		}
+		for _, name := range bundle.AlertNames() {
+			if name != "CeleryExporterDown" && name != "CeleryBrokerUnreachable" {
+				add(suppressed, name, job, extra[name]...)
 			}
 		}
-		return false
 	}
-	for _, target := range bundle.AlertNames() {
-		if got, want := inhibited("CeleryExporterDown", target), target != "CeleryExporterDown"; got != want {
-			t.Errorf("CeleryExporterDown inhibits %s: %v, want %v", target, got, want)
+
+	add(false, "CeleryExporterDown", "blind")
+	add(false, "CeleryExporterDown", "blind", "instance", "a:9808")
+	add(true, "CeleryBrokerUnreachable", "blind")
+	others(true, "blind", "a:9808")
+
+	add(false, "CeleryExporterDown", "ha", "instance", "a:9808")
+	others(false, "ha", "b:9808")
+	add(false, "CeleryExporterDown", "ha-broker", "instance", "a:9808")
+	add(false, "CeleryBrokerUnreachable", "ha-broker")
+
+	add(false, "CeleryBrokerUnreachable", "broker")
+	add(false, "CeleryExporterDown", "broker", "instance", "a:9808")
+	others(true, "broker", "a:9808")
+
+	add(false, "CeleryQueueBacklogCritical", "backlog", "queue_name", "chat")
+	add(true, "CeleryQueueBacklog", "backlog", "queue_name", "chat")
+	add(false, "CeleryQueueBacklog", "backlog", "queue_name", "default")
+
+	now := time.Now().UTC()
+	var body []map[string]any
+	for _, a := range alerts {
+		body = append(body, map[string]any{"labels": a.labels, "startsAt": now, "endsAt": now.Add(time.Hour)})
+	}
+	js, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(am.URL+"/api/v2/alerts", "application/json", bytes.NewReader(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("post alerts: %s", resp.Status)
+	}
+
+	key := func(l map[string]string) string {
+		return fmt.Sprintf("%s{job=%q,instance=%q,queue_name=%q}", l["alertname"], l["job"], l["instance"], l["queue_name"])
+	}
+	want := map[string]string{}
+	for _, a := range alerts {
+		want[key(a.labels)] = map[bool]string{true: "suppressed", false: "active"}[a.suppressed]
+	}
+	// The inhibitor learns its sources asynchronously: poll until the states settle.
+	var wrong []string
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		got, err := am.Alerts()
+		if err != nil {
+			t.Fatal(err)
 		}
-		want := target != "CeleryExporterDown" && target != "CeleryBrokerUnreachable"
-		if got := inhibited("CeleryBrokerUnreachable", target); got != want {
-			t.Errorf("CeleryBrokerUnreachable inhibits %s: %v, want %v", target, got, want)
+		wrong = wrong[:0]
+		seen := map[string]bool{}
+		for _, a := range got {
+			k := key(a.Labels)
+			seen[k] = true
+			if a.State != want[k] {
+				wrong = append(wrong, fmt.Sprintf("%s: %s, want %s", k, a.State, want[k]))
+			}
+		}
+		for k := range want {
+			if !seen[k] {
+				wrong = append(wrong, k+": not in Alertmanager")
+			}
+		}
+		if len(wrong) == 0 || time.Now().After(deadline) {
+			break
 		}
 	}
-	if !inhibited("CeleryQueueBacklogCritical", "CeleryQueueBacklog") || inhibited("CeleryQueueBacklog", "CeleryQueueBacklogCritical") {
-		t.Error("a critical backlog must silence the warning of the same queue, not the other way round")
-	}
-	if inhibited("CeleryWorkersBelowExpected", "CeleryQueueBacklog") {
-		t.Error("only outages inhibit other alerts")
+	slices.Sort(wrong)
+	for _, w := range wrong {
+		t.Error(w)
 	}
 }
 

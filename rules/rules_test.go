@@ -25,7 +25,7 @@ var issueAlerts = []struct {
 	name, severity, forDur string
 	exprHas                []string
 }{
-	{"CeleryExporterDown", "critical", "2m", []string{`up{job="celery"} == 0`, `absent(up{job="celery"})`}},
+	{"CeleryExporterDown", "critical", "2m", []string{`up{job="celery"} == 0`, `max by (job) (up{job="celery"}) == 0`, `absent(up{job="celery"})`}},
 	{"CeleryBrokerUnreachable", "critical", "2m", []string{`celery_up{job="celery"}) == 0`}},
 	{"CeleryEventsStale", "warning", "1m", []string{"celery:exporter_last_event_age:seconds > 300", `up{job="celery"} == 1`}},
 	{"CeleryWorkersBelowExpected", "critical", "2m", []string{"celery:workers_up:count < 3", `absent(up{job="celery"})`}},

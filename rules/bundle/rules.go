@@ -122,11 +122,17 @@ func (c *Config) recordingRules() []Rule {
 func (c *Config) exporterAlerts() []alert {
 	return []alert{{
 		name: "CeleryExporterDown", severity: "critical",
-		expr:    "up" + c.sel() + " == 0\nor\nabsent(up" + c.sel() + ")",
+		// One alert per down target, plus one without `instance` while no target of the job is up
+		// (all down, or none discovered). Only the latter makes the job's other alerts blind, so
+		// Alertmanager inhibits on equal [job, instance]: with two replicas, one down silences
+		// nothing the other still sees. (Not absent(up == 1): absent() of an expression other
+		// than a selector has no labels, not even job.)
+		expr:    "up" + c.sel() + " == 0\nor\nmax by (job) (up" + c.sel() + ") == 0\nor\nabsent(up" + c.sel() + ")",
 		summary: "The Celery exporter is down or not scraped.",
-		descr: "Prometheus cannot scrape the Celery exporter of job {{ $labels.job }}" +
-			"{{ with $labels.instance }} at {{ . }}{{ end }}: the target is down or absent from service discovery. " +
-			"Every other Celery alert is blind until it is back.",
+		descr: "{{ if $labels.instance }}Prometheus cannot scrape the Celery exporter {{ $labels.instance }} of job {{ $labels.job }}: " +
+			"the target is down. Another replica of the job, if any, keeps the other Celery alerts working." +
+			"{{ else }}No Celery exporter of job {{ $labels.job }} is up (all targets down, or none discovered): " +
+			"every other Celery alert of the job is blind until one is back.{{ end }}",
 		dash: DashSuccess,
 	}, {
 		name: "CeleryBrokerUnreachable", severity: "critical",
