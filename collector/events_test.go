@@ -452,6 +452,8 @@ func TestEventSourceBadInputIsCountedNotFatal(t *testing.T) {
 		payload(ev{"type": "worker-heartbeat"}),
 		payload(ev{"type": "task-teleported", "uuid": "u"}),
 		payload(),
+		// Invalid UTF-8 in a label value would make the scrape fail (client_golang refuses it).
+		"{\"body\": \"{\\\"type\\\": \\\"worker-online\\\", \\\"hostname\\\": \\\"celery@bad\xff\\\", \\\"freq\\\": 2}\", \"properties\": {}}",
 	} {
 		src.HandlePayload(p)
 	}
@@ -467,6 +469,7 @@ func TestEventSourceBadInputIsCountedNotFatal(t *testing.T) {
 		`celery_exporter_events_total{type="unknown"}`:                          1,
 		`celery_exporter_event_errors_total{reason="unknown_type"}`:             1,
 		`celery_worker_up{hostname="celery@ok"}`:                                1,
+		"celery_worker_up{hostname=\"celery@bad\uFFFD\"}":                       1,
 	})
 }
 

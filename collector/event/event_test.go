@@ -175,6 +175,18 @@ func TestExceptionClass(t *testing.T) {
 	}
 }
 
+func TestInternerMakesValidUTF8(t *testing.T) {
+	in := NewInterner(1)
+	for i := 0; i < 2; i++ { // remembered, then past the cap
+		if got := in.Bytes([]byte("celery@h\xff\xfe")); got != "celery@h\uFFFD" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	if got := in.Bytes([]byte("x\xc3")); got != "x\uFFFD" {
+		t.Fatalf("past the cap: %q", got)
+	}
+}
+
 func TestInternerIsBounded(t *testing.T) {
 	in := NewInterner(2)
 	a, b := in.Bytes([]byte("a")), in.Bytes([]byte("a"))

@@ -61,10 +61,14 @@ type PriorityKey struct {
 }
 
 // QueueKeys lists a queue's lists in consuming order: kombu BRPOPs them in step order, so step 0
-// is served first (on Redis, 0 is the highest priority).
+// is served first (on Redis, 0 is the highest priority). A queue always has its plain key.
 func (k Keyspace) QueueKeys(queue string) []PriorityKey {
-	out := make([]PriorityKey, 0, len(k.Steps))
-	for _, s := range k.Steps {
+	steps := k.Steps
+	if len(steps) == 0 {
+		steps = []int{0}
+	}
+	out := make([]PriorityKey, 0, len(steps))
+	for _, s := range steps {
 		key := k.Prefix + queue
 		if s != 0 {
 			key += k.Sep + strconv.Itoa(s)

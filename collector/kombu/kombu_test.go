@@ -242,6 +242,9 @@ func TestKeyspaceNames(t *testing.T) {
 	if got := ks.QueueKeys("chat"); !reflect.DeepEqual(got, []PriorityKey{{0, "pfx:chat"}, {5, "pfx:chat:5"}}) {
 		t.Errorf("QueueKeys = %v", got)
 	}
+	if got := (Keyspace{Prefix: "p:"}).QueueKeys("q"); !reflect.DeepEqual(got, []PriorityKey{{0, "p:q"}}) {
+		t.Errorf("no steps still has the plain key: %v", got)
+	}
 	if got := ks.BindingScanPattern(); got != "pfx:_kombu.binding.*" {
 		t.Errorf("BindingScanPattern = %q", got)
 	}

@@ -120,12 +120,9 @@ func (c *Client) Broadcast(ctx context.Context, calls []Call, o Options) (Result
 	replyQueue := kombu.ReplyQueue(oid, c.exchange)
 	binding := c.ks.BindingMember(oid, "", replyQueue)
 	bindingKey := c.ks.BindingKey(kombu.ReplyExchange(c.exchange))
-	replyKeys := make([]string, 0, len(c.ks.Steps))
+	var replyKeys []string
 	for _, pk := range c.ks.QueueKeys(replyQueue) {
 		replyKeys = append(replyKeys, pk.Key)
-	}
-	if len(replyKeys) == 0 {
-		replyKeys = append(replyKeys, c.ks.Key(replyQueue))
 	}
 
 	tickets := map[string]string{} // ticket -> method
