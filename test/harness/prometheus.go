@@ -118,7 +118,6 @@ func StartPrometheus(t testing.TB, configYAML string, ruleFiles ...string) *Prom
 		"--config.file="+cfgPath,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr,
-		"--web.enable-lifecycle",
 		// Firing alerts are re-sent every second, not every minute: the first send can happen
 		// before the Alertmanager target is discovered.
 		"--rules.alert.resend-delay=1s",
@@ -307,19 +306,6 @@ func waitAlert(t testing.TB, who string, list func() ([]Alert, error), name, sta
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-}
-
-// Reload asks Prometheus to re-read its configuration and rules.
-func (p *Prometheus) Reload() error {
-	resp, err := http.Post(p.URL+"/-/reload", "text/plain", nil)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("reload: %s", resp.Status)
-	}
-	return nil
 }
 
 // Stop stops the server.

@@ -69,11 +69,10 @@ type Recorder struct {
 	conn net.Conn
 	done chan struct{}
 
-	mu       sync.Mutex
-	events   []Event
-	messages int     // pmessages read, a task.multi list counting once
-	errs     []error // messages that did not decode
-	readErr  error   // why the read loop ended
+	mu      sync.Mutex
+	events  []Event
+	errs    []error // messages that did not decode
+	readErr error   // why the read loop ended
 }
 
 // RecordRedis starts a recorder on db of a harness redis-server.
@@ -164,7 +163,6 @@ func (r *Recorder) loop(rd *bufio.Reader) {
 		now := time.Now()
 		evs, derr := DecodeEventMessage([]byte(payload))
 		r.mu.Lock()
-		r.messages++
 		if derr != nil {
 			r.errs = append(r.errs, fmt.Errorf("channel %s: %w", channel, derr))
 		}
@@ -248,13 +246,6 @@ func (r *Recorder) Events() []Event {
 	return append([]Event(nil), r.events...)
 }
 
-// Messages is the number of pub/sub messages read (a task.multi batch is one).
-func (r *Recorder) Messages() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.messages
-}
-
 // Errors are the messages that did not decode (none is expected from real Celery).
 func (r *Recorder) Errors() []error {
 	r.mu.Lock()
@@ -292,22 +283,6 @@ func (r *Recorder) CountByType() map[string]int {
 	for _, e := range r.Events() {
 		out[e.Type]++
 	}
-	return out
-}
-
-// Hostnames of the workers seen (from worker-* events), sorted.
-func (r *Recorder) Hostnames() []string {
-	set := map[string]bool{}
-	for _, e := range r.Events() {
-		if strings.HasPrefix(e.Type, "worker-") {
-			set[e.Hostname] = true
-		}
-	}
-	out := make([]string, 0, len(set))
-	for h := range set {
-		out = append(out, h)
-	}
-	sort.Strings(out)
 	return out
 }
 
