@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -308,12 +307,6 @@ func waitAlert(t testing.TB, who string, list func() ([]Alert, error), name, sta
 	}
 }
 
-// Stop stops the server.
-func (p *Prometheus) Stop() error { return p.p.stop(syscall.SIGTERM, 10*time.Second) }
-
-// Log is the server's output.
-func (p *Prometheus) Log() string { return p.p.log() }
-
 // AlertmanagerBinary is Debian's name for it.
 const AlertmanagerBinary = "prometheus-alertmanager"
 
@@ -372,6 +365,3 @@ func (am *Alertmanager) WaitForAlert(t testing.TB, name, state string, timeout t
 	t.Helper()
 	return waitAlert(t, "alertmanager", am.Alerts, name, state, timeout)
 }
-
-// Log is the server's output.
-func (am *Alertmanager) Log() string { return am.p.log() }
