@@ -186,6 +186,7 @@ func TestConfigValidation(t *testing.T) {
 		{"ratio as percent", "failure_ratio: 0.05", "failure_ratio: 5", "field tasks.failure_ratio: must be in (0, 1), got 5"},
 		{"no workers", "expected: 3", "expected: 0", "field workers.expected: must be at least 1, got 0"},
 		{"severity in alert labels", "alert_labels: {}", "alert_labels: {severity: page}", `field alert_labels: "severity" is set by the rules`},
+		{"instance in alert labels", "alert_labels: {}", "alert_labels: {instance: x}", `field alert_labels: "instance" is set by the rules`},
 		{"relative runbook URL", "runbooks: https://github.com", "runbooks: docs", `field urls.runbooks: must be an http(s) URL`},
 	}
 	for _, tc := range cases {

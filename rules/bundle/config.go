@@ -151,7 +151,8 @@ func (c *Config) Validate() error {
 		if !labelName.MatchString(k) {
 			bad("alert_labels", "%q is not a label name", k)
 		}
-		if k == "severity" || k == "alertname" {
+		// job and instance come from the series: the inhibitions and dashboard links match on them.
+		if k == "severity" || k == "alertname" || k == "job" || k == "instance" {
 			bad("alert_labels", "%q is set by the rules", k)
 		}
 	}
