@@ -56,14 +56,7 @@ func unackedEntry(t *testing.T, exchange, routingKey string) string {
 func collectText(t *testing.T, s Scraper, names ...string) (string, error) {
 	t.Helper()
 	c := &errCapturingCollector{s: s}
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(c); err != nil {
-		t.Fatal(err)
-	}
-	got, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
+	got := gather(t, c)
 	var b strings.Builder
 	want := map[string]bool{}
 	for _, n := range names {

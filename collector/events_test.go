@@ -58,14 +58,7 @@ type ev map[string]any
 // and _sum.
 func samples(t *testing.T, c prometheus.Collector) map[string]float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(c); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	mfs := gather(t, c)
 	out := map[string]float64{}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
@@ -102,6 +95,20 @@ func expectSamples(t *testing.T, got map[string]float64, want map[string]float64
 			t.Errorf("%s = %v, want %v", k, g, v)
 		}
 	}
+}
+
+// gather registers c alone in a pedantic registry (which checks every metric) and gathers it.
+func gather(t *testing.T, c prometheus.Collector) []*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	return mfs
 }
 
 // only returns the samples of the named metric.
