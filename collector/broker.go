@@ -166,6 +166,12 @@ func (b *BrokerScraper) Scrape(ctx context.Context, ch chan<- prometheus.Metric)
 	return nil
 }
 
+// ScrapeTimedOut implements TimeoutReporter: a broker that does not answer in time is down for
+// this scrape.
+func (b *BrokerScraper) ScrapeTimedOut(emit func(prometheus.Metric)) {
+	emit(prometheus.MustNewConstMetric(brokerUpDesc, prometheus.GaugeValue, 0))
+}
+
 type queueDepth struct {
 	name  string
 	keys  []kombu.PriorityKey

@@ -9,6 +9,7 @@ package collector
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -27,6 +28,12 @@ type Scraper interface {
 	// Scrape sends the source's metrics. An error marks the source failed for this scrape; the
 	// metrics sent before it still count.
 	Scrape(ctx context.Context, ch chan<- prometheus.Metric) error
+}
+
+// TimeoutReporter is a Scraper with metrics of its own that say it failed (celery_up 0): they are
+// taken from ScrapeTimedOut when the source did not answer within the scrape's deadline.
+type TimeoutReporter interface {
+	ScrapeTimedOut(emit func(prometheus.Metric))
 }
 
 var (
@@ -61,28 +68,99 @@ func NewExporter(logger log.Logger, timeout time.Duration, scrapers ...Scraper) 
 // collector).
 func (e *Exporter) Describe(chan<- *prometheus.Desc) {}
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector. It returns by the deadline whatever the sources do: a
+// source that ignores its context (a Redis call stuck in a read) is reported failed with what it
+// sent so far, and whatever it sends later is discarded. So a hanging broker shows as
+// collector_success 0 in a scrape that Prometheus still receives, not as up 0.
 func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	// The sources' deadline comes a little before the scrape's, so a source whose Redis call ends
+	// at its deadline still has time to report its own failure (celery_up 0).
+	margin := min(e.timeout/5, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), e.timeout-margin)
 	defer cancel()
+	giveUp := time.NewTimer(e.timeout)
+	defer giveUp.Stop()
 
-	var wg sync.WaitGroup
-	for _, s := range e.scrapers {
-		wg.Add(1)
-		go func(s Scraper) {
-			defer wg.Done()
-			start := time.Now()
-			err := s.Scrape(ctx, ch)
-			success := 1.0
-			if err != nil {
-				success = 0
-			}
-			e.logTransition(s.Name(), err)
-			ch <- prometheus.MustNewConstMetric(scrapeSuccessDesc, prometheus.GaugeValue, success, s.Name())
-			ch <- prometheus.MustNewConstMetric(scrapeDurationDesc, prometheus.GaugeValue, time.Since(start).Seconds(), s.Name())
-		}(s)
+	results := make([]*sourceResult, len(e.scrapers))
+	for i, s := range e.scrapers {
+		r := &sourceResult{done: make(chan struct{}), start: time.Now()}
+		results[i] = r
+		go r.run(ctx, s)
 	}
-	wg.Wait()
+	for i, s := range e.scrapers {
+		r := results[i]
+		var err error
+		select {
+		case <-r.done:
+			err = r.err
+		case <-giveUp.C:
+			giveUp.Reset(0) // fires at once for every later source still running
+			select {
+			case <-r.done: // finished at the same moment
+				err = r.err
+			default:
+				err = fmt.Errorf("no answer within --scrape.timeout (%s)", e.timeout)
+				if tr, ok := s.(TimeoutReporter); ok {
+					tr.ScrapeTimedOut(func(m prometheus.Metric) { r.add(m) })
+				}
+			}
+		}
+		for _, m := range r.take() {
+			ch <- m
+		}
+		success := 1.0
+		if err != nil {
+			success = 0
+		}
+		e.logTransition(s.Name(), err)
+		ch <- prometheus.MustNewConstMetric(scrapeSuccessDesc, prometheus.GaugeValue, success, s.Name())
+		ch <- prometheus.MustNewConstMetric(scrapeDurationDesc, prometheus.GaugeValue, time.Since(r.start).Seconds(), s.Name())
+	}
+}
+
+// sourceResult buffers one source's metrics of one scrape, so Collect decides when to stop
+// waiting for it.
+type sourceResult struct {
+	start time.Time
+	done  chan struct{}
+	err   error
+
+	mu      sync.Mutex
+	metrics []prometheus.Metric
+	closed  bool // taken: later metrics are dropped
+}
+
+func (r *sourceResult) run(ctx context.Context, s Scraper) {
+	ch := make(chan prometheus.Metric, 64)
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for m := range ch {
+			r.add(m)
+		}
+	}()
+	err := s.Scrape(ctx, ch)
+	close(ch)
+	<-drained
+	r.err = err
+	close(r.done)
+}
+
+func (r *sourceResult) add(m prometheus.Metric) {
+	r.mu.Lock()
+	if !r.closed {
+		r.metrics = append(r.metrics, m)
+	}
+	r.mu.Unlock()
+}
+
+func (r *sourceResult) take() []prometheus.Metric {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	m := r.metrics
+	r.metrics = nil
+	return m
 }
 
 func (e *Exporter) logTransition(name string, err error) {

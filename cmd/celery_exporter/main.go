@@ -92,7 +92,7 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&f.telemetryPath)
 	app.Flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").EnumVar(&f.logLevel, "debug", "info", "warn", "error")
 	app.Flag("log.format", "Output format of log messages: logfmt or json.").Default("logfmt").EnumVar(&f.logFormat, "logfmt", "json")
-	app.Flag("scrape.timeout", "Deadline of the sources read at scrape time.").Default("10s").DurationVar(&f.scrapeTimeout)
+	app.Flag("scrape.timeout", "Deadline of a scrape: sources read at scrape time that do not answer by then are reported failed. Keep it below Prometheus' scrape_timeout, with a margin.").Default("5s").DurationVar(&f.scrapeTimeout)
 	app.Flag("config.file", "YAML file of breakers, app values and log sources (see docs/configuration.md). Reloaded on SIGHUP and POST /-/reload.").
 		StringVar(&f.configFile)
 

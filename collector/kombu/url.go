@@ -278,7 +278,9 @@ func (b *Broker) Redacted() string {
 
 // NewClient returns a go-redis client for the broker. Connections are made lazily. RESP2 and no
 // CLIENT SETINFO keep the commands a connection sends to AUTH, SELECT and what the exporter asks,
-// so the documented minimal ACL is complete.
+// so the documented minimal ACL is complete. ContextTimeoutEnabled lets a scrape's deadline reach
+// the socket: without it go-redis waits its own ReadTimeout (3 s) per command whatever the
+// context says, and --scrape.timeout below that was not honoured.
 func (b *Broker) NewClient(o Options) (redis.UniversalClient, error) {
 	switch b.Scheme {
 	case "sentinel":
@@ -286,22 +288,23 @@ func (b *Broker) NewClient(o Options) (redis.UniversalClient, error) {
 			return nil, errors.New("a sentinel:// broker needs the transport option master_name")
 		}
 		return redis.NewFailoverClient(&redis.FailoverOptions{
-			Protocol:         2,
-			DisableIdentity:  true,
-			MasterName:       o.MasterName,
-			SentinelAddrs:    b.Addrs,
-			SentinelUsername: o.SentinelUsername,
-			SentinelPassword: o.SentinelPassword,
-			Username:         b.Username,
-			Password:         b.Password,
-			DB:               b.DB,
-			TLSConfig:        b.TLS,
+			Protocol:              2,
+			DisableIdentity:       true,
+			ContextTimeoutEnabled: true,
+			MasterName:            o.MasterName,
+			SentinelAddrs:         b.Addrs,
+			SentinelUsername:      o.SentinelUsername,
+			SentinelPassword:      o.SentinelPassword,
+			Username:              b.Username,
+			Password:              b.Password,
+			DB:                    b.DB,
+			TLSConfig:             b.TLS,
 		}), nil
 	case "redis+socket":
-		return redis.NewClient(&redis.Options{Protocol: 2, DisableIdentity: true, Network: "unix", Addr: b.Socket,
+		return redis.NewClient(&redis.Options{Protocol: 2, DisableIdentity: true, ContextTimeoutEnabled: true, Network: "unix", Addr: b.Socket,
 			Username: b.Username, Password: b.Password, DB: b.DB}), nil
 	default:
-		return redis.NewClient(&redis.Options{Protocol: 2, DisableIdentity: true, Addr: b.Addrs[0], Username: b.Username,
+		return redis.NewClient(&redis.Options{Protocol: 2, DisableIdentity: true, ContextTimeoutEnabled: true, Addr: b.Addrs[0], Username: b.Username,
 			Password: b.Password, DB: b.DB, TLSConfig: b.TLS}), nil
 	}
 }

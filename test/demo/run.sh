@@ -160,8 +160,10 @@ for ((i = 0; ; i++)); do
 done
 
 say "starting celery_exporter on 127.0.0.1:$DEMO_EXPORTER_PORT"
-# Remote control every 5s rather than 15s so a killed worker's queues show sooner.
+# Remote control every 5s rather than 15s so a killed worker's queues show sooner. The scrape
+# deadline stays below the demo Prometheus' scrape_timeout (4s).
 start_proc exporter "$EXPORTER_BIN" \
+  --scrape.timeout=3s \
   --broker.url="$BROKER_URL" \
   --web.listen-address="127.0.0.1:$DEMO_EXPORTER_PORT" \
   --config.file="$DEMO_DIR/celery_exporter.yml" \
