@@ -21,7 +21,6 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
@@ -271,9 +270,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	)
 
 	mux := http.NewServeMux()
-	mux.Handle(f.telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog: promhttpLogger{logger}, ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 10,
-	}))
+	mux.Handle(f.telemetryPath, metricsHandler(logger, &sharedGatherer{g: reg}, maxScrapesInFlight))
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !events.Ready() {
@@ -314,7 +311,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		mux.Handle("/", landing)
 	}
 
-	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: writeTimeout(f.scrapeTimeout)}
 	go func() {
 		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
@@ -348,7 +345,3 @@ func buildInfo() prometheus.Collector {
 	g.WithLabelValues(version.Version, version.Revision, runtime.Version()).Set(1)
 	return g
 }
-
-type promhttpLogger struct{ logger log.Logger }
-
-func (l promhttpLogger) Println(v ...any) { level.Error(l.logger).Log("msg", fmt.Sprint(v...)) }
