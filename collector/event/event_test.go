@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
+	"sort"
 	"strings"
 	"testing"
 
@@ -132,7 +134,7 @@ func TestDecodeBadInput(t *testing.T) {
 		{payload: `{"type": "task-started"}`, reasons: []string{ReasonNoUUID}},
 		{payload: `{"type": "worker-heartbeat"}`, reasons: []string{ReasonNoHost}},
 		{payload: `{"type": "task-teleported", "uuid": "u"}`, events: 1},
-		{payload: `{"type": "task-started", "uuid": "u", "timestamp": "soon"}`, events: 1},
+		{payload: `{"type": "task-started", "uuid": "u", "timestamp": "soon"}`, events: 1, reasons: []string{ReasonWrongType}},
 		{payload: `not json`, fatal: true},
 		{payload: ``, fatal: true},
 	}
@@ -207,8 +209,97 @@ func FuzzDecode(f *testing.F) {
 			f.Add(append([]byte(nil), body...))
 		}
 	}
+	for _, h := range hostileValues {
+		f.Add([]byte(h.payload))
+	}
 	d := NewDecoder(NewInterner(100))
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		_ = d.Decode(payload, func(*Event) {}, func(error) {})
+		_ = d.Decode(payload, func(e *Event) { checkBounded(t, e) }, func(error) {})
 	})
+}
+
+// checkBounded fails unless every value of e is one the exporter can use as is: finite numbers
+// within their ranges, label values within MaxLabelBytes (+2 for a U+FFFD replacing a cut byte).
+func checkBounded(t *testing.T, e *Event) {
+	t.Helper()
+	for name, v := range map[string]float64{"timestamp": e.Timestamp, "eta": e.ETA, "runtime": e.Runtime, "freq": e.Freq,
+		"load0": e.LoadAvg[0], "load1": e.LoadAvg[1], "load2": e.LoadAvg[2]} {
+		if math.IsNaN(v) || math.IsInf(v, 0) || math.Abs(v) > MaxTimestamp {
+			t.Fatalf("%s = %v", name, v)
+		}
+	}
+	if e.Freq != 0 && (e.Freq < MinFreq || e.Freq > MaxFreq) {
+		t.Fatalf("freq = %v", e.Freq)
+	}
+	if e.Active < 0 || e.Processed < 0 {
+		t.Fatalf("active %d, processed %d", e.Active, e.Processed)
+	}
+	for _, s := range []string{e.Hostname, e.Name, e.Queue, e.Exception, e.SWIdent, e.SWVer, e.SWSys} {
+		if len(s) > MaxLabelBytes+2 {
+			t.Fatalf("label value of %d bytes", len(s))
+		}
+	}
+	if len(e.UUID) > MaxUUIDBytes {
+		t.Fatalf("uuid of %d bytes", len(e.UUID))
+	}
+	if (e.Type == TaskFailed || e.Type == TaskRetried) && e.Exception == "" {
+		t.Fatal("task-failed without an exception label")
+	}
+}
+
+var long = strings.Repeat("é", MaxLabelBytes) // 2 bytes a rune: a cut may fall inside one
+
+// Hostile values seen in the field or in the campaign of issue 11: each is refused, clamped or
+// cut, and counted by reason; the event itself still counts unless it cannot be used.
+var hostileValues = []struct {
+	payload string
+	events  int
+	reasons []string
+}{
+	{`{"type": "task-succeeded", "uuid": "u", "runtime": NaN}`, 1, []string{ReasonNonFinite}},
+	{`[{"type": "task-succeeded", "uuid": "u", "runtime": Infinity}, {"type": "task-started", "uuid": "v", "timestamp": -Infinity}]`, 2, []string{ReasonNonFinite, ReasonNonFinite}},
+	{`{"type": "task-succeeded", "uuid": "u", "runtime": 1e308, "timestamp": 1e308}`, 1, []string{ReasonOutOfRange, ReasonOutOfRange}},
+	{`{"type": "task-succeeded", "uuid": "u", "runtime": 1e400}`, 1, []string{ReasonNonFinite}},
+	{`{"type": "task-sent", "uuid": "u", "name": "Infinity is a \"Infinity\" word", "eta": "9999-12-31T00:00:00"}`, 1, nil},
+	{`{"type": "worker-heartbeat", "hostname": {"a": 1}}`, 0, []string{ReasonWrongType, ReasonNoHost}},
+	{`{"type": "worker-heartbeat", "hostname": "celery@w", "active": "many", "processed": -5, "loadavg": "high"}`, 1, []string{ReasonWrongType, ReasonOutOfRange, ReasonWrongType}},
+	{`{"type": "worker-heartbeat", "hostname": "celery@w", "freq": 1e9, "processed": 1}`, 1, []string{ReasonOutOfRange}},
+	{`{"type": "worker-heartbeat", "hostname": "celery@w", "freq": 1e12, "processed": 1}`, 1, []string{ReasonOutOfRange}},
+	{`{"type": "worker-heartbeat", "hostname": "celery@w", "freq": 0.001, "processed": 1}`, 1, []string{ReasonOutOfRange}},
+	{`{"type": "worker-heartbeat", "hostname": "celery@w", "loadavg": [NaN, 1e300, -1]}`, 1, []string{ReasonNonFinite, ReasonOutOfRange, ReasonOutOfRange}},
+	{`{"type": "task-failed", "uuid": "u"}`, 1, nil},
+	{`{"type": "task-failed", "uuid": "u", "exception": 42, "requeue": "yes"}`, 1, []string{ReasonWrongType, ReasonWrongType}},
+	{`{"type": ["task-sent"], "uuid": "u"}`, 0, []string{ReasonWrongType, ReasonNoType}},
+	{`{"type": "task-sent", "uuid": "` + strings.Repeat("u", MaxUUIDBytes+1) + `"}`, 0, []string{ReasonUUIDLong}},
+	{`{"type": "task-sent", "uuid": "u", "name": "` + long + `", "queue": "` + long + `", "hostname": "x` + long + `"}`, 1,
+		[]string{ReasonTruncated, ReasonTruncated, ReasonTruncated}},
+	{`{"type": "task-failed", "uuid": "u", "exception": "` + strings.Repeat("E", MaxLabelBytes+1) + `('x')", "traceback": "` + strings.Repeat("T", MaxLabelBytes+1) + `: x"}`, 1, nil}, // class names past 200 bytes are not names: "unknown"
+}
+
+func TestDecodeHostileValues(t *testing.T) {
+	d := NewDecoder(NewInterner(100))
+	for _, tt := range hostileValues {
+		var n int
+		var reasons []string
+		err := d.Decode([]byte(tt.payload), func(e *Event) { n++; checkBounded(t, e) }, func(err error) { reasons = append(reasons, ReasonOf(err)) })
+		sort.Strings(reasons)
+		want := append([]string(nil), tt.reasons...)
+		sort.Strings(want)
+		if err != nil || n != tt.events || strings.Join(reasons, ",") != strings.Join(want, ",") {
+			t.Errorf("%.120s: err %v, %d events (want %d), reasons %v (want %v)", tt.payload, err, n, tt.events, reasons, want)
+		}
+	}
+	e := decodeOne(t, `{"type": "task-failed", "uuid": "u"}`)
+	if e.Exception != UnknownException {
+		t.Errorf("task-failed without exception: %q", e.Exception)
+	}
+	_ = d.Decode([]byte(`{"type": "worker-heartbeat", "hostname": "celery@w", "freq": 1e12, "processed": 1}`), func(e *Event) {
+		if e.Freq != MaxFreq {
+			t.Errorf("freq 1e12 became %v, want %v", e.Freq, MaxFreq)
+		}
+	}, func(error) {})
+	e = decodeOne(t, `{"type": "task-sent", "uuid": "u", "name": "Infinity is a \"Infinity\" word"}`)
+	if e.Name != `Infinity is a "Infinity" word` {
+		t.Errorf("strings must keep their Infinity: %q", e.Name)
+	}
 }
