@@ -32,12 +32,21 @@ var logFilesWatchedDesc = prometheus.NewDesc(
 	nil, nil,
 )
 
+var logFilesUnfollowedDesc = prometheus.NewDesc(
+	prometheus.BuildFQName(Namespace, "log", "files_unfollowed"),
+	"Log files matching a source's paths that are not followed because the source already follows 1024.",
+	nil, nil,
+)
+
 // LogScraper counts lines and named events in application log files, followed in the background.
 type LogScraper struct {
 	logger  log.Logger
 	events  *prometheus.CounterVec
 	lines   *prometheus.CounterVec
 	skipped *prometheus.CounterVec
+	// truncations counts files truncated in place (copytruncate), each losing what was written
+	// between our last read and the truncation.
+	truncations prometheus.Counter
 
 	mu      sync.Mutex
 	sources []*logSource
@@ -67,6 +76,10 @@ func NewLogScraper(logger log.Logger) *LogScraper {
 			Namespace: Namespace, Subsystem: "log", Name: "lines_skipped_total",
 			Help: "Log lines not counted, by reason (too_long: over max_line_bytes; malformed: not Docker's JSON wrapper).",
 		}, []string{"reason"}),
+		truncations: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "log", Name: "files_truncated_total",
+			Help: "Log files found truncated in place (copytruncate rotation): lines written between the last read and the truncation are lost.",
+		}),
 	}
 	for _, l := range logLevels {
 		s.lines.WithLabelValues(l)
@@ -119,6 +132,7 @@ func (s *LogScraper) ApplyConfig(cfg *config.Config) error {
 			MaxLineBytes:  c.MaxLineBytes,
 			PollInterval:  c.PollInterval,
 			Resume:        resume,
+			OnTruncate:    s.truncations.Inc,
 		}, p, log.With(s.logger, "source", "logs"))
 		t.Start()
 		next = append(next, &logSource{cfg: c, tailer: t})
@@ -140,15 +154,18 @@ func (s *LogScraper) Close() {
 // Scrape implements Scraper; the counting happens in the background, so it never fails.
 func (s *LogScraper) Scrape(_ context.Context, ch chan<- prometheus.Metric) error {
 	s.mu.Lock()
-	watched := 0
+	watched, unfollowed := 0, 0
 	for _, src := range s.sources {
 		watched += src.tailer.Watched()
+		unfollowed += src.tailer.Unfollowed()
 	}
 	s.mu.Unlock()
 	s.events.Collect(ch)
 	s.lines.Collect(ch)
 	s.skipped.Collect(ch)
+	s.truncations.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(logFilesWatchedDesc, prometheus.GaugeValue, float64(watched))
+	ch <- prometheus.MustNewConstMetric(logFilesUnfollowedDesc, prometheus.GaugeValue, float64(unfollowed))
 	return nil
 }
 

@@ -69,6 +69,9 @@ type Options struct {
 	// Resume gives start offsets for files known from a previous Tailer (a reload); it applies to
 	// the files of the first scan.
 	Resume map[FileID]Position
+	// OnTruncate is called when a file is found truncated in place (copytruncate): lines written
+	// between the last read and the truncation are lost.
+	OnTruncate func()
 }
 
 // Tailer follows the files matching Options.Globs.
@@ -82,7 +85,9 @@ type Tailer struct {
 	files    map[FileID]*file
 	watched  atomic.Int64 // len(files), readable while a long Poll holds mu
 	initial  bool
-	warnedAt int // file count at which "too many files" was last logged
+	warnedAt int          // file count at which "too many files" was last logged
+	over     atomic.Int64 // files matching at the last scan but not followed (MaxFiles)
+	overNow  int
 	buf      []byte
 
 	stop chan struct{}
@@ -170,6 +175,13 @@ func (t *Tailer) Stop() map[FileID]Position {
 // Watched is the number of files open.
 func (t *Tailer) Watched() int { return int(t.watched.Load()) }
 
+// Unfollowed is the number of regular files that matched at the last scan but were not followed
+// because MaxFiles were open.
+func (t *Tailer) Unfollowed() int { return int(t.over.Load()) }
+
+// testHookBeforeOpen lets a test change the path between Stat and open.
+var testHookBeforeOpen = func(string) {}
+
 // grace is how long a file that no longer matches the globs (rotated away, deleted) is kept
 // open after it last grew: the writer may not have reopened its log yet.
 func (t *Tailer) grace() time.Duration {
@@ -216,9 +228,11 @@ func (t *Tailer) scan(now time.Time) {
 	for _, f := range t.files {
 		f.matched = false
 	}
+	t.overNow = 0
 	for _, path := range t.glob() {
 		t.track(path, now)
 	}
+	t.over.Store(int64(t.overNow))
 	// Resume describes the files of the first scan only: a file found later with a resumed
 	// (device, inode) is a new file that reuses a deleted one's inode, read from its start.
 	t.initial, t.opts.Resume = false, nil
@@ -255,20 +269,24 @@ func (t *Tailer) track(path string, now time.Time) {
 		return
 	}
 	if len(t.files) >= t.opts.MaxFiles {
+		t.overNow++
 		if t.warnedAt != len(t.files) {
 			t.warnedAt = len(t.files)
 			level.Warn(t.logger).Log("msg", "too many log files, not following more", "max", t.opts.MaxFiles, "path", path)
 		}
 		return
 	}
-	fh, err := os.Open(path)
+	testHookBeforeOpen(path)
+	// Non-blocking: the path may have become a FIFO since Stat, whose open would wait for a
+	// writer for ever and stop every file of the source.
+	fh, err := openNonBlocking(path)
 	if err != nil {
 		level.Warn(t.logger).Log("msg", "cannot open log file", "path", path, "err", err)
 		return
 	}
 	// The path may have been replaced between Stat and Open: identify what was opened.
 	fi, err = fh.Stat()
-	if err != nil {
+	if err != nil || !fi.Mode().IsRegular() {
 		fh.Close()
 		return
 	}
@@ -327,6 +345,9 @@ func (t *Tailer) read(f *file, now time.Time) {
 	size := fi.Size()
 	if t.rewritten(f, size) {
 		level.Info(t.logger).Log("msg", "log file truncated, reading it from the start", "path", f.path)
+		if t.opts.OnTruncate != nil {
+			t.opts.OnTruncate()
+		}
 		f.offset, f.partial, f.skipping, f.fp = 0, nil, false, nil
 		t.sink.Forget(f.id)
 		f.lastChange = now

@@ -220,7 +220,8 @@ func TestCopyTruncate(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "app.log")
 	appendFile(t, p, "")
-	tl, r := newTailer(t, dir, Options{})
+	truncations := 0
+	tl, r := newTailer(t, dir, Options{OnTruncate: func() { truncations++ }})
 	tl.Poll()
 	appendFile(t, p, "line one\nline two\nline three\n")
 	tl.Poll()
@@ -241,8 +242,8 @@ func TestCopyTruncate(t *testing.T) {
 	appendFile(t, p, "BFTER 2 a much longer line than before\nafter 3\n")
 	tl.Poll()
 	expectLines(t, r, "BFTER 2 a much longer line than before", "after 3")
-	if r.forgot != 2 {
-		t.Errorf("Forget called %d times, want 2", r.forgot)
+	if r.forgot != 2 || truncations != 2 {
+		t.Errorf("Forget called %d times, OnTruncate %d times, want 2 and 2", r.forgot, truncations)
 	}
 }
 
@@ -312,8 +313,12 @@ func TestMaxFiles(t *testing.T) {
 	}
 	tl, _ := newTailer(t, dir, Options{MaxFiles: 2})
 	tl.Poll()
-	if tl.Watched() != 2 {
-		t.Errorf("Watched = %d, want 2", tl.Watched())
+	if tl.Watched() != 2 || tl.Unfollowed() != 1 {
+		t.Errorf("Watched = %d, Unfollowed = %d, want 2 and 1", tl.Watched(), tl.Unfollowed())
+	}
+	tl.Poll() // a gauge: the same file is not counted twice
+	if tl.Unfollowed() != 1 {
+		t.Errorf("second poll: Unfollowed = %d, want 1", tl.Unfollowed())
 	}
 }
 
