@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -59,6 +60,11 @@ var (
 		"A numeric value the application keeps in Redis (app_values in the configuration file).",
 		[]string{"name"}, nil,
 	)
+	oversizeDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(Namespace, "exporter", "app_values_oversize_total"),
+		"Reads of a breaker or app value refused because the value is over 1 MiB (only the first 1 MiB + 1 byte is fetched).",
+		nil, nil,
+	)
 	pickleRefusedDesc = prometheus.NewDesc(
 		prometheus.BuildFQName(Namespace, "exporter", "pickle_refused_total"),
 		"Reads of a breaker whose pickle named Python code (a global, a call): refused, nothing decoded or run.",
@@ -68,6 +74,9 @@ var (
 
 // maxValueBytes bounds what is decoded from one key; a flag is about 100 bytes.
 const maxValueBytes = pickle.MaxInputBytes
+
+// unsupportedLabel replaces a mode or reason that is not a string, number or boolean.
+const unsupportedLabel = "unsupported_type"
 
 // maxLabelBytes bounds mode and reason label values taken from Redis.
 const maxLabelBytes = 128
@@ -85,6 +94,8 @@ type BreakerScraper struct {
 	clients   map[string]redis.UniversalClient // dialed here, by URL; the default client is not in it
 	state     map[string]*breakerState         // by breaker name; survives reloads
 	lastErr   map[string]string                // per breaker/app value, to log changes only
+
+	oversize atomic.Uint64 // reads refused for a value over maxValueBytes
 }
 
 type breakerState struct {
@@ -298,6 +309,7 @@ func (s *BreakerScraper) Scrape(ctx context.Context, ch chan<- prometheus.Metric
 			ch <- prometheus.MustNewConstMetric(pickleRefusedDesc, prometheus.CounterValue, st.refused, b.Name)
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(oversizeDesc, prometheus.CounterValue, float64(s.oversize.Load()))
 	for i, a := range appValues {
 		s.logChange("app value "+a.Name, valueErrs[i])
 		if values[i] != nil {
@@ -350,13 +362,17 @@ func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers [
 		if b.Format == config.FormatExists {
 			bcmds[j].exists = pipe.Exists(ctx, b.Key)
 		} else {
-			bcmds[j].get = pipe.Get(ctx, b.Key)
+			bcmds[j].get = boundedGet(ctx, pipe, b.Key)
 		}
 		bcmds[j].pttl = pipe.PTTL(ctx, b.Key)
 	}
-	vcmds := make([]*redis.StringCmd, len(g.appValues))
+	type valueCmds struct {
+		get  *redis.StringCmd
+		pttl *redis.DurationCmd
+	}
+	vcmds := make([]valueCmds, len(g.appValues))
 	for j, i := range g.appValues {
-		vcmds[j] = pipe.Get(ctx, appValues[i].Key)
+		vcmds[j] = valueCmds{get: boundedGet(ctx, pipe, appValues[i].Key), pttl: pipe.PTTL(ctx, appValues[i].Key)}
 	}
 	_, err := pipe.Exec(ctx)
 	if err != nil && !isReply(err) {
@@ -389,12 +405,14 @@ func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers [
 		}
 		raw, err := c.get.Bytes()
 		switch {
-		case errors.Is(err, redis.Nil):
+		case err == nil && missing(c.pttl):
 			reads[i] = breakerRead{until: math.NaN(), openedAt: math.NaN()}
 			continue
 		case err != nil:
-			reads[i] = breakerRead{err: fmt.Errorf("GET %s: %w", b.Key, err)}
+			reads[i] = breakerRead{err: fmt.Errorf("GETRANGE %s: %w", b.Key, err)}
 			continue
+		case len(raw) > maxValueBytes:
+			s.oversize.Add(1)
 		}
 		reads[i] = evalBreaker(b, raw, now, ttl)
 		if reads[i].err != nil {
@@ -403,13 +421,16 @@ func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers [
 	}
 	for j, i := range g.appValues {
 		a := appValues[i]
-		raw, err := vcmds[j].Bytes()
+		raw, err := vcmds[j].get.Bytes()
 		switch {
-		case errors.Is(err, redis.Nil):
+		case err == nil && missing(vcmds[j].pttl):
 			values[i] = a.Default
 		case err != nil:
-			valueErrs[i] = fmt.Errorf("GET %s: %w", a.Key, err)
+			valueErrs[i] = fmt.Errorf("GETRANGE %s: %w", a.Key, err)
 		default:
+			if len(raw) > maxValueBytes {
+				s.oversize.Add(1)
+			}
 			v, err := parseAppValue(raw)
 			if err != nil {
 				valueErrs[i] = fmt.Errorf("key %s: %w", a.Key, err)
@@ -419,6 +440,19 @@ func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers [
 		}
 	}
 	return nil
+}
+
+// boundedGet reads at most maxValueBytes+1 bytes of a string key: GET of a 100 MB value would
+// be read whole at every scrape before being refused. One byte past the limit is enough to
+// refuse it. GETRANGE returns "" for a missing key, which PTTL (-2) tells apart.
+func boundedGet(ctx context.Context, pipe redis.Pipeliner, key string) *redis.StringCmd {
+	return pipe.GetRange(ctx, key, 0, maxValueBytes)
+}
+
+// missing reports whether PTTL said the key does not exist.
+func missing(pttl *redis.DurationCmd) bool {
+	d, err := pttl.Result()
+	return err == nil && d == -2
 }
 
 // isReply reports whether err is Redis's answer about one key (nil reply, WRONGTYPE...) rather
@@ -620,7 +654,9 @@ func labelValue(v any) string {
 	case bool:
 		s = strconv.FormatBool(x)
 	default:
-		s = fmt.Sprintf("%v", x)
+		// A list, dict or object: its Go form (%v) would show heap addresses, and a label
+		// value must name something the application wrote.
+		s = unsupportedLabel
 	}
 	return truncate(strings.ToValidUTF8(s, "\uFFFD"))
 }

@@ -49,14 +49,15 @@ func compare(t *testing.T, c *errCapturingCollector, want string, names ...strin
 }
 
 const (
-	hOpen    = "# HELP celery_breaker_open Whether the circuit breaker is open (1) or closed (0), decided as the application does: open while its key exists and its until time has not passed.\n# TYPE celery_breaker_open gauge\n"
-	hInfo    = "# HELP celery_breaker_info The mode and reason of an open circuit breaker (1 while open; no series while closed).\n# TYPE celery_breaker_info gauge\n"
-	hUntil   = "# HELP celery_breaker_open_until_timestamp_seconds When an open circuit breaker closes by itself (its until field, or else the key's TTL).\n# TYPE celery_breaker_open_until_timestamp_seconds gauge\n"
-	hOpened  = "# HELP celery_breaker_opened_timestamp_seconds When an open circuit breaker was opened (its opened_at field).\n# TYPE celery_breaker_opened_timestamp_seconds gauge\n"
-	hTrips   = "# HELP celery_breaker_trips_total Circuit breaker trips seen by the exporter: closed to open transitions, and re-opens with a new opened_at.\n# TYPE celery_breaker_trips_total counter\n"
-	hReadOK  = "# HELP celery_breaker_read_ok Whether the circuit breaker's key was read and understood at the last scrape (1) or not (0).\n# TYPE celery_breaker_read_ok gauge\n"
-	hValue   = "# HELP celery_app_value A numeric value the application keeps in Redis (app_values in the configuration file).\n# TYPE celery_app_value gauge\n"
-	hRefused = "# HELP celery_exporter_pickle_refused_total Reads of a breaker whose pickle named Python code (a global, a call): refused, nothing decoded or run.\n# TYPE celery_exporter_pickle_refused_total counter\n"
+	hOpen     = "# HELP celery_breaker_open Whether the circuit breaker is open (1) or closed (0), decided as the application does: open while its key exists and its until time has not passed.\n# TYPE celery_breaker_open gauge\n"
+	hInfo     = "# HELP celery_breaker_info The mode and reason of an open circuit breaker (1 while open; no series while closed).\n# TYPE celery_breaker_info gauge\n"
+	hUntil    = "# HELP celery_breaker_open_until_timestamp_seconds When an open circuit breaker closes by itself (its until field, or else the key's TTL).\n# TYPE celery_breaker_open_until_timestamp_seconds gauge\n"
+	hOpened   = "# HELP celery_breaker_opened_timestamp_seconds When an open circuit breaker was opened (its opened_at field).\n# TYPE celery_breaker_opened_timestamp_seconds gauge\n"
+	hTrips    = "# HELP celery_breaker_trips_total Circuit breaker trips seen by the exporter: closed to open transitions, and re-opens with a new opened_at.\n# TYPE celery_breaker_trips_total counter\n"
+	hReadOK   = "# HELP celery_breaker_read_ok Whether the circuit breaker's key was read and understood at the last scrape (1) or not (0).\n# TYPE celery_breaker_read_ok gauge\n"
+	hValue    = "# HELP celery_app_value A numeric value the application keeps in Redis (app_values in the configuration file).\n# TYPE celery_app_value gauge\n"
+	hOversize = "# HELP celery_exporter_app_values_oversize_total Reads of a breaker or app value refused because the value is over 1 MiB (only the first 1 MiB + 1 byte is fetched).\n# TYPE celery_exporter_app_values_oversize_total counter\n"
+	hRefused  = "# HELP celery_exporter_pickle_refused_total Reads of a breaker whose pickle named Python code (a global, a call): refused, nothing decoded or run.\n# TYPE celery_exporter_pickle_refused_total counter\n"
 )
 
 func TestBreakerSeedFixture(t *testing.T) {
@@ -78,6 +79,7 @@ app_values:
 `+hOpened+`celery_breaker_opened_timestamp_seconds{breaker="zep"} 1.7958795138584006e+09
 `+hReadOK+`celery_breaker_read_ok{breaker="zep"} 1
 `+hTrips+`celery_breaker_trips_total{breaker="zep",reason="consecutive_failures"} 1
+`+hOversize+`celery_exporter_app_values_oversize_total 0
 `+hRefused+`celery_exporter_pickle_refused_total{breaker="zep"} 0
 `)
 	if c.err != nil {
@@ -92,6 +94,7 @@ app_values:
 `+hOpen+`celery_breaker_open{breaker="zep"} 0
 `+hReadOK+`celery_breaker_read_ok{breaker="zep"} 1
 `+hTrips+`celery_breaker_trips_total{breaker="zep",reason="consecutive_failures"} 1
+`+hOversize+`celery_exporter_app_values_oversize_total 0
 `+hRefused+`celery_exporter_pickle_refused_total{breaker="zep"} 0
 `)
 }
@@ -312,6 +315,7 @@ celery_app_value{name="digits"} 2
 celery_app_value{name="negative"} -7
 celery_app_value{name="pickled_bool"} 1
 celery_app_value{name="pickled_float"} 1.5
+`+hOversize+`celery_exporter_app_values_oversize_total 1
 `)
 	if c.err != nil {
 		t.Error(c.err)
@@ -322,6 +326,7 @@ func TestBreakerRedisDown(t *testing.T) {
 	_, mr, c := newTestBreakers(t, "breakers:\n  - {name: zep, key: k}\napp_values:\n  - {name: v, key: a, default: 0}\n")
 	mr.Close()
 	compare(t, c, hReadOK+`celery_breaker_read_ok{breaker="zep"} 0
+`+hOversize+`celery_exporter_app_values_oversize_total 0
 `+hRefused+`celery_exporter_pickle_refused_total{breaker="zep"} 0
 `)
 	if c.err == nil {
@@ -403,4 +408,31 @@ type closeSpy struct {
 func (c *closeSpy) Close() error {
 	*c.closed = append(*c.closed, c.url)
 	return c.UniversalClient.Close()
+}
+
+// Issue 11, finding 11: a breaker whose mode is a list or dict gets a fixed label, never Go's
+// %v of the decoded value (heap addresses for pickled containers); an oversized value is refused
+// and counted, for breakers and app values alike.
+func TestBreakerHostileValues(t *testing.T) {
+	_, mr, c := newTestBreakers(t, `
+breakers:
+  - {name: json_list, key: j, format: json}
+  - {name: pickle_list, key: p}
+  - {name: huge, key: h, format: json}
+app_values:
+  - {name: huge_value, key: hv}
+`)
+	mr.Set("j", `{"mode":["a","b"],"reason":{"x":1},"until":4102444800}`)
+	mr.Set("p", "\x80\x04\x95\x25\x00\x00\x00\x00\x00\x00\x00\x7d\x94\x28\x8c\x04\x6d\x6f\x64\x65\x94\x5d\x94\x28\x4b\x01\x4b\x02\x65\x8c\x05\x75\x6e\x74\x69\x6c\x94\x47\x41\xee\x90\xca\xe0\x00\x00\x00\x75\x2e") // {"mode": [1, 2], "until": 4102444800.0}
+	mr.Set("h", `{"mode":"`+strings.Repeat("m", maxValueBytes)+`"}`)
+	mr.Set("hv", strings.Repeat("1", maxValueBytes+10))
+	compare(t, c, `# HELP celery_breaker_info The mode and reason of an open circuit breaker (1 while open; no series while closed).
+# TYPE celery_breaker_info gauge
+celery_breaker_info{breaker="json_list",mode="unsupported_type",reason="unsupported_type"} 1
+celery_breaker_info{breaker="pickle_list",mode="unsupported_type",reason=""} 1
+`+hReadOK+`celery_breaker_read_ok{breaker="huge"} 0
+celery_breaker_read_ok{breaker="json_list"} 1
+celery_breaker_read_ok{breaker="pickle_list"} 1
+`+hOversize+`celery_exporter_app_values_oversize_total 2
+`, "celery_breaker_info", "celery_breaker_read_ok", "celery_exporter_app_values_oversize_total")
 }

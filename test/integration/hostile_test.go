@@ -1,12 +1,17 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
@@ -99,5 +104,66 @@ func TestDeployScrapeTimeoutMargin(t *testing.T) {
 				t.Errorf("%s: scrape timeout %v leaves less than 1s above the exporter's --scrape.timeout %v", file, prom, exporter)
 			}
 		}
+	}
+}
+
+// netOutput is what the Redis server has sent to its clients so far (INFO stats).
+func netOutput(t *testing.T, c *redis.Client) int64 {
+	t.Helper()
+	info, err := c.Info(context.Background(), "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "total_net_output_bytes:"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no total_net_output_bytes in INFO stats:\n%s", info)
+	return 0
+}
+
+// A breaker or app value of 20 MB (issue 11, finding 11: a 100 MB one was read whole at every
+// scrape, 2.1 GiB RSS under 10 scrapers) is refused after reading its first MiB: the real Redis
+// sends a bounded amount per scrape, the read is counted as oversize.
+func TestHostileOversizeAppValueIsNotFetched(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	harness.Require(t, "redis-server")
+	r := harness.StartRedis(t)
+	c := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	t.Cleanup(func() { c.Close() })
+	const size = 20 << 20
+	if err := c.Set(context.Background(), "flag", strings.Repeat("x", size), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(context.Background(), "counter", strings.Repeat("7", size), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "cfg.yml")
+	if err := os.WriteFile(cfg, []byte("breakers:\n  - {name: big, key: flag, format: json}\napp_values:\n  - {name: big, key: counter}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	exp := harness.StartExporter(t, "--broker.url="+r.URL(0), "--config.file="+cfg, "--control.disabled")
+	exp.MustScrape(t) // connections made
+	before := netOutput(t, c)
+	m := exp.MustScrape(t)
+	sent := netOutput(t, c) - before
+	if sent > 4<<20 {
+		t.Errorf("Redis sent %d bytes for one scrape of two 20 MB values; want at most about 2 MiB", sent)
+	}
+	if v, ok := m.Value("celery_breaker_read_ok", map[string]string{"breaker": "big"}); !ok || v != 0 {
+		t.Errorf("celery_breaker_read_ok{big} = %v (found %v), want 0", v, ok)
+	}
+	if m.Has("celery_app_value") {
+		t.Errorf("an oversize app value must not be reported:\n%s", m.Text)
+	}
+	if v, _ := m.Value("celery_exporter_app_values_oversize_total", nil); v != 4 { // two values, two scrapes
+		t.Errorf("celery_exporter_app_values_oversize_total = %v, want 4", v)
 	}
 }
