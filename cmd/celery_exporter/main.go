@@ -58,6 +58,7 @@ type flags struct {
 	maxTaskNames     int
 	maxExceptions    int
 	eventBuffer      int
+	eventBufferBytes int
 
 	defaultQueue    string
 	queues          string
@@ -106,6 +107,7 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("task.max-names", "Cardinality cap on the task name label.").Default("1000").IntVar(&f.maxTaskNames)
 	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default("50").IntVar(&f.maxExceptions)
 	app.Flag("events.buffer-size", "Event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
+	app.Flag("events.buffer-bytes", "Bytes of event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted (buffer_full). Part of the memory budget, see docs/operations.md.").Default("33554432").IntVar(&f.eventBufferBytes)
 
 	app.Flag("celery.default-queue", "Queue label of tasks whose queue is not otherwise known (Celery's task_default_queue).").Default("celery").StringVar(&f.defaultQueue)
 	app.Flag("celery.queues", "Queues always reported, comma separated (0 when empty or absent).").Default("").StringVar(&f.queues)
@@ -219,7 +221,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 
-	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer)
+	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer, f.eventBufferBytes)
 	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, collector.EventOptions{
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
 		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked,
@@ -264,6 +266,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 
 	reg.MustRegister(
 		collector.NewExporter(logger, f.scrapeTimeout, scrapers...),
+		collector.NewSubscriptionCollector(sub),
 		buildInfo(),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -273,8 +276,10 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	mux.Handle(f.telemetryPath, metricsHandler(logger, &sharedGatherer{g: reg}, maxScrapesInFlight))
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !events.Ready() {
-			http.Error(w, "Not ready: the event subscription was never established", http.StatusServiceUnavailable)
+		// Not ready while the event subscription is down (celery_exporter_subscription_up 0):
+		// events published meanwhile are lost. Prometheus still scrapes a pod that is not ready.
+		if !sub.Up() {
+			http.Error(w, "Not ready: the event subscription is down", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "Ready")

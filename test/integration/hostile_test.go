@@ -167,3 +167,46 @@ func TestHostileOversizeAppValueIsNotFetched(t *testing.T) {
 		t.Errorf("celery_exporter_app_values_oversize_total = %v, want 4", v)
 	}
 }
+
+// The broker back after an outage of 14s (issue 11, finding 13: the backoff had grown to 30s, so
+// the exporter resubscribed 11s after the broker's return): subscribed again within seconds.
+// While down, /-/ready answers 503 and the gap is counted.
+func TestHostileResubscribesSoonAfterOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	harness.Require(t, "redis-server")
+	port := harness.FreePort(t)
+	r := harness.StartRedisOnPort(t, port)
+	exp := harness.StartExporter(t, "--broker.url="+r.URL(0), "--control.disabled")
+	exp.WaitReady(t, 20*time.Second)
+
+	r.Stop()
+	down := time.Now()
+	exp.WaitFor(t, 20*time.Second, func(m harness.Metrics) bool {
+		v, _ := m.Value("celery_exporter_subscription_up", nil)
+		return v == 0
+	})
+	if code, _, _ := exp.Get("/-/ready"); code != 503 {
+		t.Errorf("/-/ready = %d while the subscription is down, want 503", code)
+	}
+	for time.Since(down) < 14*time.Second { // the outage under test, not synchronisation
+		time.Sleep(200 * time.Millisecond)
+	}
+	harness.StartRedisOnPort(t, port)
+	back := time.Now()
+	m := exp.WaitFor(t, 30*time.Second, func(m harness.Metrics) bool {
+		v, _ := m.Value("celery_exporter_subscription_up", nil)
+		return v == 1
+	})
+	// MaxBackoff 2s plus a busy machine's slack; the old 30s cap took 11s here.
+	if took := time.Since(back); took > 6*time.Second {
+		t.Errorf("resubscribed %v after the broker came back", took)
+	}
+	if v, _ := m.Value("celery_exporter_subscription_down_seconds_total", nil); v < 13 || v > 60 {
+		t.Errorf("celery_exporter_subscription_down_seconds_total = %v after a 14s outage", v)
+	}
+	if code, _, _ := exp.Get("/-/ready"); code != 200 {
+		t.Errorf("/-/ready = %d once subscribed again", code)
+	}
+}
