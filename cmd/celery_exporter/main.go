@@ -258,7 +258,8 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		defer logs.Close()
 		reloader = config.NewReloader(f.configFile, logger, breakers.ApplyConfig, logs.ApplyConfig)
 		if err := reloader.Reload(); err != nil {
-			return fmt.Errorf("config file: %w", err)
+			// Each error is logged above, one line each; no running configuration to keep.
+			return fmt.Errorf("--config.file %s not loaded; nothing started", f.configFile)
 		}
 		reg.MustRegister(reloader)
 		scrapers = append(scrapers, breakers, logs)

@@ -130,11 +130,23 @@ func (f BreakerFields) ReasonField() string   { return fieldOr(f.Reason, "reason
 func (f BreakerFields) UntilField() string    { return fieldOr(f.Until, "until") }
 func (f BreakerFields) OpenedAtField() string { return fieldOr(f.OpenedAt, "forced_at") }
 
+// MaxFileBytes bounds the configuration file: a real one is a few KB, and YAML decoding takes
+// several times the file's size (a 100 MB file took 664 MiB to reload).
+const MaxFileBytes = 1 << 20
+
 // Load reads and validates the file at path.
 func Load(path string) (*Config, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if len(b) > MaxFileBytes {
+		return nil, fmt.Errorf("%s: larger than %d bytes: not read", path, MaxFileBytes)
 	}
 	return Parse(b, path)
 }
@@ -153,21 +165,21 @@ func Parse(data []byte, name string) (*Config, error) {
 	// decoder's messages already carry the line ("line 7: field kye not found in type ...").
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	var errs []error
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		errs := make([]error, len(te.Errors))
-		for i, e := range te.Errors {
-			errs[i] = fmt.Errorf("%s", friendlyYAMLError(name, e))
+		// Type errors leave the rest decoded: validate it too, so one pass shows every error.
+		for _, e := range te.Errors {
+			errs = append(errs, fmt.Errorf("%s", friendlyYAMLError(name, e)))
 		}
-		return nil, errors.Join(errs...)
 	}
 	v := &validator{name: name, root: root.Content[0]}
 	cfg.validate(v)
-	if len(v.errs) > 0 {
-		return nil, errors.Join(v.errs...)
+	if errs = append(errs, v.errs...); len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	cfg.setDefaults()
 	return cfg, nil

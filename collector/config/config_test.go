@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -91,7 +92,7 @@ func TestErrors(t *testing.T) {
 breakers:
   - name: zep
     kye: x
-`, []string{"t.yml:4: field kye not found in a breaker"}},
+`, []string{"t.yml:4: field kye not found in a breaker", "t.yml:3: breakers[0].key: required"}},
 		{"unknown top-level field", "breaker: []\n", []string{"t.yml:1: field breaker not found in the top level (breakers, app_values, logs)"}},
 		{"bad format and missing key", `
 breakers:
@@ -263,4 +264,52 @@ func names(c *Config) string {
 		s = append(s, b.Name)
 	}
 	return strings.Join(s, ",")
+}
+
+// Issue 11, finding 14: a config file over MaxFileBytes is refused before it is read whole (a
+// 100 MB file took 664 MiB to reload).
+func TestLoadRefusesHugeFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge.yml")
+	if err := os.WriteFile(path, []byte("breakers: []\n#"+strings.Repeat("x", MaxFileBytes)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("err = %v, want a size error", err)
+	}
+}
+
+// Issue 11, finding 15: every error of the file shows at once, the unknown field as well as the
+// invalid values after it; at start the log does not claim a running configuration is kept.
+func TestAllErrorsAtOnceAndStartMessage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yml")
+	if err := os.WriteFile(path, []byte(`breakers:
+  - {name: a, key: k, fromat: json}
+  - {name: b, format: djano-pickle}
+app_values:
+  - {name: "", key: v}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"bad.yml:2: field fromat not found", "bad.yml:3: breakers[1].key", "bad.yml:3: breakers[1].format", "app_values[0].name"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	var buf strings.Builder
+	r := NewReloader(path, log.NewLogfmtLogger(&buf))
+	if r.Reload() == nil {
+		t.Fatal("Reload of a bad file succeeded")
+	}
+	out := buf.String()
+	if strings.Contains(out, "keeping the running one") || !strings.Contains(out, "not loaded at start") {
+		t.Errorf("start-up log:\n%s", out)
+	}
+	if n := strings.Count(out, "\n"); n < 4 {
+		t.Errorf("%d log lines for 4+ errors, want one each:\n%s", n, out)
+	}
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -55,7 +56,19 @@ func (r *Reloader) Reload() error {
 	err := r.reload()
 	r.ok = err == nil
 	if err != nil {
-		level.Error(r.logger).Log("msg", "configuration not loaded, keeping the running one", "file", r.path, "err", err)
+		msg := "configuration not loaded, keeping the running one"
+		if r.current == nil {
+			msg = "configuration not loaded at start"
+		}
+		var joined interface{ Unwrap() []error }
+		errs := []error{err}
+		if errors.As(err, &joined) {
+			errs = joined.Unwrap()
+		}
+		// One line per error, so every mistake of the file shows at once, each with its line.
+		for _, e := range errs {
+			level.Error(r.logger).Log("msg", msg, "file", r.path, "errors", len(errs), "err", e)
+		}
 		return err
 	}
 	r.lastSuccess = r.now()
