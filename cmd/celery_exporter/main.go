@@ -70,6 +70,8 @@ type flags struct {
 	controlTimeout  time.Duration
 	controlDeadline time.Duration
 	controlDisabled bool
+
+	memoryLimitRatio float64
 }
 
 func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
@@ -119,6 +121,9 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("control.timeout", "Idle timeout between remote-control replies.").Default("1s").DurationVar(&f.controlTimeout)
 	app.Flag("control.deadline", "Total deadline of one remote-control round.").Default("10s").DurationVar(&f.controlDeadline)
 	app.Flag("control.disabled", "Read-only mode: no remote control, no write of any kind to Redis.").BoolVar(&f.controlDisabled)
+
+	app.Flag("runtime.memory-limit-ratio", "Without GOMEMLIMIT, the Go runtime's soft memory limit is this fraction of the cgroup's memory limit (container or systemd MemoryMax); 0 disables.").
+		Default("0.9").Float64Var(&f.memoryLimitRatio)
 
 	if _, err := app.Parse(args); err != nil {
 		return nil, nil, err
@@ -216,7 +221,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	defer client.Close()
 	ks := kombu.NewKeyspace(broker, opts)
 	level.Info(logger).Log("msg", "starting "+name, "version", version.Info(), "broker", broker.Redacted(),
-		"read_only", f.controlDisabled)
+		"read_only", f.controlDisabled, "memory_limit", setMemoryLimit("/", f.memoryLimitRatio))
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
