@@ -298,10 +298,12 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 	}
 	switch ev.Type {
 	case event.TaskSent:
-		t.Name, t.SentAt = ev.Name, ev.Timestamp
-		if ev.ETA > 0 {
-			t.ETA = ev.ETA
-		}
+		s.cache.Update(t.UUID, func(t *tasks.Task) { // the broker scrape reads SentAt
+			t.Name, t.SentAt = ev.Name, ev.Timestamp
+			if ev.ETA > 0 {
+				t.ETA = ev.ETA
+			}
+		})
 		queue := ev.Queue
 		if queue == "" {
 			queue = s.opts.DefaultQueue

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -565,6 +566,37 @@ func TestEventSourceConcurrentReaders(t *testing.T) {
 			src.WorkerNames()
 			src.TaskSentAt("7")
 			src.WorkerSystem("celery@a")
+		}
+	}
+}
+
+// The broker scrape reads task sent times while the pipeline writes them. Many uuids, each
+// received before it is sent (so the cached task exists when task-sent sets its time), with a
+// reader polling the uuid being written: go test -race reports any write outside the cache's lock.
+func TestEventSourceSentAtRace(t *testing.T) {
+	src, _ := newTestSource(EventOptions{MaxTracked: 1000})
+	var cur atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 3000; i++ {
+			id := fmt.Sprint(i)
+			cur.Store(int64(i))
+			src.HandlePayload(payload(taskEv("task-received", id, "celery@a", 1, "name", "t.a")))
+			src.HandlePayload(payload(sent(id, "t.a", "q", 2)))
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			if at, ok := src.TaskSentAt("2999"); !ok || at.Unix() != 2 {
+				t.Fatalf("TaskSentAt(2999) = %v, %v", at, ok)
+			}
+			return
+		default:
+			i := cur.Load()
+			src.TaskSentAt(fmt.Sprint(i))
+			src.TaskSentAt(fmt.Sprint(i - 1))
 		}
 	}
 }
