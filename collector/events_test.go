@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -25,14 +26,14 @@ var t0 = time.Unix(1795879460, 0)
 func newTestSource(opts EventOptions) (*EventSource, *clock.Fake) {
 	clk := clock.NewFake(t0)
 	opts.Clock = clk
-	if opts.WorkerTimeout == 0 {
-		opts.WorkerTimeout = 5 * time.Second
-	}
-	if opts.PurgeAfter == 0 {
-		opts.PurgeAfter = time.Hour
-	}
-	if opts.SentWait == 0 {
-		opts.SentWait = 2 * time.Second
+	// The constructor defaults the rest; these three keep a zero there.
+	d := DefaultEventOptions()
+	for _, p := range []struct{ v, def *time.Duration }{
+		{&opts.WorkerTimeout, &d.WorkerTimeout}, {&opts.PurgeAfter, &d.PurgeAfter}, {&opts.SentWait, &d.SentWait},
+	} {
+		if *p.v == 0 {
+			*p.v = *p.def
+		}
 	}
 	return NewEventSource(log.NewNopLogger(), nil, opts), clk
 }
@@ -598,5 +599,18 @@ func TestEventSourceSentAtRace(t *testing.T) {
 			src.TaskSentAt(fmt.Sprint(i))
 			src.TaskSentAt(fmt.Sprint(i - 1))
 		}
+	}
+}
+
+// A zero cap, TTL, bucket list or default queue takes the default (a cap below 1 is never
+// unbounded); zero durations stay zero.
+func TestEventOptionsDefaults(t *testing.T) {
+	s := NewEventSource(log.NewNopLogger(), nil, EventOptions{MaxTaskNames: -1, MaxWorkers: 7})
+	want := DefaultEventOptions()
+	want.WorkerTimeout, want.PurgeAfter, want.SentWait, want.MaxWorkers = 0, 0, 0, 7
+	got := s.opts
+	got.Clock = nil
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("options %+v\nwant %+v", got, want)
 	}
 }
