@@ -101,6 +101,22 @@ type EventSource struct {
 	eventsTotal, eventErrors, overflow                                     *prometheus.CounterVec
 }
 
+// Values of the reason label of celery_exporter_event_errors_total.
+const (
+	reasonUnknownType = "unknown_type" // a well-formed event of a type Celery does not send
+	reasonBufferFull  = "buffer_full"  // dropped between the Redis reader and the decoder
+)
+
+// EventErrorReasons are all values of the reason label of celery_exporter_event_errors_total.
+var EventErrorReasons = []string{
+	kombu.ReasonInvalidEnvelope, kombu.ReasonInvalidBase64, kombu.ReasonContentType, kombu.ReasonCompressed,
+	event.ReasonInvalidJSON, event.ReasonNotObject, event.ReasonNoType, event.ReasonNoUUID, event.ReasonNoHost,
+	reasonUnknownType, reasonBufferFull,
+}
+
+// OverflowLabels are all values of the label label of celery_exporter_label_overflow_total.
+var OverflowLabels = []string{"name", "hostname", "exception"}
+
 type seriesKey struct {
 	metric     uint8
 	a, b, c, d string
@@ -209,6 +225,13 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 	for _, t := range event.Types() {
 		s.eventsTotal.WithLabelValues(t.String())
 	}
+	// Every reason and label exists at 0 from the start, so increase() sees the first one.
+	for _, r := range EventErrorReasons {
+		s.eventErrors.WithLabelValues(r)
+	}
+	for _, l := range OverflowLabels {
+		s.overflow.WithLabelValues(l)
+	}
 	s.lastExpire = s.clk.Now()
 	return s
 }
@@ -284,7 +307,7 @@ func (s *EventSource) apply(ev *event.Event) {
 	case ev.Type.IsTask():
 		s.applyTaskEvent(ev, now)
 	default:
-		s.eventErrors.WithLabelValues("unknown_type").Inc()
+		s.eventErrors.WithLabelValues(reasonUnknownType).Inc()
 	}
 }
 
@@ -738,7 +761,7 @@ func (s *EventSource) syncDropped() {
 	defer s.syncMu.Unlock()
 	d := s.sub.Dropped()
 	if d > s.errBufSynced {
-		s.eventErrors.WithLabelValues("buffer_full").Add(float64(d - s.errBufSynced))
+		s.eventErrors.WithLabelValues(reasonBufferFull).Add(float64(d - s.errBufSynced))
 		s.errBufSynced = d
 	}
 }

@@ -188,6 +188,7 @@ func run(args []string) int {
 }
 
 func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.FlagConfig) error {
+	start := time.Now() // before any source counts anything
 	redis.SetLogger(redisLogger{logger})
 	broker, err := kombu.ParseURL(f.brokerURL)
 	if err != nil {
@@ -266,6 +267,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	reg.MustRegister(
 		collector.NewExporter(logger, f.scrapeTimeout, scrapers...),
 		buildInfo(),
+		collector.NewStartTime(start),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
