@@ -53,7 +53,11 @@ type EventOptions struct {
 	MaxTaskNames         int
 	MaxExceptionsPerTask int
 	MaxWorkers           int
-	Clock                clock.Clock
+	// InitialExceptions are the exception classes whose celery_task_failed_total series are
+	// created at 0 when a (name, hostname, queue_name) is first seen, so the first such failure
+	// is an increase (--task.initial-exceptions). They count against MaxExceptionsPerTask.
+	InitialExceptions []string
+	Clock             clock.Clock
 }
 
 // QueueHinter knows the queue of a worker that consumes exactly one (from remote control).
@@ -82,6 +86,7 @@ type EventSource struct {
 	hosts         map[string]struct{}
 	lastTaskEvent map[string]time.Time
 	counters      map[seriesKey]prometheus.Counter
+	combos        map[taskSeries]struct{} // (name, hostname, queue) whose zero series exist
 	observers     map[seriesKey]prometheus.Observer
 	lastExpire    time.Time
 	now           time.Time // of the message being applied: one clock read per message, not per event
@@ -121,6 +126,8 @@ type seriesKey struct {
 	metric     uint8
 	a, b, c, d string
 }
+
+type taskSeries struct{ name, host, queue string }
 
 const (
 	mSent uint8 = iota
@@ -198,6 +205,7 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		hosts:         map[string]struct{}{},
 		lastTaskEvent: map[string]time.Time{},
 		counters:      map[seriesKey]prometheus.Counter{},
+		combos:        map[taskSeries]struct{}{},
 		observers:     map[seriesKey]prometheus.Observer{},
 		workers:       map[string]*workerState{},
 
@@ -398,6 +406,7 @@ func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
 	name = s.nameLabel(name)
 	host := s.hostLabel(ev.Hostname)
 	q := t.Queue
+	s.zeroSeries(name, host, q)
 	finished := false
 	switch ev.Type {
 	case event.TaskReceived:
@@ -465,9 +474,30 @@ func (s *EventSource) vecFor(metric uint8) *prometheus.CounterVec {
 	}
 }
 
-// inc adds one to a counter, resolving its series once: WithLabelValues hashes every label on
-// every call, which the hot path cannot afford.
-func (s *EventSource) inc(metric uint8, a, b, c, d string) {
+// zeroSeries creates, the first time a task name runs on a worker and queue, the outcome counters
+// at 0: succeeded, rejected, and failed for each initial exception class. Without them the first
+// failure of a task is a series born at 1, which increase() reads as no change.
+func (s *EventSource) zeroSeries(name, host, q string) {
+	k := taskSeries{name, host, q}
+	if _, ok := s.combos[k]; ok {
+		return
+	}
+	s.combos[k] = struct{}{}
+	s.series(mSucceeded, name, host, q, "")
+	s.series(mRejected, name, host, q, "")
+	for _, e := range s.opts.InitialExceptions {
+		if s.reserveException(name, e) {
+			s.series(mFailed, name, host, q, e)
+		}
+	}
+}
+
+// inc adds one to a counter.
+func (s *EventSource) inc(metric uint8, a, b, c, d string) { s.series(metric, a, b, c, d).Inc() }
+
+// series resolves a counter's series once: WithLabelValues hashes every label on every call,
+// which the hot path cannot afford.
+func (s *EventSource) series(metric uint8, a, b, c, d string) prometheus.Counter {
 	k := seriesKey{metric, a, b, c, d}
 	ctr, ok := s.counters[k]
 	if !ok {
@@ -481,7 +511,7 @@ func (s *EventSource) inc(metric uint8, a, b, c, d string) {
 		ctr = s.vecFor(metric).WithLabelValues(labels...)
 		s.counters[k] = ctr
 	}
-	ctr.Inc()
+	return ctr
 }
 
 func (s *EventSource) observe(metric uint8, a, b, c, d string, v float64) {
@@ -523,20 +553,29 @@ func (s *EventSource) hostLabel(host string) string {
 }
 
 func (s *EventSource) exceptionLabel(name, exc string) string {
+	if s.reserveException(name, exc) {
+		return exc
+	}
+	s.overflow.WithLabelValues("exception").Inc()
+	return overflowValue
+}
+
+// reserveException takes one of the task name's exception label values for exc, unless the cap
+// is reached.
+func (s *EventSource) reserveException(name, exc string) bool {
 	seen := s.exceptions[name]
 	if seen == nil {
 		seen = map[string]struct{}{}
 		s.exceptions[name] = seen
 	}
 	if _, ok := seen[exc]; ok {
-		return exc
+		return true
 	}
 	if len(seen) >= s.opts.MaxExceptionsPerTask {
-		s.overflow.WithLabelValues("exception").Inc()
-		return overflowValue
+		return false
 	}
 	seen[exc] = struct{}{}
-	return exc
+	return true
 }
 
 func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
@@ -631,6 +670,11 @@ func (s *EventSource) purgeWorkers(now time.Time) {
 		for k := range s.observers {
 			if k.metric == mRuntime && k.b == h {
 				delete(s.observers, k)
+			}
+		}
+		for k := range s.combos {
+			if k.host == h {
+				delete(s.combos, k)
 			}
 		}
 		delete(s.hosts, h)

@@ -41,3 +41,109 @@ celery_exporter_start_time_seconds 1.79587946025e+09
 		t.Fatal(err)
 	}
 }
+
+// The first failure of a configured exception class is an increase: its series, and the
+// outcome counters of the failure ratio, exist at 0 from the first event of the task name on a
+// worker and queue. The pre-created series count against the exception cap and never overflow it.
+func TestEventSourceInitialExceptions(t *testing.T) {
+	initial := []string{"SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError"}
+	const w1 = `hostname="celery@w1",name="t.a",queue_name="q"`
+	tests := []struct {
+		name    string
+		opts    EventOptions
+		feed    []ev
+		want    map[string]float64
+		nFailed int
+	}{
+		{
+			name: "received creates the zero series",
+			opts: EventOptions{InitialExceptions: initial},
+			feed: []ev{sent("u1", "t.a", "q", 1), taskEv("task-received", "u1", "celery@w1", 1, "name", "t.a")},
+			want: map[string]float64{
+				`celery_task_received_total{` + w1 + `}`:                                     1,
+				`celery_task_succeeded_total{` + w1 + `}`:                                    0,
+				`celery_task_rejected_total{` + w1 + `}`:                                     0,
+				`celery_task_failed_total{exception="SoftTimeLimitExceeded",` + w1 + `}`:     0,
+				`celery_task_failed_total{exception="TimeLimitExceeded",` + w1 + `}`:         0,
+				`celery_task_failed_total{exception="WorkerLostError",` + w1 + `}`:           0,
+				`celery_exporter_label_overflow_total{label="exception"}`:                    0,
+				`celery_task_started_total{` + w1 + `}`:                                      -1,
+				`celery_task_received_total{hostname="celery@w1",name="t.a",queue_name="r"}`: -1,
+			},
+			nFailed: 3,
+		},
+		{
+			name: "the first failure adds to a zero series",
+			opts: EventOptions{InitialExceptions: initial},
+			feed: []ev{sent("u1", "t.a", "q", 1), taskEv("task-received", "u1", "celery@w1", 1, "name", "t.a"),
+				taskEv("task-started", "u1", "celery@w1", 2),
+				taskEv("task-failed", "u1", "celery@w1", 3, "exception", "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL).')")},
+			want: map[string]float64{
+				`celery_task_failed_total{exception="WorkerLostError",` + w1 + `}`:   1,
+				`celery_task_failed_total{exception="TimeLimitExceeded",` + w1 + `}`: 0,
+				`celery_task_succeeded_total{` + w1 + `}`:                            0,
+			},
+			nFailed: 3,
+		},
+		{
+			name: "the cap holds: only what fits is pre-created, nothing overflows",
+			opts: EventOptions{InitialExceptions: initial, MaxExceptionsPerTask: 2},
+			feed: []ev{sent("u1", "t.a", "q", 1), taskEv("task-received", "u1", "celery@w1", 1, "name", "t.a"),
+				taskEv("task-failed", "u1", "celery@w1", 3, "exception", "KeyError('x')")},
+			want: map[string]float64{
+				`celery_task_failed_total{exception="SoftTimeLimitExceeded",` + w1 + `}`: 0,
+				`celery_task_failed_total{exception="TimeLimitExceeded",` + w1 + `}`:     0,
+				`celery_task_failed_total{exception="WorkerLostError",` + w1 + `}`:       -1,
+				`celery_task_failed_total{exception="other",` + w1 + `}`:                 1,
+				`celery_exporter_label_overflow_total{label="exception"}`:                1, // the KeyError, not the pre-creation
+			},
+			nFailed: 3,
+		},
+		{
+			name:    "empty list: no failed series before a failure",
+			opts:    EventOptions{},
+			feed:    []ev{sent("u1", "t.a", "q", 1), taskEv("task-received", "u1", "celery@w1", 1, "name", "t.a")},
+			want:    map[string]float64{`celery_task_succeeded_total{` + w1 + `}`: 0},
+			nFailed: 0,
+		},
+		{
+			name: "each worker and queue of a name has its own",
+			opts: EventOptions{InitialExceptions: initial[:1]},
+			feed: []ev{sent("u1", "t.a", "q", 1), taskEv("task-received", "u1", "celery@w1", 1, "name", "t.a"),
+				sent("u2", "t.a", "r", 1), taskEv("task-received", "u2", "celery@w2", 1, "name", "t.a")},
+			want: map[string]float64{
+				`celery_task_failed_total{exception="SoftTimeLimitExceeded",` + w1 + `}`:                                     0,
+				`celery_task_failed_total{exception="SoftTimeLimitExceeded",hostname="celery@w2",name="t.a",queue_name="r"}`: 0,
+			},
+			nFailed: 2,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src, _ := newTestSource(tt.opts)
+			for _, e := range tt.feed {
+				src.HandlePayload(payload(e))
+			}
+			got := samples(t, AsCollector(src))
+			expectSamples(t, got, tt.want)
+			if n := len(only(got, "celery_task_failed_total")); n != tt.nFailed {
+				t.Errorf("%d failed series, want %d: %v", n, tt.nFailed, only(got, "celery_task_failed_total"))
+			}
+		})
+	}
+}
+
+// A purged worker's zero series go with it, and come back when it does.
+func TestEventSourceInitialExceptionsAfterPurge(t *testing.T) {
+	src, clk := newTestSource(EventOptions{InitialExceptions: []string{"WorkerLostError"}, PurgeAfter: time.Minute})
+	src.HandlePayload(payload(heartbeat("celery@w1", 2, 0, 0)))
+	src.HandlePayload(payload(sent("u1", "t.a", "q", 1), taskEv("task-received", "u1", "celery@w1", 1, "name", "t.a")))
+	key := `celery_task_failed_total{exception="WorkerLostError",hostname="celery@w1",name="t.a",queue_name="q"}`
+	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{key: 0})
+	clk.Add(2 * time.Minute)
+	src.Tick()
+	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{key: -1})
+	src.HandlePayload(payload(heartbeat("celery@w1", 2, 0, 0)))
+	src.HandlePayload(payload(sent("u2", "t.a", "q", 1), taskEv("task-received", "u2", "celery@w1", 1, "name", "t.a")))
+	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{key: 0})
+}
