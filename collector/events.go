@@ -102,6 +102,7 @@ type EventSource struct {
 	lastEvent atomic.Int64 // unix nanos on the exporter's clock
 
 	sent, received, started, succeeded, rejected, failed, retried, revoked *prometheus.CounterVec
+	seen                                                                   *prometheus.CounterVec
 	runtime, queueWait                                                     *prometheus.HistogramVec
 	eventsTotal, eventErrors, overflow                                     *prometheus.CounterVec
 }
@@ -138,6 +139,7 @@ const (
 	mFailed
 	mRetried
 	mRevoked
+	mSeen
 	mRuntime
 	mQueueWait
 )
@@ -217,6 +219,9 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		failed:    counter("task_failed_total", "Tasks that failed, by exception class.", append(task, "exception")...),
 		retried:   counter("task_retried_total", "Task retries, by the exception that caused them.", append(task, "exception")...),
 		revoked:   counter("task_revoked_total", "Tasks revoked, terminated or expired.", append(task, "reason")...),
+		seen: counter("worker_tasks_seen_total", "Task-started events received from the worker: one per task it accepted, "+
+			"which is what its heartbeat's processed (celery_worker_tasks_processed_total) counts. Less than that means task events were lost.",
+			"hostname"),
 		runtime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "task_runtime_seconds",
 			Help: "Task run time: runtime of task-succeeded; failed minus started time for failures.", Buckets: opts.RuntimeBuckets},
 			append(task, "state")),
@@ -413,6 +418,9 @@ func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
 		s.inc(mReceived, name, host, q, "")
 	case event.TaskStarted:
 		s.inc(mStarted, name, host, q, "")
+		// The worker sends task-started right after counting the task in processed
+		// (Request.on_accepted → state.task_accepted), so the two count the same tasks.
+		s.inc(mSeen, "", host, "", "")
 		t.StartedAt = ev.Timestamp
 		from := max(t.SentAt, t.ETA)
 		if from == 0 {
@@ -469,6 +477,8 @@ func (s *EventSource) vecFor(metric uint8) *prometheus.CounterVec {
 		return s.failed
 	case mRetried:
 		return s.retried
+	case mSeen:
+		return s.seen
 	default:
 		return s.revoked
 	}
@@ -507,6 +517,8 @@ func (s *EventSource) series(metric uint8, a, b, c, d string) prometheus.Counter
 			labels = labels[:2]
 		case mReceived, mStarted, mSucceeded, mRejected:
 			labels = labels[:3]
+		case mSeen:
+			labels = labels[1:2]
 		}
 		ctr = s.vecFor(metric).WithLabelValues(labels...)
 		s.counters[k] = ctr
@@ -582,6 +594,8 @@ func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
 	if s.hostLabel(ev.Hostname) == overflowValue {
 		return // past the worker cap: counted, not tracked
 	}
+	s.series(mSeen, "", ev.Hostname, "", "") // at 0 from the worker's first event, as processed
+
 	lastTask := s.lastTaskEvent[ev.Hostname]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -658,7 +672,7 @@ func (s *EventSource) purgeWorkers(now time.Time) {
 	for _, h := range gone {
 		level.Info(s.logger).Log("msg", "purged worker series", "hostname", h)
 		match := prometheus.Labels{"hostname": h}
-		for _, v := range []*prometheus.CounterVec{s.received, s.started, s.succeeded, s.rejected, s.failed, s.retried, s.revoked} {
+		for _, v := range []*prometheus.CounterVec{s.received, s.started, s.succeeded, s.rejected, s.failed, s.retried, s.revoked, s.seen} {
 			v.DeletePartialMatch(match)
 		}
 		s.runtime.DeletePartialMatch(match)
@@ -789,7 +803,7 @@ func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) err
 	ch <- prometheus.MustNewConstMetric(evictedDesc, prometheus.CounterValue, float64(s.cache.Evicted()))
 
 	for _, c := range []prometheus.Collector{s.sent, s.received, s.started, s.succeeded, s.rejected, s.failed,
-		s.retried, s.revoked, s.runtime, s.queueWait, s.eventsTotal, s.eventErrors, s.overflow} {
+		s.retried, s.revoked, s.seen, s.runtime, s.queueWait, s.eventsTotal, s.eventErrors, s.overflow} {
 		c.Collect(ch)
 	}
 	if s.sub != nil && up == 0 {

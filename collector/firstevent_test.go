@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -146,4 +147,27 @@ func TestEventSourceInitialExceptionsAfterPurge(t *testing.T) {
 	src.HandlePayload(payload(heartbeat("celery@w1", 2, 0, 0)))
 	src.HandlePayload(payload(sent("u2", "t.a", "q", 1), taskEv("task-received", "u2", "celery@w1", 1, "name", "t.a")))
 	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{key: 0})
+}
+
+// celery_worker_tasks_seen_total counts what the heartbeat's processed counts, when the events
+// arrive: the gap between the two is the share of task events lost.
+func TestEventSourceTasksSeen(t *testing.T) {
+	src, clk := newTestSource(EventOptions{})
+	src.HandlePayload(payload(heartbeat("celery@w1", 2, 0, 10)))
+	const seen = `celery_worker_tasks_seen_total{hostname="celery@w1"}`
+	const processed = `celery_worker_tasks_processed_total{hostname="celery@w1"}`
+	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{seen: 0, processed: 0})
+	for i := range 4 {
+		id := fmt.Sprint(i)
+		src.HandlePayload(payload(sent(id, "t.a", "q", 1), taskEv("task-received", id, "celery@w1", 1, "name", "t.a")))
+		if i != 2 { // task 2's task-started and task-succeeded were lost on the wire
+			src.HandlePayload(payload(taskEv("task-started", id, "celery@w1", 2), taskEv("task-succeeded", id, "celery@w1", 3, "runtime", 1.0)))
+		}
+	}
+	// A retried task is accepted again: processed counts it twice, so does seen.
+	src.HandlePayload(payload(sent("r", "t.a", "q", 1), taskEv("task-started", "r", "celery@w1", 2),
+		taskEv("task-retried", "r", "celery@w1", 3, "exception", "KeyError()"), taskEv("task-started", "r", "celery@w1", 4)))
+	clk.Add(2 * time.Second)
+	src.HandlePayload(payload(heartbeat("celery@w1", 2, 1, 16)))
+	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{seen: 5, processed: 6})
 }
