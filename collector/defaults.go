@@ -29,6 +29,7 @@ func DefaultEventOptions() EventOptions {
 		SentWait:             2 * time.Second,
 		DefaultQueue:         "celery",
 		MaxTaskNames:         1000,
+		MaxQueues:            1000,
 		MaxExceptionsPerTask: 50,
 		MaxWorkers:           1000,
 		InitialExceptions:    []string{"SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError"},
@@ -54,7 +55,7 @@ func (o EventOptions) withDefaults() EventOptions {
 		o.TaskTTL = d.TaskTTL
 	}
 	for _, c := range []struct{ v, def *int }{
-		{&o.MaxTracked, &d.MaxTracked}, {&o.MaxTaskNames, &d.MaxTaskNames},
+		{&o.MaxTracked, &d.MaxTracked}, {&o.MaxTaskNames, &d.MaxTaskNames}, {&o.MaxQueues, &d.MaxQueues},
 		{&o.MaxExceptionsPerTask, &d.MaxExceptionsPerTask}, {&o.MaxWorkers, &d.MaxWorkers},
 	} {
 		if *c.v < 1 {

@@ -484,6 +484,7 @@ func TestEventSourceBadInputIsCountedNotFatal(t *testing.T) {
 
 func TestEventSourceCardinalityCaps(t *testing.T) {
 	src, clk := newTestSource(EventOptions{MaxTaskNames: 2, MaxExceptionsPerTask: 1, MaxWorkers: 1})
+	src.HandlePayload(payload(heartbeat("celery@a", 2, 0, 0))) // a worker: holds its place at the cap
 	for i, name := range []string{"t.a", "t.b", "t.c", "t.d"} {
 		id := fmt.Sprint(i)
 		src.HandlePayload(payload(sent(id, name, "q", 1)))

@@ -3,6 +3,7 @@ package collector
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -68,4 +69,94 @@ func TestEventSourceWorkerCountersAndFreqStaySane(t *testing.T) {
 			`celery_worker_heartbeat_interval_seconds{hostname="celery@b"}`: 3600,
 		})
 	}
+}
+
+// Issue 11, finding 4: hostnames only task events named (a producer's gen<pid>@host, a worker
+// whose heartbeats never come) neither lock a heartbeating worker out at the cap nor stay for
+// ever: the worker takes the place of the least recently seen one, the rest age out after
+// --worker.purge-after.
+func TestEventSourceTaskOnlyHostnamesAgeOutAndYield(t *testing.T) {
+	src, clk := newTestSource(EventOptions{MaxWorkers: 3, PurgeAfter: time.Hour})
+	for i, h := range []string{"gen1@p", "gen2@p", "gen3@p"} {
+		id := fmt.Sprint(i)
+		src.HandlePayload(payload(sent(id, "t.a", "q", 1), taskEv("task-received", id, h, 1)))
+		clk.Add(time.Second)
+	}
+	src.HandlePayload(payload(heartbeat("celery@w", 2, 0, 0)))
+	got := samples(t, AsCollector(src))
+	expectSamples(t, got, map[string]float64{
+		`celery_worker_up{hostname="celery@w"}`:                                   1,
+		`celery_task_received_total{hostname="gen1@p",name="t.a",queue_name="q"}`: -1, // the oldest gave way
+		`celery_task_received_total{hostname="gen2@p",name="t.a",queue_name="q"}`: 1,
+		`celery_exporter_hostnames_evicted_total{}`:                               1,
+		`celery_exporter_label_overflow_total{label="hostname"}`:                  0,
+	})
+	// An hour later, with the worker heartbeating: the task-only hostnames are gone, the
+	// worker stays.
+	for i := 0; i < 75; i++ {
+		clk.Add(time.Minute)
+		src.HandlePayload(payload(heartbeat("celery@w", 2, 0, 0)))
+		src.Tick()
+	}
+	got = samples(t, AsCollector(src))
+	expectSamples(t, got, map[string]float64{
+		`celery_worker_up{hostname="celery@w"}`:                                   1,
+		`celery_task_received_total{hostname="gen2@p",name="t.a",queue_name="q"}`: -1,
+		`celery_task_received_total{hostname="gen3@p",name="t.a",queue_name="q"}`: -1,
+	})
+	for _, h := range []string{"gen4@p", "gen5@p"} { // room again
+		src.HandlePayload(payload(sent(h, "t.a", "q", 1), taskEv("task-received", h, h, 1)))
+	}
+	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{
+		`celery_task_received_total{hostname="gen5@p",name="t.a",queue_name="q"}`: 1,
+	})
+}
+
+// Issue 11, finding 1: queue_name from task-sent is capped like task names, overflow counted.
+func TestEventSourceQueueNamesCapped(t *testing.T) {
+	src, _ := newTestSource(EventOptions{MaxQueues: 2, SentWait: -1})
+	for i := 0; i < 5; i++ {
+		id := fmt.Sprint(i)
+		src.HandlePayload(payload(sent(id, "t.a", fmt.Sprintf("q%d", i), 1), taskEv("task-received", id, "celery@w", 1)))
+	}
+	got := samples(t, AsCollector(src))
+	expectSamples(t, got, map[string]float64{
+		`celery_task_sent_total{name="t.a",queue_name="q0"}`:                            1,
+		`celery_task_sent_total{name="t.a",queue_name="q1"}`:                            1,
+		`celery_task_sent_total{name="t.a",queue_name="other"}`:                         3,
+		`celery_task_sent_total{name="t.a",queue_name="q2"}`:                            -1,
+		`celery_task_received_total{hostname="celery@w",name="t.a",queue_name="other"}`: 3,
+		`celery_exporter_label_overflow_total{label="queue_name"}`:                      3,
+	})
+}
+
+// Issue 11, finding 15: two worker processes sharing one nodename are flagged, and their
+// processed counts never mix (before, the counter jumped by their difference at every
+// alternation).
+func TestEventSourceHostnameClaimedByTwoProcesses(t *testing.T) {
+	src, _ := newTestSource(EventOptions{})
+	hb := func(pid, processed int) {
+		e := heartbeat("celery@dup", 2, 0, processed)
+		e["pid"] = pid
+		src.HandlePayload(payload(e))
+	}
+	hb(100, 1000) // first sight: baseline
+	hb(200, 5)    // a second process (or a restart): its 5 are new
+	hb(100, 1002) // the first again: a clash; +2
+	hb(200, 7)    // +2, a clash
+	hb(100, 1003) // +1, a clash
+	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{
+		`celery_worker_tasks_processed_total{hostname="celery@dup"}`:  10,
+		`celery_worker_hostname_clashes_total{hostname="celery@dup"}`: 3,
+	})
+	// A plain restart (new pid, the old one never back) is no clash.
+	src, _ = newTestSource(EventOptions{})
+	hb(100, 50)
+	hb(100, 60)
+	hb(300, 3)
+	hb(300, 4)
+	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{
+		`celery_worker_tasks_processed_total{hostname="celery@dup"}`:  14,
+		`celery_worker_hostname_clashes_total{hostname="celery@dup"}`: 0,
+	})
 }

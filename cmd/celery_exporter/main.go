@@ -57,6 +57,7 @@ type flags struct {
 	taskTTL          time.Duration
 	sentWait         time.Duration
 	maxTaskNames     int
+	maxQueues        int
 	maxExceptions    int
 	initialExc       string
 	eventBuffer      int
@@ -110,6 +111,7 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("task.ttl", "A task not heard of for this long leaves the task cache.").Default(durationFlag(ev.TaskTTL)).DurationVar(&f.taskTTL)
 	app.Flag("task.sent-wait", "How long a task's events wait for its task-sent (which names the queue) before a fallback queue is used.").Default(durationFlag(ev.SentWait)).DurationVar(&f.sentWait)
 	app.Flag("task.max-names", "Cardinality cap on the task name label.").Default(strconv.Itoa(ev.MaxTaskNames)).IntVar(&f.maxTaskNames)
+	app.Flag("task.max-queues", "Cardinality cap on the queue_name label of task metrics (from task-sent); further queues are counted as \"other\".").Default(strconv.Itoa(ev.MaxQueues)).IntVar(&f.maxQueues)
 	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default(strconv.Itoa(ev.MaxExceptionsPerTask)).IntVar(&f.maxExceptions)
 	app.Flag("task.initial-exceptions", "Exception classes whose celery_task_failed_total series start at 0 when a task name is first seen on a worker and queue, so the first such failure is an increase; comma separated, empty for none. They count against --task.max-exceptions-per-task.").
 		Default(strings.Join(ev.InitialExceptions, ",")).StringVar(&f.initialExc)
@@ -138,7 +140,7 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 		v    int
 	}{
 		{"worker.max-workers", f.maxWorkers}, {"task.max-tracked", f.maxTracked},
-		{"task.max-names", f.maxTaskNames}, {"task.max-exceptions-per-task", f.maxExceptions},
+		{"task.max-names", f.maxTaskNames}, {"task.max-queues", f.maxQueues}, {"task.max-exceptions-per-task", f.maxExceptions},
 	} {
 		if c.v < 1 {
 			return nil, nil, fmt.Errorf("--%s must be at least 1: the exporter's memory and series are bounded", c.flag)
@@ -250,7 +252,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, collector.EventOptions{
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
 		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked,
-		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames,
+		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxQueues: f.maxQueues,
 		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
 	})
 	go events.Run(ctx)

@@ -117,7 +117,7 @@ func TestFlagDefaultsAreTheCollectors(t *testing.T) {
 	got := collector.EventOptions{
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter, RuntimeBuckets: runtime,
 		QueueWaitBuckets: wait, MaxTracked: f.maxTracked, TaskTTL: f.taskTTL, SentWait: f.sentWait,
-		DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxExceptionsPerTask: f.maxExceptions,
+		DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxQueues: f.maxQueues, MaxExceptionsPerTask: f.maxExceptions,
 		MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
 	}
 	if !reflect.DeepEqual(got, ev) {

@@ -124,6 +124,9 @@ type Event struct {
 	// Revocation: Terminated or Expired, else a plain revoke.
 	Terminated, Expired bool
 
+	// PID is the sending process's id (every event carries it; 0 when absent).
+	PID int64
+
 	// Worker events.
 	Freq float64
 	// HasCounts is false for the heartbeat the `heartbeat` control command triggers: it has no
@@ -302,6 +305,8 @@ func (d *Decoder) one(v *fastjson.Value, fn func(*Event), bad func(error)) {
 		case "freq":
 			ev.Freq = d.num(f, 0, math.MaxFloat64, bad)
 			hasFreq = ev.Freq > 0
+		case "pid":
+			ev.PID = d.count(f, bad)
 		case "active":
 			ev.Active = d.count(f, bad)
 			ev.HasCounts = true
