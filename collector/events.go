@@ -19,6 +19,10 @@ import (
 	"github.com/celery-exporter/celery_exporter/collector/tasks"
 )
 
+// maxPendingEvents bounds the task events waiting for their task-sent, all tasks together
+// (about 250 bytes each: 16 MiB).
+const maxPendingEvents = 65536
+
 // overflowValue replaces a label value past its cardinality cap.
 const overflowValue = "other"
 
@@ -72,6 +76,8 @@ type EventSource struct {
 	dec   *event.Decoder
 	cache *tasks.Cache
 	holds []*tasks.Task // tasks waiting for task-sent, oldest first
+	// pending counts the events held in holds' tasks, bounded by maxPendingEvents.
+	pending int
 
 	// Owned by the applying goroutine.
 	nameQueue     map[string]string // queue task-sent last showed per task name
@@ -385,8 +391,14 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 		t.HoldUntil = now.Add(s.opts.SentWait)
 		s.holds = append(s.holds, t)
 	}
-	t.Pending = append(t.Pending, *ev)
-	if len(t.Pending) >= 16 { // a task's whole life fits well below; more means task-sent is not coming
+	held := *ev
+	held.UUID = "" // the task's own; up to 256 bytes per held event otherwise
+	t.Pending = append(t.Pending, held)
+	s.pending++
+	// A task's whole life fits well below 16; more means task-sent is not coming. Past
+	// maxPendingEvents in all, events are applied at once with a fallback queue: a flood of
+	// task events without task-sent would otherwise hold up to 16 events × the task cache.
+	if len(t.Pending) >= 16 || s.pending > maxPendingEvents {
 		s.release(t)
 	}
 }
@@ -401,6 +413,7 @@ func (s *EventSource) release(t *tasks.Task) {
 	}
 	pending := t.Pending
 	t.Pending = nil
+	s.pending -= len(pending)
 	for i := range pending {
 		s.applyTask(&pending[i], t)
 	}

@@ -160,3 +160,19 @@ func TestEventSourceHostnameClaimedByTwoProcesses(t *testing.T) {
 		`celery_worker_hostname_clashes_total{hostname="celery@dup"}`: 0,
 	})
 }
+
+// Issue 11, finding 2: task events waiting for their task-sent are bounded in all, not only per
+// task: past maxPendingEvents they are applied at once with the fallback queue.
+func TestEventSourcePendingEventsBounded(t *testing.T) {
+	src, _ := newTestSource(EventOptions{MaxTracked: 2 * maxPendingEvents})
+	for i := 0; i < maxPendingEvents+100; i++ {
+		src.HandlePayload(payload(taskEv("task-received", fmt.Sprint(i), "celery@w", 1, "name", "t.a")))
+	}
+	if src.pending != maxPendingEvents {
+		t.Fatalf("%d events held, want the cap %d", src.pending, maxPendingEvents)
+	}
+	got := samples(t, AsCollector(src))
+	if v := got[`celery_task_received_total{hostname="celery@w",name="t.a",queue_name="celery"}`]; v != 100 {
+		t.Errorf("received with the fallback queue = %v, want the 100 past the cap", v)
+	}
+}
