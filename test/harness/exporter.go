@@ -423,3 +423,6 @@ func DiffSamples(m Metrics, want []Sample, exhaustive ...string) []string {
 	}
 	return diffs
 }
+
+// PID is the exporter process's id (for /proc readings such as peak RSS).
+func (e *Exporter) PID() int { return e.p.pid() }
