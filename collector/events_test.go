@@ -2,7 +2,6 @@ package collector
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -46,12 +45,7 @@ func payload(events ...map[string]any) string {
 		body = events[0]
 	}
 	b, _ := json.Marshal(body)
-	env, _ := json.Marshal(map[string]any{
-		"body": base64.StdEncoding.EncodeToString(b), "content-encoding": "utf-8", "content-type": "application/json",
-		"headers":    map[string]any{"hostname": "celery@w1"},
-		"properties": map[string]any{"delivery_mode": 1, "body_encoding": "base64", "delivery_tag": "x", "priority": 0},
-	})
-	return string(env)
+	return rawPayload(string(b))
 }
 
 type ev map[string]any
