@@ -28,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector"
+	amqpbroker "github.com/celery-exporter/celery_exporter/collector/amqp"
 	"github.com/celery-exporter/celery_exporter/collector/config"
 	"github.com/celery-exporter/celery_exporter/collector/kombu"
 	"github.com/celery-exporter/celery_exporter/collector/listener"
@@ -38,6 +39,7 @@ const name = "celery_exporter"
 type flags struct {
 	brokerURL        string
 	brokerURLSet     bool
+	managementURL    string
 	transportOptions []string
 	unackedScanLimit int
 	discovery        time.Duration
@@ -74,15 +76,17 @@ type flags struct {
 
 func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	f := &flags{}
-	app := kingpin.New(name, "Prometheus exporter for Celery on a Redis broker.")
+	app := kingpin.New(name, "Prometheus exporter for Celery on a Redis or RabbitMQ broker.")
 	app.DefaultEnvars() // every flag also from CELERY_EXPORTER_<FLAG>
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
 
-	app.Flag("broker.url", "Celery broker URL: redis://, rediss://, redis+socket://, sentinel://. Falls back to CELERY_BROKER_URL.").
+	app.Flag("broker.url", "Celery broker URL: redis://, rediss://, redis+socket://, sentinel://, amqp://, amqps:// (`;`-separated failover list). Falls back to CELERY_BROKER_URL.").
 		Default("redis://localhost:6379/0").IsSetByUser(&f.brokerURLSet).StringVar(&f.brokerURL)
 	app.Flag("broker.transport-option", "A Celery broker_transport_options entry, KEY=VALUE (repeatable): global_keyprefix, fanout_prefix, fanout_patterns, sep, priority_steps, visibility_timeout, unacked_key, unacked_index_key, master_name, sentinel_kwargs.").
 		StringsVar(&f.transportOptions)
+	app.Flag("broker.management-url", "AMQP only: the RabbitMQ management API (http://host:15672), for unacked messages, the head message's age and queue discovery; credentials from this URL or the broker URL.").
+		StringVar(&f.managementURL)
 	app.Flag("broker.unacked-scan-limit", "At most this many unacked entries are read per scrape to attribute them to queues; the total always comes from HLEN.").
 		Default("1000").IntVar(&f.unackedScanLimit)
 	app.Flag("broker.discovery-interval", "How often queue names are looked up again in kombu's _kombu.binding.* sets (a SCAN of the DB); depths are read at every scrape.").
@@ -188,15 +192,6 @@ func run(args []string) int {
 }
 
 func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.FlagConfig) error {
-	redis.SetLogger(redisLogger{logger})
-	broker, err := kombu.ParseURL(f.brokerURL)
-	if err != nil {
-		return err // never holds the password (kombu.ParseURL)
-	}
-	opts, err := kombu.ParseTransportOptions(f.transportOptions)
-	if err != nil {
-		return err
-	}
 	runtimeBuckets, err := parseBuckets("task.runtime-buckets", f.runtimeBuckets)
 	if err != nil {
 		return err
@@ -205,48 +200,26 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	if err != nil {
 		return err
 	}
-	if broker.InsecureTLSDefault {
-		level.Warn(logger).Log("msg", "rediss:// without ssl_cert_reqs: the broker's certificate is not verified (as in kombu); add ssl_cert_reqs=required")
-	}
-	client, err := broker.NewClient(opts)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
-	ks := kombu.NewKeyspace(broker, opts)
-	level.Info(logger).Log("msg", "starting "+name, "version", version.Info(), "broker", broker.Redacted(),
-		"read_only", f.controlDisabled)
-
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-
-	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer)
-	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, collector.EventOptions{
+	evOpts := collector.EventOptions{
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
 		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked,
 		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames,
 		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers,
-	})
-	go events.Run(ctx)
-
-	scrapers := []collector.Scraper{events}
-	var dynamicQueues collector.QueueLister
-	if !f.controlDisabled {
-		control := collector.NewControlSource(log.With(logger, "source", "control"), client, ks, collector.ControlOptions{
-			Interval: f.controlInterval, Timeout: f.controlTimeout, Deadline: f.controlDeadline,
-			EnableEvents: f.enableEvents, ControlExchange: f.controlExchange,
-		}, events)
-		events.SetQueueHints(control)
-		dynamicQueues = control
-		scrapers = append(scrapers, control)
-		go control.Run(ctx)
-	} else if f.enableEvents {
-		level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
 	}
-	scrapers = append(scrapers, collector.NewBrokerScraper(log.With(logger, "source", "broker"), client, ks, collector.BrokerOptions{
-		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit, DiscoveryInterval: f.discovery,
-		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
-	}, events, dynamicQueues))
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+
+	start := startRedis
+	if amqpbroker.IsURL(f.brokerURL) {
+		start = startAMQP
+	}
+	src, err := start(ctx, logger, f, evOpts)
+	if err != nil {
+		return err
+	}
+	defer src.close()
+	events, scrapers, client := src.events, src.scrapers, src.redis
 
 	reg := prometheus.NewRegistry()
 	var reloader *config.Reloader
@@ -338,6 +311,66 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		return err
 	}
 	return nil
+}
+
+// sources are what a broker backend runs: the event source, the scrapers, and the Redis client
+// that config-file breakers default to (nil on AMQP).
+type sources struct {
+	events   *collector.EventSource
+	scrapers []collector.Scraper
+	redis    redis.UniversalClient
+	close    func()
+}
+
+// startRedis starts the sources of a Redis broker.
+func startRedis(ctx context.Context, logger log.Logger, f *flags, evOpts collector.EventOptions) (*sources, error) {
+	redis.SetLogger(redisLogger{logger})
+	broker, err := kombu.ParseURL(f.brokerURL)
+	if err != nil {
+		return nil, err // never holds the password (kombu.ParseURL)
+	}
+	opts, err := kombu.ParseTransportOptions(f.transportOptions)
+	if err != nil {
+		return nil, err
+	}
+	if broker.InsecureTLSDefault {
+		level.Warn(logger).Log("msg", "rediss:// without ssl_cert_reqs: the broker's certificate is not verified (as in kombu); add ssl_cert_reqs=required")
+	}
+	client, err := broker.NewClient(opts)
+	if err != nil {
+		return nil, err
+	}
+	ks := kombu.NewKeyspace(broker, opts)
+	level.Info(logger).Log("msg", "starting "+name, "version", version.Info(), "broker", broker.Redacted(),
+		"read_only", f.controlDisabled)
+
+	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer)
+	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, evOpts)
+	go events.Run(ctx)
+
+	scrapers := []collector.Scraper{events}
+	var dynamicQueues collector.QueueLister
+	if !f.controlDisabled {
+		control := collector.NewControlSource(log.With(logger, "source", "control"), client, ks, controlOptions(f), events)
+		events.SetQueueHints(control)
+		dynamicQueues = control
+		scrapers = append(scrapers, control)
+		go control.Run(ctx)
+	} else if f.enableEvents {
+		level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
+	}
+	scrapers = append(scrapers, collector.NewBrokerScraper(log.With(logger, "source", "broker"), client, ks, collector.BrokerOptions{
+		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit, DiscoveryInterval: f.discovery,
+		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
+	}, events, dynamicQueues))
+	return &sources{events: events, scrapers: scrapers, redis: client, close: func() { client.Close() }}, nil
+}
+
+func controlOptions(f *flags) collector.ControlOptions {
+	return collector.ControlOptions{
+		Interval: f.controlInterval, Timeout: f.controlTimeout, Deadline: f.controlDeadline,
+		EnableEvents: f.enableEvents, ControlExchange: f.controlExchange,
+	}
 }
 
 func buildInfo() prometheus.Collector {
