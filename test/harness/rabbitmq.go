@@ -245,25 +245,28 @@ func (r *RabbitMQ) Vhost(t testing.TB) string {
 	return name
 }
 
-// QueueInfo is one row of `rabbitmqctl list_queues name messages_ready consumers`.
+// QueueInfo is one row of `rabbitmqctl list_queues name messages_ready messages_unacknowledged consumers`.
 type QueueInfo struct {
-	Ready, Consumers int
+	Ready, Unacked, Consumers int
 }
 
 // ListQueues is the server's own view of a vhost's queues.
 func (r *RabbitMQ) ListQueues(t testing.TB, vhost string) map[string]QueueInfo {
 	t.Helper()
 	out := map[string]QueueInfo{}
-	for _, f := range r.table(t, "list_queues", "-p", vhost, "name", "messages_ready", "consumers") {
-		if len(f) != 3 {
+	for _, f := range r.table(t, "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged", "consumers") {
+		if len(f) != 4 {
 			continue
 		}
-		ready, err1 := strconv.Atoi(f[1])
-		cons, err2 := strconv.Atoi(f[2])
-		if err1 != nil || err2 != nil {
-			t.Fatalf("list_queues: bad row %q", f)
+		var n [3]int
+		for i := range n {
+			v, err := strconv.Atoi(f[i+1])
+			if err != nil {
+				t.Fatalf("list_queues: bad row %q", f)
+			}
+			n[i] = v
 		}
-		out[f[0]] = QueueInfo{Ready: ready, Consumers: cons}
+		out[f[0]] = QueueInfo{Ready: n[0], Unacked: n[1], Consumers: n[2]}
 	}
 	return out
 }

@@ -254,3 +254,54 @@ func TestRabbitMQReadOnly(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// TestRabbitMQManagementAPI: with --broker.management-url the ready/unacked split of a busy
+// queue equals the server's list_queues, every task queue of the vhost is found without being
+// named, and the exporter's own event queue and the workers' mailboxes are not reported.
+func TestRabbitMQManagementAPI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: real rabbitmq-server with the management plugin, Celery workers and the exporter binary")
+	}
+	harness.RequirePython(t, "celery")
+	r := harness.SharedRabbitMQ(t, harness.RabbitMQOptions{Management: true})
+	vh := r.Vhost(t)
+	url := r.URL(vh)
+	// One solo worker prefetches 4 (prefetch multiplier 4): one task runs, three wait reserved,
+	// the rest stay ready; the sleeps keep that state still while it is compared.
+	harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "solo", Concurrency: 1, Queues: []string{"busy"}, NodeName: "solo@mgmt",
+		Events: true, HeartbeatInterval: heartbeat})
+	var plan []harness.Send
+	for range 6 {
+		plan = append(plan, harness.Send{Task: "sleep", Args: []any{120}, Queue: "busy"})
+	}
+	plan = append(plan, harness.Send{Task: "add", Args: []any{1, 1}, Queue: "nobody"})
+	harness.Produce(t, url, nil, plan)
+
+	exp := harness.StartExporter(t, "--broker.url="+url, "--broker.management-url="+r.MgmtURL(), "--control.disabled")
+	exp.WaitReady(t, 30*time.Second)
+	var list map[string]harness.QueueInfo
+	agreeWith(t, exp, 60*time.Second, func(harness.Metrics) []harness.Sample {
+		list = r.ListQueues(t, vh)
+		var want []harness.Sample
+		for _, n := range []string{"busy", "nobody"} {
+			q := list[n]
+			l := map[string]string{"queue_name": n}
+			want = append(want,
+				harness.Sample{Name: "celery_queue_length", Labels: l, Value: float64(q.Ready)},
+				harness.Sample{Name: "celery_queue_unacked", Labels: l, Value: float64(q.Unacked)},
+				harness.Sample{Name: "celery_queue_consumers", Labels: l, Value: float64(q.Consumers)})
+		}
+		return want
+	}, "celery_queue_length", "celery_queue_unacked", "celery_queue_consumers")
+	if q := list["busy"]; q.Ready != 2 || q.Unacked != 4 {
+		t.Errorf("list_queues busy = %+v: the test did not set up 2 ready and 4 unacked", q)
+	}
+	m := exp.MustScrape(t)
+	for name := range list {
+		if strings.HasPrefix(name, "celeryev.") || strings.HasSuffix(name, ".pidbox") {
+			if _, ok := m.Value("celery_queue_length", map[string]string{"queue_name": name}); ok {
+				t.Errorf("%s is reported as a task queue", name)
+			}
+		}
+	}
+}
