@@ -344,42 +344,37 @@ func (r *RabbitMQ) Shutdown() {
 
 var shared struct {
 	sync.Mutex
-	r   map[bool]*RabbitMQ
-	err map[bool]error
+	r   *RabbitMQ
+	err error
 }
 
-// SharedRabbitMQ is one server per test binary (with or without the management plugin), booted
-// on first use: RabbitMQ takes 5–15 s to start. Tests isolate themselves with Vhost. TestMain
-// must call ShutdownShared.
-func SharedRabbitMQ(t testing.TB, o RabbitMQOptions) *RabbitMQ {
+// SharedRabbitMQ is one server per test binary, with the management plugin, booted on first use:
+// RabbitMQ takes 5–15 s to start (more on a loaded machine), so the tests share it and isolate
+// themselves with Vhost. TestMain must call ShutdownShared.
+func SharedRabbitMQ(t testing.TB) *RabbitMQ {
 	t.Helper()
 	Require(t, "rabbitmq-server", "rabbitmqctl")
 	shared.Lock()
 	defer shared.Unlock()
-	if shared.r == nil {
-		shared.r, shared.err = map[bool]*RabbitMQ{}, map[bool]error{}
+	if shared.r != nil {
+		return shared.r
 	}
-	if r := shared.r[o.Management]; r != nil {
-		return r
+	if shared.err != nil {
+		t.Fatal(shared.err) // booting once more would only fail again, slowly
 	}
-	if err := shared.err[o.Management]; err != nil {
-		t.Fatal(err)
+	shared.r, shared.err = LaunchRabbitMQ(RabbitMQOptions{Management: true})
+	if shared.err != nil {
+		t.Fatal(shared.err)
 	}
-	r, err := LaunchRabbitMQ(o)
-	if err != nil {
-		shared.err[o.Management] = err
-		t.Fatal(err)
-	}
-	shared.r[o.Management] = r
-	return r
+	return shared.r
 }
 
-// ShutdownShared stops the servers SharedRabbitMQ started.
+// ShutdownShared stops the server SharedRabbitMQ started.
 func ShutdownShared() {
 	shared.Lock()
 	defer shared.Unlock()
-	for k, r := range shared.r {
-		r.Shutdown()
-		delete(shared.r, k)
+	if shared.r != nil {
+		shared.r.Shutdown()
+		shared.r = nil
 	}
 }

@@ -21,7 +21,7 @@ var brokers = []brokerCase{
 		return r.URL(0), harness.RecordRedis(t, r, 0)
 	}},
 	{"rabbitmq", func(t *testing.T) (string, *harness.Recorder) {
-		r := harness.SharedRabbitMQ(t, harness.RabbitMQOptions{})
+		r := harness.SharedRabbitMQ(t)
 		url := r.URL(r.Vhost(t))
 		return url, harness.RecordAMQP(t, url)
 	}},

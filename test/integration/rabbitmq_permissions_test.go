@@ -48,7 +48,7 @@ func TestRabbitMQPermissions(t *testing.T) {
 	if len(perms) != 2 {
 		t.Fatalf("docs/rabbitmq-permissions.md: want set_permissions lines for 2 users, found %v", perms)
 	}
-	r := harness.SharedRabbitMQ(t, harness.RabbitMQOptions{})
+	r := harness.SharedRabbitMQ(t)
 	vh := r.Vhost(t)
 	url := r.URL(vh)
 	for user, p := range perms {

@@ -50,7 +50,7 @@ func TestRabbitMQQueueState(t *testing.T) {
 		t.Skip("integration test: real rabbitmq-server, Celery workers and the exporter binary")
 	}
 	harness.RequirePython(t, "celery")
-	r := harness.SharedRabbitMQ(t, harness.RabbitMQOptions{})
+	r := harness.SharedRabbitMQ(t)
 	vh := r.Vhost(t)
 	url := r.URL(vh)
 
@@ -125,7 +125,7 @@ func TestRabbitMQBrokerRestart(t *testing.T) {
 		t.Skip("integration test: real rabbitmq-server, Celery workers and the exporter binary")
 	}
 	harness.RequirePython(t, "celery")
-	r := harness.SharedRabbitMQ(t, harness.RabbitMQOptions{})
+	r := harness.SharedRabbitMQ(t)
 	vh := r.Vhost(t)
 	url := r.URL(vh)
 	before := harness.RecordAMQP(t, url)
@@ -193,7 +193,7 @@ func TestRabbitMQReadOnly(t *testing.T) {
 		t.Skip("integration test: real rabbitmq-server, Celery workers and the exporter binary")
 	}
 	harness.RequirePython(t, "celery")
-	r := harness.SharedRabbitMQ(t, harness.RabbitMQOptions{})
+	r := harness.SharedRabbitMQ(t)
 	vh := r.Vhost(t)
 	url := r.URL(vh)
 	harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "solo", NodeName: "solo@readonly", Events: true, HeartbeatInterval: heartbeat})
@@ -263,7 +263,7 @@ func TestRabbitMQManagementAPI(t *testing.T) {
 		t.Skip("integration test: real rabbitmq-server with the management plugin, Celery workers and the exporter binary")
 	}
 	harness.RequirePython(t, "celery")
-	r := harness.SharedRabbitMQ(t, harness.RabbitMQOptions{Management: true})
+	r := harness.SharedRabbitMQ(t)
 	vh := r.Vhost(t)
 	url := r.URL(vh)
 	// One solo worker prefetches 4 (prefetch multiplier 4): one task runs, three wait reserved,
