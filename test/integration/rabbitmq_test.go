@@ -108,13 +108,19 @@ func TestRabbitMQQueueState(t *testing.T) {
 	if v, ok := m.Value("celery_up", nil); !ok || v != 1 {
 		t.Errorf("celery_up = %v, want 1", v)
 	}
+	// Remote control over the pidbox exchanges: ping and stats answered.
+	if v, _ := m.Value("celery_worker_ping_ok", map[string]string{"hostname": w.NodeName}); v != 1 {
+		t.Errorf("celery_worker_ping_ok{hostname=%q} = %v, want 1", w.NodeName, v)
+	}
+	if _, ok := m.Value("celery_worker_pool_max_concurrency", map[string]string{"hostname": w.NodeName}); !ok {
+		t.Errorf("no celery_worker_pool_max_concurrency for %s: no stats reply", w.NodeName)
+	}
 	// Metrics only a Redis broker has are not invented.
 	for _, name := range []string{"celery_queue_priority_length", "celery_broker_unacked_messages", "celery_exporter_unacked_scan_truncated"} {
 		if m.Has(name) {
 			t.Errorf("%s is exported on AMQP: %v", name, m.Samples(name))
 		}
 	}
-	_ = w
 }
 
 // TestRabbitMQBrokerRestart: the broker restarts under the exporter; the event consumer comes
