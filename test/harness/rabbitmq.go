@@ -276,7 +276,7 @@ func (r *RabbitMQ) table(t testing.TB, args ...string) [][]string {
 	t.Helper()
 	out := r.Ctl(t, append(args, "--quiet", "--no-table-headers")...)
 	var rows [][]string
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+	for _, line := range strings.Split(strings.TrimRight(out, "\r\n"), "\n") { // a row may start with a tab (the default exchange "")
 		if line = strings.TrimRight(line, "\r"); line != "" {
 			rows = append(rows, strings.Split(line, "\t"))
 		}
