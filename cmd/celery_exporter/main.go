@@ -1,4 +1,4 @@
-// Command celery_exporter exports the state of a Celery deployment on a Redis broker to
+// Command celery_exporter exports the state of a Celery deployment on a Redis or RabbitMQ broker to
 // Prometheus: the event stream, the broker's queues, remote control replies and app signals.
 package main
 
@@ -115,7 +115,7 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default(strconv.Itoa(ev.MaxExceptionsPerTask)).IntVar(&f.maxExceptions)
 	app.Flag("task.initial-exceptions", "Exception classes whose celery_task_failed_total series start at 0 when a task name is first seen on a worker and queue, so the first such failure is an increase; comma separated, empty for none. They count against --task.max-exceptions-per-task.").
 		Default(strings.Join(ev.InitialExceptions, ",")).StringVar(&f.initialExc)
-	app.Flag("events.buffer-size", "Event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
+	app.Flag("events.buffer-size", "Event messages that may wait between the broker reader (Redis or AMQP) and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
 
 	app.Flag("celery.default-queue", "Queue label of tasks whose queue is not otherwise known (Celery's task_default_queue).").Default(ev.DefaultQueue).StringVar(&f.defaultQueue)
 	app.Flag("celery.queues", "Queues always reported, comma separated (0 when empty or absent).").Default("").StringVar(&f.queues)
@@ -294,7 +294,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	if f.telemetryPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "Celery Exporter",
-			Description: "Prometheus exporter for Celery on a Redis broker",
+			Description: "Prometheus exporter for Celery on a Redis or RabbitMQ broker",
 			Version:     version.Info(),
 			Links: []web.LandingLinks{
 				{Address: f.telemetryPath, Text: "Metrics"},
