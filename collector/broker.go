@@ -79,7 +79,7 @@ type BrokerScraper struct {
 	mu           sync.Mutex
 	discoveredAt time.Time
 	discovered   *bindingTable
-	truncWarned  bool
+	queueCap     queueCap
 }
 
 // bindingTable is what the _kombu.binding.* sets say: the queues, and per exchange which routing
@@ -337,17 +337,22 @@ func (b *BrokerScraper) queueSet(table *bindingTable) []string {
 			}
 		}
 	}
-	out := slices.Sorted(maps.Keys(set))
-	if len(out) > maxBrokerQueues {
-		b.mu.Lock()
-		if !b.truncWarned {
-			b.truncWarned = true
-			level.Warn(b.logger).Log("msg", "too many queues; reporting the first ones by name", "queues", len(out), "limit", maxBrokerQueues)
-		}
-		b.mu.Unlock()
-		out = out[:maxBrokerQueues]
+	return b.queueCap.apply(b.logger, slices.Sorted(maps.Keys(set)))
+}
+
+// queueCap keeps the first maxBrokerQueues queues by name, warning once.
+type queueCap struct {
+	once sync.Once
+}
+
+func (c *queueCap) apply(logger log.Logger, names []string) []string {
+	if len(names) <= maxBrokerQueues {
+		return names
 	}
-	return out
+	c.once.Do(func() {
+		level.Warn(logger).Log("msg", "too many queues; reporting the first ones by name", "queues", len(names), "limit", maxBrokerQueues)
+	})
+	return names[:maxBrokerQueues]
 }
 
 // bindings returns the queues of the _kombu.binding.* sets, rescanning at most every

@@ -4,10 +4,8 @@ import (
 	"context"
 	"maps"
 	"slices"
-	"sync"
 
 	"github.com/go-kit/log"
-	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/celery-exporter/celery_exporter/collector/amqp"
@@ -26,13 +24,12 @@ type QueueStateReader interface {
 // (celery_queue_priority_length, celery_broker_unacked_messages,
 // celery_exporter_unacked_scan_truncated) are not sent.
 type QueueStateScraper struct {
-	logger      log.Logger
-	reader      QueueStateReader
-	static      []string
-	dynamic     QueueLister
-	clock       clock.Clock
-	mu          sync.Mutex
-	truncWarned bool
+	logger   log.Logger
+	reader   QueueStateReader
+	static   []string
+	dynamic  QueueLister
+	clock    clock.Clock
+	queueCap queueCap
 }
 
 // NewQueueStateScraper returns the broker-state source of an AMQP broker. dynamic may be nil.
@@ -63,16 +60,7 @@ func (q *QueueStateScraper) Scrape(ctx context.Context, ch chan<- prometheus.Met
 		ch <- prometheus.MustNewConstMetric(brokerUpDesc, prometheus.GaugeValue, 0)
 		return err
 	}
-	names := slices.Sorted(maps.Keys(states))
-	if len(names) > maxBrokerQueues {
-		q.mu.Lock()
-		if !q.truncWarned {
-			q.truncWarned = true
-			level.Warn(q.logger).Log("msg", "too many queues; reporting the first ones by name", "queues", len(names), "limit", maxBrokerQueues)
-		}
-		q.mu.Unlock()
-		names = names[:maxBrokerQueues]
-	}
+	names := q.queueCap.apply(q.logger, slices.Sorted(maps.Keys(states)))
 	emit := func(m prometheus.Metric) { ch <- m }
 	now := q.clock.Now()
 	for _, n := range names {

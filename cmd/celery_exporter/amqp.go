@@ -45,19 +45,11 @@ func startAMQP(ctx context.Context, logger log.Logger, f *flags, evOpts collecto
 	go events.Run(ctx)
 
 	closers := []func(){reader.Inspector.Close}
-	scrapers := []collector.Scraper{events}
-	var dynamicQueues collector.QueueLister
-	if !f.controlDisabled {
+	scrapers, dynamicQueues := startControl(ctx, logger, f, func() collector.ControlClient {
 		client := amqpbroker.NewControlClient(endpoints, f.controlExchange)
 		closers = append(closers, client.Close)
-		control := collector.NewControlSourceWith(log.With(logger, "source", "control"), client, controlOptions(f), events)
-		events.SetQueueHints(control)
-		dynamicQueues = control
-		scrapers = append(scrapers, control)
-		go control.Run(ctx)
-	} else if f.enableEvents {
-		level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
-	}
+		return client
+	}, events)
 	scrapers = append(scrapers, collector.NewQueueStateScraper(log.With(logger, "source", "broker"), reader, splitList(f.queues), dynamicQueues))
 	return &sources{events: events, scrapers: scrapers, close: func() {
 		for _, c := range closers {

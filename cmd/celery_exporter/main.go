@@ -33,6 +33,7 @@ import (
 	"github.com/celery-exporter/celery_exporter/collector/config"
 	"github.com/celery-exporter/celery_exporter/collector/kombu"
 	"github.com/celery-exporter/celery_exporter/collector/listener"
+	"github.com/celery-exporter/celery_exporter/collector/pidbox"
 )
 
 const name = "celery_exporter"
@@ -369,17 +370,9 @@ func startRedis(ctx context.Context, logger log.Logger, f *flags, evOpts collect
 	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, evOpts)
 	go events.Run(ctx)
 
-	scrapers := []collector.Scraper{events}
-	var dynamicQueues collector.QueueLister
-	if !f.controlDisabled {
-		control := collector.NewControlSource(log.With(logger, "source", "control"), client, ks, controlOptions(f), events)
-		events.SetQueueHints(control)
-		dynamicQueues = control
-		scrapers = append(scrapers, control)
-		go control.Run(ctx)
-	} else if f.enableEvents {
-		level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
-	}
+	scrapers, dynamicQueues := startControl(ctx, logger, f, func() collector.ControlClient {
+		return pidbox.New(client, ks, f.controlExchange)
+	}, events)
 	scrapers = append(scrapers, collector.NewBrokerScraper(log.With(logger, "source", "broker"), client, ks, collector.BrokerOptions{
 		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit, DiscoveryInterval: f.discovery,
 		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
@@ -387,11 +380,23 @@ func startRedis(ctx context.Context, logger log.Logger, f *flags, evOpts collect
 	return &sources{events: events, scrapers: scrapers, redis: client, close: func() { client.Close() }}, nil
 }
 
-func controlOptions(f *flags) collector.ControlOptions {
-	return collector.ControlOptions{
+// startControl starts the remote-control source on the broker's control client, unless in
+// read-only mode; it returns the scrapers so far and the queues remote control names.
+func startControl(ctx context.Context, logger log.Logger, f *flags, client func() collector.ControlClient, events *collector.EventSource) ([]collector.Scraper, collector.QueueLister) {
+	scrapers := []collector.Scraper{events}
+	if f.controlDisabled {
+		if f.enableEvents {
+			level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
+		}
+		return scrapers, nil
+	}
+	control := collector.NewControlSourceWith(log.With(logger, "source", "control"), client(), collector.ControlOptions{
 		Interval: f.controlInterval, Timeout: f.controlTimeout, Deadline: f.controlDeadline,
 		EnableEvents: f.enableEvents, ControlExchange: f.controlExchange,
-	}
+	}, events)
+	events.SetQueueHints(control)
+	go control.Run(ctx)
+	return append(scrapers, control), control
 }
 
 func buildInfo() prometheus.Collector {

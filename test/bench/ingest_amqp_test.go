@@ -41,20 +41,8 @@ func (p *amqpPublisher) Close() error { return p.conn.Close() }
 // Run publishes for d at rate events per second. AMQP reports no receiver count: Receivers is
 // the number of messages the broker accepted.
 func (p *amqpPublisher) Run(ctx context.Context, rate float64, d time.Duration) (Published, error) {
-	var out Published
-	start := time.Now()
-	for ctx.Err() == nil {
-		elapsed := time.Since(start)
-		if elapsed >= d {
-			break
-		}
-		allowed := rate * elapsed.Seconds()
-		if ahead := float64(out.Events) - allowed; ahead >= 0 {
-			time.Sleep(max(time.Duration(ahead/rate*float64(time.Second)), 100*time.Microsecond))
-			continue
-		}
-		now := float64(time.Now().UnixNano()) / 1e9
-		for n := 0; n < chunk && float64(out.Events) < allowed; n++ {
+	return paced(ctx, rate, d, func(now float64, more func(*Published) bool, out *Published) error {
+		for n := 0; n < chunk && more(out); n++ {
 			var m Message
 			p.payload, m = p.gen.Next(now, p.payload[:0])
 			key := m.Channel[strings.LastIndexByte(m.Channel, '/')+1:]
@@ -62,15 +50,14 @@ func (p *amqpPublisher) Run(ctx context.Context, rate float64, d time.Duration) 
 				ContentType: "application/json", ContentEncoding: "utf-8", DeliveryMode: amqp.Transient, Body: p.payload,
 			})
 			if err != nil {
-				return out, fmt.Errorf("publish: %w", err)
+				return fmt.Errorf("publish: %w", err)
 			}
 			out.Messages++
 			out.Receivers++
 			out.Events += int64(m.Events)
 		}
-	}
-	out.Elapsed = time.Since(start)
-	return out, ctx.Err()
+		return nil
+	})
 }
 
 // bareAMQP is an amqp091 consumer of a queue bound to the event exchange that only counts

@@ -40,17 +40,11 @@ func accessRefused(err error) bool {
 // runs the exporter and a Celery worker with them: every source works in its mode, and the broker
 // refuses more (another queue, a task queue's messages, remote control for the read-only user).
 func TestRabbitMQPermissions(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: real rabbitmq-server, Celery workers and the exporter binary")
-	}
-	harness.RequirePython(t, "celery")
+	r, vh, url := rabbitVhost(t)
 	perms := permissionLines(t)
 	if len(perms) != 2 {
 		t.Fatalf("docs/rabbitmq-permissions.md: want set_permissions lines for 2 users, found %v", perms)
 	}
-	r := harness.SharedRabbitMQ(t)
-	vh := r.Vhost(t)
-	url := r.URL(vh)
 	for user, p := range perms {
 		r.Ctl(t, "add_user", user, "secret")
 		t.Cleanup(func() { _, _ = r.CtlErr("delete_user", user) })

@@ -30,6 +30,18 @@ func amqpChannel(t *testing.T, url string) *amqp.Channel {
 	return ch
 }
 
+// rabbitVhost skips in -short mode, and gives a vhost of the test's own on the shared server.
+func rabbitVhost(t *testing.T) (r *harness.RabbitMQ, vhost, url string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: real rabbitmq-server, Celery workers and the exporter binary")
+	}
+	harness.RequirePython(t, "celery")
+	r = harness.SharedRabbitMQ(t)
+	vhost = r.Vhost(t)
+	return r, vhost, r.URL(vhost)
+}
+
 // queueSamples is what /metrics must say of the queues, from the server's own list_queues.
 func queueSamples(list map[string]harness.QueueInfo, names ...string) []harness.Sample {
 	var out []harness.Sample
@@ -46,13 +58,7 @@ func queueSamples(list map[string]harness.QueueInfo, names ...string) []harness.
 // priority queue and a queue that does not exist equal the server's own list_queues; consumers
 // equal what `celery inspect active_queues` says; the missing queue is never created.
 func TestRabbitMQQueueState(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: real rabbitmq-server, Celery workers and the exporter binary")
-	}
-	harness.RequirePython(t, "celery")
-	r := harness.SharedRabbitMQ(t)
-	vh := r.Vhost(t)
-	url := r.URL(vh)
+	r, vh, url := rabbitVhost(t)
 
 	w := harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "solo", Queues: []string{"work"}, NodeName: "solo@queues",
 		Events: true, HeartbeatInterval: heartbeat})
@@ -127,13 +133,7 @@ func TestRabbitMQQueueState(t *testing.T) {
 // back (counted once, logged once) and the task counters continue from where they were: equal to
 // what the wire carried before plus after.
 func TestRabbitMQBrokerRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: real rabbitmq-server, Celery workers and the exporter binary")
-	}
-	harness.RequirePython(t, "celery")
-	r := harness.SharedRabbitMQ(t)
-	vh := r.Vhost(t)
-	url := r.URL(vh)
+	r, _, url := rabbitVhost(t)
 	before := harness.RecordAMQP(t, url)
 	exp := harness.StartExporter(t, "--broker.url="+url, "--control.interval=2s")
 	exp.WaitReady(t, 30*time.Second)
@@ -195,13 +195,7 @@ func sumSamples(sets ...[]harness.Sample) []harness.Sample {
 // TestRabbitMQReadOnly: with --control.disabled the exporter declares nothing on the broker but
 // its own event queue and binding, as the server itself lists them before, during and after.
 func TestRabbitMQReadOnly(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: real rabbitmq-server, Celery workers and the exporter binary")
-	}
-	harness.RequirePython(t, "celery")
-	r := harness.SharedRabbitMQ(t)
-	vh := r.Vhost(t)
-	url := r.URL(vh)
+	r, vh, url := rabbitVhost(t)
 	harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "solo", NodeName: "solo@readonly", Events: true, HeartbeatInterval: heartbeat})
 	harness.Produce(t, url, nil, []harness.Send{{Task: "add", Args: []any{1, 1}, Queue: "waiting"}})
 
@@ -272,13 +266,7 @@ func TestRabbitMQReadOnly(t *testing.T) {
 // queue equals the server's list_queues, every task queue of the vhost is found without being
 // named, and the exporter's own event queue and the workers' mailboxes are not reported.
 func TestRabbitMQManagementAPI(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: real rabbitmq-server with the management plugin, Celery workers and the exporter binary")
-	}
-	harness.RequirePython(t, "celery")
-	r := harness.SharedRabbitMQ(t)
-	vh := r.Vhost(t)
-	url := r.URL(vh)
+	r, vh, url := rabbitVhost(t)
 	// One solo worker prefetches 4 (prefetch multiplier 4): one task runs, three wait reserved,
 	// the rest stay ready; the sleeps keep that state still while it is compared.
 	harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "solo", Concurrency: 1, Queues: []string{"busy"}, NodeName: "solo@mgmt",
