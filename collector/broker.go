@@ -238,16 +238,7 @@ depths:
 		emitConst(emit, unackedScanTruncatedDesc, prometheus.GaugeValue, gaugeBool(truncated))
 	}
 
-	if qc, ok := b.dynamic.(queueConsumers); ok {
-		if use, ok := qc.QueueConsumers(); ok {
-			for _, q := range queues {
-				u := use[q]
-				emitConst(emit, queueConsumersDesc, prometheus.GaugeValue, float64(u.Workers), q)
-				emitConst(emit, activeWorkerCountDesc, prometheus.GaugeValue, float64(u.Workers), q)
-				emitConst(emit, activeProcessCountDesc, prometheus.GaugeValue, float64(u.Processes), q)
-			}
-		}
-	}
+	emitQueueUse(emit, b.dynamic, queues, true)
 	return nil
 }
 
@@ -338,6 +329,28 @@ func (b *BrokerScraper) queueSet(table *bindingTable) []string {
 		}
 	}
 	return b.queueCap.apply(b.logger, slices.Sorted(maps.Keys(set)))
+}
+
+// emitQueueUse sends who consumes each queue, from remote control (dynamic, when it is the
+// ControlSource and its last round succeeded); withConsumers also sends celery_queue_consumers,
+// which an AMQP broker knows itself.
+func emitQueueUse(emit func(prometheus.Metric), dynamic QueueLister, queues []string, withConsumers bool) {
+	qc, ok := dynamic.(queueConsumers)
+	if !ok {
+		return
+	}
+	use, ok := qc.QueueConsumers()
+	if !ok {
+		return
+	}
+	for _, q := range queues {
+		u := use[q]
+		if withConsumers {
+			emitConst(emit, queueConsumersDesc, prometheus.GaugeValue, float64(u.Workers), q)
+		}
+		emitConst(emit, activeWorkerCountDesc, prometheus.GaugeValue, float64(u.Workers), q)
+		emitConst(emit, activeProcessCountDesc, prometheus.GaugeValue, float64(u.Processes), q)
+	}
 }
 
 // queueCap keeps the first maxBrokerQueues queues by name, warning once.

@@ -74,15 +74,7 @@ func (q *QueueStateScraper) Scrape(ctx context.Context, ch chan<- prometheus.Met
 			emitConst(emit, queueOldestAgeDesc, prometheus.GaugeValue, max(now.Sub(st.HeadTimestamp).Seconds(), 0), n)
 		}
 	}
-	if qc, ok := q.dynamic.(queueConsumers); ok {
-		if use, ok := qc.QueueConsumers(); ok {
-			for _, n := range names {
-				u := use[n]
-				emitConst(emit, activeWorkerCountDesc, prometheus.GaugeValue, float64(u.Workers), n)
-				emitConst(emit, activeProcessCountDesc, prometheus.GaugeValue, float64(u.Processes), n)
-			}
-		}
-	}
+	emitQueueUse(emit, q.dynamic, names, false)
 	ch <- prometheus.MustNewConstMetric(brokerUpDesc, prometheus.GaugeValue, 1)
 	return nil
 }
