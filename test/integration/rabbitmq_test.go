@@ -79,7 +79,9 @@ func TestRabbitMQQueueState(t *testing.T) {
 		{Task: "add", Args: []any{3, 3}, Queue: "nobody"}, {Task: "add", Args: []any{4, 4}, Queue: "work"},
 	})
 	names := []string{"missing", "nobody", "prio", "work"}
-	exp := harness.StartExporter(t, "--broker.url="+url, "--celery.queues=missing,nobody,prio", "--control.interval=1s")
+	// A failover list as Celery takes it: the first broker refuses connections, the second works.
+	dead := strings.Replace(url, fmt.Sprintf(":%d/", r.Port), fmt.Sprintf(":%d/", harness.FreePort(t)), 1)
+	exp := harness.StartExporter(t, "--broker.url="+dead+";"+url, "--celery.queues=missing,nobody,prio", "--control.interval=1s")
 	exp.WaitReady(t, 30*time.Second)
 
 	var list map[string]harness.QueueInfo
