@@ -244,9 +244,9 @@ func TestControlEnableEventsIsACastEveryRound(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		want := "ping active_queues stats ping active_queues stats"
+		want := "ping active_queues stats active ping active_queues stats active"
 		if enable {
-			want = "ping active_queues stats enable_events(cast) ping active_queues stats enable_events(cast)"
+			want = "ping active_queues stats active enable_events(cast) ping active_queues stats active enable_events(cast)"
 		}
 		// A round ends when the replies are in; the worker may still be reading the last cast.
 		wantN := len(strings.Fields(want))
@@ -401,8 +401,8 @@ func TestControlRunRoundsUntilCancelled(t *testing.T) {
 			if elapsed, least := time.Since(start), time.Duration(whole)*tt.interval; whole > 0 && elapsed < least {
 				t.Errorf("%d rounds after %v: faster than one per %v", whole+1, elapsed, tt.interval)
 			}
-			if n := len(w.Requests()); n != 3*whole {
-				t.Errorf("worker got %d requests, want %d (%d rounds of ping, active_queues, stats)", n, 3*whole, whole)
+			if n := len(w.Requests()); n != 4*whole {
+				t.Errorf("worker got %d requests, want %d (%d rounds of ping, active_queues, stats, active)", n, 4*whole, whole)
 			}
 			if keys := b.mr.Keys(); len(keys) != 0 {
 				t.Errorf("keys left: %q", keys)
