@@ -261,8 +261,8 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 // SetQueueHints gives the source the remote-control view of which worker consumes which queue.
 func (s *EventSource) SetQueueHints(h QueueHinter) { s.hints.Store(&h) }
 
-// Ready reports whether the event subscription was established at least once.
-func (s *EventSource) Ready() bool { return s.sub != nil && s.sub.Ready() }
+// Up reports whether the event subscription is established now.
+func (s *EventSource) Up() bool { return s.sub != nil && s.sub.Up() }
 
 // Run applies payloads from the subscriber until ctx is done.
 func (s *EventSource) Run(ctx context.Context) {
