@@ -476,7 +476,8 @@ var (
 	workerUptimeDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "uptime_seconds"),
 		"The worker's uptime at the last remote-control round (stats.uptime).", []string{"hostname"}, nil)
 	workerMaxRSSDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "max_rss_bytes"),
-		"Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).", []string{"hostname"}, nil)
+		"Peak resident set size of the worker's main process only (stats.rusage.maxrss: getrusage(RUSAGE_SELF) of the process that answers remote control). "+
+			"Prefork pool children are excluded, so this is not the worker's total memory.", []string{"hostname"}, nil)
 	workerCPUDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "cpu_seconds_total"),
 		"CPU time of the worker's main process (stats.rusage utime/stime; pool children are not included).", []string{"hostname", "mode"}, nil)
 	controlLastSuccessDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "exporter", "control_last_success_timestamp_seconds"),

@@ -150,7 +150,7 @@ celery_worker_cpu_seconds_total{hostname="celery@a",mode="system"} 0.045023
 celery_worker_cpu_seconds_total{hostname="celery@a",mode="user"} 0.163718
 celery_worker_cpu_seconds_total{hostname="celery@mac",mode="system"} 0.5
 celery_worker_cpu_seconds_total{hostname="celery@mac",mode="user"} 1.5
-# HELP celery_worker_max_rss_bytes Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).
+# HELP celery_worker_max_rss_bytes Peak resident set size of the worker's main process only (stats.rusage.maxrss: getrusage(RUSAGE_SELF) of the process that answers remote control). Prefork pool children are excluded, so this is not the worker's total memory.
 # TYPE celery_worker_max_rss_bytes gauge
 celery_worker_max_rss_bytes{hostname="celery@a"} 4.6641152e+07
 celery_worker_max_rss_bytes{hostname="celery@mac"} 1.048576e+06
