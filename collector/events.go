@@ -192,7 +192,7 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		combos:        map[taskSeries]struct{}{},
 		observers:     map[seriesKey]prometheus.Observer{},
 		workers:       map[string]*workerState{},
-		run:           runningSet{m: map[string]*runningTask{}},
+		run:           newRunningSet(),
 
 		sent:      counter("task_sent_total", "Tasks sent (task-sent events).", "name", "queue_name"),
 		received:  counter("task_received_total", "Tasks received by a worker.", task...),

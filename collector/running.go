@@ -51,7 +51,37 @@ type runningTask struct {
 type runningSet struct {
 	mu      sync.Mutex
 	m       map[string]*runningTask
-	pending *ActiveSnapshot // handed over by ApplyActive, merged by the applying goroutine
+	byHost  map[string]map[string]struct{} // uuids per worker: a heartbeat touches its own only
+	pending *ActiveSnapshot                // handed over by ApplyActive, merged by the applying goroutine
+}
+
+func newRunningSet() runningSet {
+	return runningSet{m: map[string]*runningTask{}, byHost: map[string]map[string]struct{}{}}
+}
+
+// put and del keep the index; the caller holds mu.
+func (rs *runningSet) put(id string, r *runningTask) {
+	rs.del(id)
+	rs.m[id] = r
+	ids := rs.byHost[r.host]
+	if ids == nil {
+		ids = map[string]struct{}{}
+		rs.byHost[r.host] = ids
+	}
+	ids[id] = struct{}{}
+}
+
+func (rs *runningSet) del(id string) {
+	r := rs.m[id]
+	if r == nil {
+		return
+	}
+	delete(rs.m, id)
+	ids := rs.byHost[r.host]
+	delete(ids, id)
+	if len(ids) == 0 {
+		delete(rs.byHost, r.host)
+	}
 }
 
 // heartbeatSlack: a task whose task-started arrived this long before a heartbeat that reports no
@@ -84,19 +114,19 @@ func (s *EventSource) startRunning(uuid, name, queue, host string, start float64
 	if start <= 0 {
 		start = float64(s.now.UnixNano()) / 1e9
 	}
+	r := &runningTask{name: name, queue: queue, host: host, start: start, seenAt: s.now}
 	s.run.mu.Lock()
 	defer s.run.mu.Unlock()
-	if r := s.run.m[uuid]; r != nil {
-		r.name, r.queue, r.host, r.start, r.byControl = name, queue, host, start, false
-		return
+	if old := s.run.m[uuid]; old != nil {
+		r.seenAt, r.confirmedAt = old.seenAt, old.confirmedAt
 	}
-	s.run.m[uuid] = &runningTask{name: name, queue: queue, host: host, start: start, seenAt: s.now}
+	s.run.put(uuid, r)
 }
 
 // stopRunning forgets a task that ended, or that the task cache dropped.
 func (s *EventSource) stopRunning(uuid string) {
 	s.run.mu.Lock()
-	delete(s.run.m, uuid)
+	s.run.del(uuid)
 	s.run.mu.Unlock()
 }
 
@@ -104,9 +134,9 @@ func (s *EventSource) stopRunning(uuid string) {
 func (s *EventSource) workerIdle(host string, now time.Time) {
 	s.run.mu.Lock()
 	defer s.run.mu.Unlock()
-	for id, r := range s.run.m {
-		if r.host == host && r.seenAt.Before(now.Add(-heartbeatSlack)) {
-			delete(s.run.m, id)
+	for id := range s.run.byHost[host] {
+		if s.run.m[id].seenAt.Before(now.Add(-heartbeatSlack)) {
+			s.run.del(id)
 		}
 	}
 }
@@ -115,10 +145,8 @@ func (s *EventSource) workerIdle(host string, now time.Time) {
 func (s *EventSource) forgetWorkerTasks(host string) {
 	s.run.mu.Lock()
 	defer s.run.mu.Unlock()
-	for id, r := range s.run.m {
-		if r.host == host {
-			delete(s.run.m, id)
-		}
+	for id := range s.run.byHost[host] {
+		s.run.del(id)
 	}
 }
 
@@ -183,13 +211,13 @@ func (s *EventSource) mergeActive(now time.Time) {
 		if a.r.start <= 0 {
 			a.r.start = float64(now.UnixNano()) / 1e9
 		}
-		s.run.m[a.id] = a.r
+		s.run.put(a.id, a.r)
 	}
 	// A task its worker no longer lists ended, if the exporter knew of it before the request went
 	// out (the reply was made after): its final event was lost.
 	for id, r := range s.run.m {
 		if _, answered := snap.Hosts[r.host]; answered && !listed[id] && r.seenAt.Before(snap.Sent) {
-			delete(s.run.m, id)
+			s.run.del(id)
 		}
 	}
 }
@@ -200,7 +228,7 @@ func (s *EventSource) expireActive(now time.Time) {
 	defer s.run.mu.Unlock()
 	for id, r := range s.run.m {
 		if r.byControl && now.Sub(r.confirmedAt) > s.opts.ActiveTTL {
-			delete(s.run.m, id)
+			s.run.del(id)
 		}
 	}
 }
