@@ -209,8 +209,12 @@ func (c *Config) workerAlerts() []alert {
 		// absent(up) covers a target gone from discovery: no series at all is still too few workers.
 		expr:    RecWorkersUpCount + " < " + n + "\nor\n0 * absent(up" + c.sel() + ")",
 		summary: "Fewer Celery workers are up than expected.",
+		// Alertmanager holds CeleryQueueWithoutConsumers back while this fires (one dead worker,
+		// one page), so the page names the queues left without a consumer itself.
 		descr: "Only {{ $value }} of " + n + " expected Celery workers of job {{ $labels.job }} are up (for " +
-			c.forText("CeleryWorkersBelowExpected") + "). Queues served only by the missing workers are not processed.",
+			c.forText("CeleryWorkersBelowExpected") + "). Queues served only by the missing workers are not processed" +
+			`{{ with printf "` + RecQueueConsumers + `{job=%q} == 0" $labels.job | query }}; without a live consumer now:` +
+			`{{ range . }} {{ .Labels.queue_name }}{{ end }}{{ end }}.`,
 		dash: DashWorkers,
 	}, {
 		name: "CeleryWorkerUnresponsive", severity: "critical",
