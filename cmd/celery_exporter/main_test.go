@@ -100,3 +100,23 @@ func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {
 		t.Fatalf("err %v, log %s", err, buf.String())
 	}
 }
+
+func TestInitialExceptionsFlag(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "SoftTimeLimitExceeded|TimeLimitExceeded|WorkerLostError"},
+		{[]string{"--task.initial-exceptions=WorkerLostError, KeyError"}, "WorkerLostError|KeyError"},
+		{[]string{"--task.initial-exceptions="}, ""},
+	}
+	for _, tt := range tests {
+		f, _, err := parseFlags(tt.args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(splitList(f.initialExc), "|"); got != tt.want {
+			t.Errorf("%v: %q, want %q", tt.args, got, tt.want)
+		}
+	}
+}
