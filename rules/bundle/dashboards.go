@@ -203,9 +203,10 @@ func (c *Config) workersDashboard() *board {
 	b.add(12, 8, timeline("Task events enabled", "0: the worker processes tasks but sends no task events.", onOffMap, greenAtOrAbove(1),
 		target{expr: "max by (hostname) (celery_worker_task_events_enabled" + w + ")", legend: "{{hostname}}"}))
 	b.add(12, 8, series("Task events lost", "Share of the tasks a worker processed (heartbeat count) whose task events did not arrive, over "+
-		c.Windows[WindowTaskEventsLost].String()+"; alert above "+fmtFloat(c.Tasks.EventsLostRatio*100)+"%.", "percentunit",
+		c.Windows[WindowTaskEventsLost].String()+"; alert above "+fmtFloat(c.Tasks.EventsLostRatio*100)+"% once "+
+		fmtFloat(c.Tasks.EventsLostMinTasks)+" tasks were processed (shown from the first).", "percentunit",
 		redAtOrAbove(c.Tasks.EventsLostRatio),
-		target{expr: "max by (hostname) (" + RecTaskEventsLost + matchers(mJob) + ")", legend: "{{hostname}}"}))
+		target{expr: "max by (hostname) (\n" + indent(c.dashConfig().taskEventsLost(0)) + "\n)", legend: "{{hostname}}"}))
 	b.add(12, 8, table("Workers", "Pool, prefetch, uptime and version per worker.",
 		[]string{"job", "instance", "__name__"},
 		map[string]string{"hostname": "worker", "sw_ver": "celery", "sw_sys": "system",

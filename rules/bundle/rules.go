@@ -124,7 +124,7 @@ func (c *Config) recordingRules() []Rule {
 			c.increaseNew("celery_task_runtime_seconds_bucket"+c.sel(), wr) + "\n)) >= 0"},
 		{Record: RecLastEventAge, Expr: "time() - celery_exporter_last_event_timestamp_seconds" + c.sel()},
 		{Record: RecBreakerOpen, Expr: "max by (job, breaker) (celery_breaker_open" + c.sel() + ")"},
-		{Record: RecTaskEventsLost, Expr: c.taskEventsLost()},
+		{Record: RecTaskEventsLost, Expr: c.taskEventsLost(c.Tasks.EventsLostMinTasks)},
 	}
 }
 
@@ -403,13 +403,18 @@ func (c *Config) logFilesMissing() string {
 }
 
 // taskEventsLost: per worker, the share of tasks processed (heartbeat count) whose task events
-// did not arrive; only over windows with at least EventsLostMinTasks processed tasks.
-// Max over exporter replicas: they count the same worker.
-func (c *Config) taskEventsLost() string {
+// did not arrive, over windows with at least minTasks processed tasks (any, when 0), and only
+// for workers with a seen counter (an exporter without it knows nothing; a worker with task
+// events off has none, which is CeleryTaskEventsDisabled's case). Max over exporter replicas:
+// they count the same worker.
+func (c *Config) taskEventsLost(minTasks float64) string {
 	w := c.Windows[WindowTaskEventsLost].String()
-	processed := "max by (job, hostname) (increase(celery_worker_tasks_processed_total" + c.sel() + "[" + w + "]))"
-	return "clamp_min(1 - (\n  max by (job, hostname) (increase(celery_worker_tasks_seen_total" + c.sel() + "[" + w + "]))\n  or 0 * " + processed +
-		"\n)\n/\n(" + processed + " >= " + fmtFloat(c.Tasks.EventsLostMinTasks) + "), 0)"
+	filter := " > 0"
+	if minTasks > 0 {
+		filter = " >= " + fmtFloat(minTasks)
+	}
+	return "clamp_min(1 - (\n  max by (job, hostname) (increase(celery_worker_tasks_seen_total" + c.sel() + "[" + w + "]))\n" +
+		"  /\n  (max by (job, hostname) (increase(celery_worker_tasks_processed_total" + c.sel() + "[" + w + "]))" + filter + ")\n), 0)"
 }
 
 // workerMemory: the figure of the memory criterion per live worker, from the configured source.
