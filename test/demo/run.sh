@@ -23,6 +23,8 @@
 #   CELERY_EXPORTER_BIN     the exporter binary (default ./celery_exporter, built when missing)
 #   DEMO_RATE, DEMO_LONG_CHAT, DEMO_PREF_FAIL, DEMO_ZEP_ERROR_EVERY, DEMO_BREAKER_EVERY,
 #   DEMO_BREAKER_TTL, DEMO_SEED    the load (see test/demo/loadgen.py)
+#   DEMO_UNBUFFERED_TASK_EVENTS=0  Celery's own task-event buffering, which loses events on the threads
+#                           pool (celery/celery#10434): CeleryTaskEventsLost then fires
 # Fault buttons while it runs: test/demo/fault.sh (make demo-kill-worker, demo-trip-breaker, ...).
 set -euo pipefail
 
