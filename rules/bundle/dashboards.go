@@ -61,6 +61,9 @@ func (c *Config) successDashboard() *board {
 	b.add(4, 5, stat("Worst task p95 runtime", "Highest p95 runtime of a task over "+c.Windows[WindowTaskRuntime].String()+
 		"; alert above "+fmtFloat(c.Tasks.RuntimeP95Seconds)+"s.", "s", redAtOrAbove(c.Tasks.RuntimeP95Seconds), nil, &DashTasks,
 		target{expr: "max(" + RecTaskRuntimeP95 + matchers(mJob, mQueue) + ")" + zero}))
+	b.add(4, 5, stat("Oldest running task", "Age of the oldest task running now (events and inspect active; also on the threads pool, "+
+		"which has no time limits); alert above "+fmtFloat(c.Tasks.StuckSeconds)+"s.", "s", redAtOrAbove(c.Tasks.StuckSeconds), nil, &DashTasks,
+		target{expr: "max(celery_task_running_oldest_age_seconds" + matchers(mJob, mQueue) + ")" + zero}))
 	b.add(4, 5, stat(windowTitle("Lost or requeued tasks", wl), "Tasks failed with "+strings.Join(c.Tasks.WorkerLostExceptions, ", ")+
 		" or rejected (requeued) when a pool process died.", "short", redAtOrAbove(1), nil, &DashTasks,
 		target{expr: "sum(\n  " + dc.tasksLost(mQueue) + "\n)" + zero}))

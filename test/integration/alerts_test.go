@@ -446,6 +446,7 @@ func (s *alertsE2E) dashboards() {
 		"Exporter up":                 {"green", 1, 1},
 		"Worst task failure ratio":    {"red", 1, 1}, // celeryapp.app.fail, 1 of 1
 		"Worst task p95 runtime":      {"green", 0, 120},
+		"Oldest running task":         {"green", 0, 60},
 		"Lost or requeued tasks":      {"red", 1, 1}, // the sleep task whose pool child was killed
 		"Time limits hit":             {"green", 0, 0},
 		"Seconds since last event":    {"green", 0, 10},
