@@ -213,7 +213,7 @@ func (c *Config) workerAlerts() []alert {
 		// one page), so the page names the queues left without a consumer itself.
 		descr: "Only {{ $value }} of " + n + " expected Celery workers of job {{ $labels.job }} are up (for " +
 			c.forText("CeleryWorkersBelowExpected") + "). Queues served only by the missing workers are not processed" +
-			`{{ with printf "` + RecQueueConsumers + `{job=%q} == 0" $labels.job | query }}; without a live consumer now:` +
+			`{{ with printf "` + RecQueueConsumers + `{job=%q} == 0" $labels.job | query | sortByLabel "queue_name" }}; without a live consumer now:` +
 			`{{ range . }} {{ .Labels.queue_name }}{{ end }}{{ end }}.`,
 		dash: DashWorkers,
 	}, {
@@ -403,17 +403,21 @@ func (c *Config) logFilesMissing() string {
 }
 
 // taskEventsLost: per worker, the share of tasks processed (heartbeat count) whose task events
-// did not arrive, over windows with at least minTasks processed tasks (any, when 0), and only
-// for workers with a seen counter (an exporter without it knows nothing; a worker with task
-// events off has none, which is CeleryTaskEventsDisabled's case). Max over exporter replicas:
-// they count the same worker.
+// did not arrive, over windows with at least minTasks processed tasks (any, when 0). Only seen
+// counters that existed all through the window are judged (as many samples as their target had
+// successful scrapes): a seen counter born inside it, at its first task-started, would miss the
+// events counted before its first scrape, and an exporter without the counter knows nothing. A
+// worker with task events off has no seen counter: that is CeleryTaskEventsDisabled's case. Max
+// over exporter replicas: they count the same worker.
 func (c *Config) taskEventsLost(minTasks float64) string {
 	w := c.Windows[WindowTaskEventsLost].String()
+	seen := "celery_worker_tasks_seen_total" + c.sel()
 	filter := " > 0"
 	if minTasks > 0 {
 		filter = " >= " + fmtFloat(minTasks)
 	}
-	return "clamp_min(1 - (\n  max by (job, hostname) (increase(celery_worker_tasks_seen_total" + c.sel() + "[" + w + "]))\n" +
+	return "clamp_min(1 - (\n  max by (job, hostname) (\n    increase(" + seen + "[" + w + "])\n    and (count_over_time(" + seen + "[" + w +
+		"]) >= on (job, instance) group_left () sum_over_time(up" + c.sel() + "[" + w + "]))\n  )\n" +
 		"  /\n  (max by (job, hostname) (increase(celery_worker_tasks_processed_total" + c.sel() + "[" + w + "]))" + filter + ")\n), 0)"
 }
 
