@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,11 +22,7 @@ const (
 )
 
 func benchSource() *EventSource {
-	return NewEventSource(log.NewNopLogger(), nil, EventOptions{
-		WorkerTimeout: 5 * time.Second, PurgeAfter: time.Hour, MaxTracked: 100000,
-		TaskTTL: 6 * time.Hour, SentWait: 2 * time.Second, DefaultQueue: "celery", MaxTaskNames: 1000,
-		MaxExceptionsPerTask: 50, MaxWorkers: 1000,
-	})
+	return NewEventSource(log.NewNopLogger(), nil, DefaultEventOptions())
 }
 
 func benchTaskUUID(i int) string { return fmt.Sprintf("%08x-f766-4cb7-9385-%012x", i, i*7919) }
@@ -313,8 +308,10 @@ func TestBenchMixStream(t *testing.T) {
 	if n := len(only(got, "celery_task_succeeded_total")); n != 200 {
 		t.Errorf("%d succeeded series, want 200", n)
 	}
-	if n := len(only(got, "celery_task_failed_total")); n != 4 {
-		t.Errorf("%d failed series, want 4", n)
+	// The failures of names 0 and 50 (4 series), plus the series of the default initial
+	// exceptions created at 0 for each of the 200 pairs.
+	if n, want := len(only(got, "celery_task_failed_total")), 4+200*len(DefaultEventOptions().InitialExceptions); n != want {
+		t.Errorf("%d failed series, want %d", n, want)
 	}
 	for k := range got {
 		if !strings.HasPrefix(k, "celery_task_") {
