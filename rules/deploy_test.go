@@ -1,10 +1,7 @@
 package rules_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -148,22 +145,12 @@ func TestAlertmanagerInhibitsBelowOutages(t *testing.T) {
 	add(true, "CeleryQueueBacklogCritical", "no-consumer", "queue_name", "reports")
 	add(false, "CeleryQueueBacklogCritical", "no-consumer", "queue_name", "default")
 
-	now := time.Now().UTC()
-	var body []map[string]any
+	var labels []map[string]string
 	for _, a := range alerts {
-		body = append(body, map[string]any{"labels": a.labels, "startsAt": now, "endsAt": now.Add(time.Hour)})
+		labels = append(labels, a.labels)
 	}
-	js, err := json.Marshal(body)
-	if err != nil {
+	if err := am.PostAlerts(labels...); err != nil {
 		t.Fatal(err)
-	}
-	resp, err := http.Post(am.URL+"/api/v2/alerts", "application/json", bytes.NewReader(js))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("post alerts: %s", resp.Status)
 	}
 
 	key := func(l map[string]string) string {
@@ -252,23 +239,16 @@ func TestAlertmanagerOneDeadWorkerPagesOnce(t *testing.T) {
 	rules := alertsByName(readRuleFile(t, filepath.Join(root, bundle.RulesFile)))
 	post := func(alerts ...[]string) {
 		t.Helper()
-		now := time.Now().UTC()
-		var body []map[string]any
+		var labels []map[string]string
 		for _, a := range alerts {
 			l := map[string]string{"alertname": a[0], "job": "celery", "severity": rules[a[0]].Labels["severity"]}
 			if len(a) > 1 {
 				l["queue_name"] = a[1]
 			}
-			body = append(body, map[string]any{"labels": l, "startsAt": now, "endsAt": now.Add(time.Hour)})
+			labels = append(labels, l)
 		}
-		js, _ := json.Marshal(body)
-		resp, err := http.Post(am.URL+"/api/v2/alerts", "application/json", bytes.NewReader(js))
-		if err != nil {
+		if err := am.PostAlerts(labels...); err != nil {
 			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("post alerts: %s", resp.Status)
 		}
 	}
 	post([]string{"CeleryWorkersBelowExpected"})

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -124,4 +126,26 @@ func (w *Webhook) Notifications() []Notification {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]Notification(nil), w.got...)
+}
+
+// PostAlerts sends alerts with these label sets to Alertmanager's API, firing for an hour.
+func (am *Alertmanager) PostAlerts(labels ...map[string]string) error {
+	now := time.Now().UTC()
+	body := make([]map[string]any, 0, len(labels))
+	for _, l := range labels {
+		body = append(body, map[string]any{"labels": l, "startsAt": now, "endsAt": now.Add(time.Hour)})
+	}
+	js, err := json.Marshal(body)
+	if err != nil {
+		return fmt.Errorf("encode alerts: %w", err)
+	}
+	resp, err := http.Post(am.URL+"/api/v2/alerts", "application/json", bytes.NewReader(js))
+	if err != nil {
+		return fmt.Errorf("post alerts: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("post alerts: %s", resp.Status)
+	}
+	return nil
 }
