@@ -209,7 +209,7 @@ func (c *Config) workersDashboard() *board {
 		c.Windows[WindowTaskEventsLost].String()+"; alert above "+fmtFloat(c.Tasks.EventsLostRatio*100)+"% once "+
 		fmtFloat(c.Tasks.EventsLostMinTasks)+" tasks were processed (shown from the first).", "percentunit",
 		redAtOrAbove(c.Tasks.EventsLostRatio),
-		target{expr: "max by (hostname) (\n" + indent(c.dashConfig().taskEventsLost(0)) + "\n)", legend: "{{hostname}}"}))
+		target{expr: "max by (hostname) (\n" + indent(c.dashConfig().taskEventsLost(false)) + "\n)", legend: "{{hostname}}"}))
 	b.add(12, 8, table("Workers", "Pool, prefetch, uptime and version per worker.",
 		[]string{"job", "instance", "__name__"},
 		map[string]string{"hostname": "worker", "sw_ver": "celery", "sw_sys": "system",

@@ -124,7 +124,7 @@ func (c *Config) recordingRules() []Rule {
 			c.increaseNew("celery_task_runtime_seconds_bucket"+c.sel(), wr) + "\n)) >= 0"},
 		{Record: RecLastEventAge, Expr: "time() - celery_exporter_last_event_timestamp_seconds" + c.sel()},
 		{Record: RecBreakerOpen, Expr: "max by (job, breaker) (celery_breaker_open" + c.sel() + ")"},
-		{Record: RecTaskEventsLost, Expr: c.taskEventsLost(c.Tasks.EventsLostMinTasks)},
+		{Record: RecTaskEventsLost, Expr: c.taskEventsLost(true)},
 	}
 }
 
@@ -403,21 +403,22 @@ func (c *Config) logFilesMissing() string {
 }
 
 // taskEventsLost: per worker, the share of tasks processed (heartbeat count) whose task events
-// did not arrive, over windows with at least minTasks processed tasks (any, when 0). Only seen
-// counters that existed all through the window are judged (as many samples as their target had
-// successful scrapes): a seen counter born inside it, at its first task-started, would miss the
-// events counted before its first scrape, and an exporter without the counter knows nothing. A
-// worker with task events off has no seen counter: that is CeleryTaskEventsDisabled's case. Max
-// over exporter replicas: they count the same worker.
-func (c *Config) taskEventsLost(minTasks float64) string {
+// did not arrive. Max over exporter replicas: they count the same worker. A worker with task
+// events off has no seen counter (CeleryTaskEventsDisabled's case), nor has an exporter older
+// than the counter: no share. The alert's share (judged) counts only windows with at least
+// EventsLostMinTasks processed tasks, over seen counters that existed all through the window
+// (as many samples as their target had successful scrapes): a seen counter born inside it, at its
+// first task-started, misses the events before its first scrape. The dashboard shows it unjudged.
+func (c *Config) taskEventsLost(judged bool) string {
 	w := c.Windows[WindowTaskEventsLost].String()
-	seen := "celery_worker_tasks_seen_total" + c.sel()
+	seen := "increase(celery_worker_tasks_seen_total" + c.sel() + "[" + w + "])"
 	filter := " > 0"
-	if minTasks > 0 {
-		filter = " >= " + fmtFloat(minTasks)
+	if judged {
+		seen += "\n    and (count_over_time(celery_worker_tasks_seen_total" + c.sel() + "[" + w +
+			"]) >= on (job, instance) group_left () sum_over_time(up" + c.sel() + "[" + w + "]))"
+		filter = " >= " + fmtFloat(c.Tasks.EventsLostMinTasks)
 	}
-	return "clamp_min(1 - (\n  max by (job, hostname) (\n    increase(" + seen + "[" + w + "])\n    and (count_over_time(" + seen + "[" + w +
-		"]) >= on (job, instance) group_left () sum_over_time(up" + c.sel() + "[" + w + "]))\n  )\n" +
+	return "clamp_min(1 - (\n  max by (job, hostname) (\n    " + seen + "\n  )\n" +
 		"  /\n  (max by (job, hostname) (increase(celery_worker_tasks_processed_total" + c.sel() + "[" + w + "]))" + filter + ")\n), 0)"
 }
 
