@@ -17,7 +17,7 @@ import (
 )
 
 // The seed app's breaker as django-redis writes it (pickle protocol 4), from
-// /work/shared/fixtures/capture-5.2.6/django_redis_forced_mode_simulated.txt: reason
+// test/fixtures/capture-5.2.6/django_redis_forced_mode_simulated.txt: reason
 // consecutive_failures, forced_at 1795879513.8584006, until 300 s later.
 const forcedModeFixture = "\x80\x04\x95_\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x04mode\x94\x8c\nwrite_only\x94\x8c\x06reason\x94\x8c\x14consecutive_failures\x94\x8c\x05until\x94GA\xda\xc2\xbc\xe1v\xf0\t\x8c\tforced_at\x94GA\xda\xc2\xbc\x96v\xf0\tu."
 

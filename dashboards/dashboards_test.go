@@ -271,7 +271,7 @@ func TestSuccessCriteriaStats(t *testing.T) {
 	}
 }
 
-// TestContentOfTheDetailDashboards checks that each dashboard shows what issue 5 lists for it.
+// TestContentOfTheDetailDashboards checks that each dashboard shows the panels its purpose needs.
 func TestContentOfTheDetailDashboards(t *testing.T) {
 	ds := loadDashboards(t)
 	want := map[string][]string{
