@@ -252,32 +252,6 @@ celery_log_lines_total{level="info"} 1`)
 	return buf.Bytes()
 }
 
-// replayCapture feeds the capture's event messages (what the exporter's pattern receives) 10 ms
-// apart, then lets the held events settle.
-func replayCapture(t *testing.T, src *EventSource, clk interface{ Add(time.Duration) }) int {
-	t.Helper()
-	raw, err := os.ReadFile("../test/fixtures/capture-5.2.6/psubscribe_raw.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(string(raw), "\n")
-	fed := 0
-	for i := 0; i+3 < len(lines); i++ {
-		if lines[i] != "pmessage" {
-			continue
-		}
-		if strings.Contains(lines[i+2], "celeryev") {
-			src.HandlePayload(lines[i+3])
-			fed++
-		}
-		clk.Add(10 * time.Millisecond)
-		i += 3
-	}
-	clk.Add(3 * time.Second)
-	src.Tick()
-	return fed
-}
-
 // lineDiff lists the lines only in want (-) and only in got (+).
 func lineDiff(want, got string) string {
 	in := func(s string) map[string]bool {
