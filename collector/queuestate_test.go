@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -28,9 +29,7 @@ func (f *fakeQueueReader) Read(_ context.Context, names []string) (map[string]am
 	for _, n := range names {
 		out[n] = f.states[n]
 	}
-	for n, st := range f.states {
-		out[n] = st
-	}
+	maps.Copy(out, f.states)
 	return out, nil
 }
 

@@ -51,7 +51,7 @@ func startAMQP(ctx context.Context, logger log.Logger, f *flags, evOpts collecto
 		return client
 	}, events)
 	scrapers = append(scrapers, collector.NewQueueStateScraper(log.With(logger, "source", "broker"), reader, splitList(f.queues), dynamicQueues))
-	return &sources{events: events, scrapers: scrapers, close: func() {
+	return &sources{events: events, scrapers: scrapers, ping: reader.Inspector.Ping, close: func() {
 		for _, c := range closers {
 			c()
 		}

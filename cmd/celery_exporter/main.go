@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/common/version"
@@ -259,54 +259,24 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 
 	reg.MustRegister(
 		collector.NewExporter(logger, f.scrapeTimeout, scrapers...),
-		buildInfo(),
+		versioncollector.NewCollector(name), // celery_exporter_build_info
 		collector.NewStartTime(startTime),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 
-	mux := http.NewServeMux()
-	mux.Handle(f.telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog: promhttpLogger{logger}, ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 10,
-	}))
-	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
-	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !events.Ready() {
-			http.Error(w, "Not ready: the event subscription was never established", http.StatusServiceUnavailable)
-			return
+	ready := func(ctx context.Context) error {
+		if !events.Up() {
+			return errors.New("the event subscription is down")
 		}
-		fmt.Fprintln(w, "Ready")
-	})
-	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost && r.Method != http.MethodPut {
-			http.Error(w, "POST or PUT only", http.StatusMethodNotAllowed)
-			return
+		if err := src.ping(ctx); err != nil {
+			return fmt.Errorf("the broker does not answer: %w", err)
 		}
-		if reloader == nil {
-			http.Error(w, "no --config.file to reload", http.StatusBadRequest)
-			return
-		}
-		if err := reloader.Reload(); err != nil {
-			http.Error(w, "reload failed, the running config is kept: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		fmt.Fprintln(w, "Reloaded")
-	})
-	if f.telemetryPath != "/" {
-		landing, err := web.NewLandingPage(web.LandingConfig{
-			Name:        "Celery Exporter",
-			Description: "Prometheus exporter for Celery on a Redis or RabbitMQ broker",
-			Version:     version.Info(),
-			Links: []web.LandingLinks{
-				{Address: f.telemetryPath, Text: "Metrics"},
-				{Address: "/-/healthy", Text: "Health"},
-				{Address: "/-/ready", Text: "Readiness"},
-			},
-		})
-		if err != nil {
-			return err
-		}
-		mux.Handle("/", landing)
+		return nil
+	}
+	mux, err := routes(logger, f.telemetryPath, reg, ready, reloader)
+	if err != nil {
+		return err
 	}
 
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -335,13 +305,74 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	return nil
 }
 
+// readyTimeout bounds the broker check of /-/ready (probes time out after 1 s by default, and
+// then count a failure anyway).
+const readyTimeout = 3 * time.Second
+
+// routes serves the metrics, the health and reload endpoints and the landing page. ready says
+// why the exporter cannot serve true numbers, or nil.
+func routes(logger log.Logger, telemetryPath string, reg *prometheus.Registry, ready func(context.Context) error, reloader *config.Reloader) (*http.ServeMux, error) {
+	mux := http.NewServeMux()
+	mux.Handle(telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: promhttpLogger{logger}, ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 10,
+	}))
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
+	// Ready means the numbers are true: subscribed to the events now (not once) and the broker
+	// answers a PING now.
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		defer cancel()
+		if err := ready(ctx); err != nil {
+			http.Error(w, "Not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "Ready")
+	})
+	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost && r.Method != http.MethodPut {
+			http.Error(w, "POST or PUT only", http.StatusMethodNotAllowed)
+			return
+		}
+		if reloader == nil {
+			http.Error(w, "no --config.file to reload", http.StatusBadRequest)
+			return
+		}
+		if err := reloader.Reload(); err != nil {
+			http.Error(w, "reload failed, the running config is kept: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "Reloaded")
+	})
+	if telemetryPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "Celery Exporter",
+			Description: "Prometheus exporter for Celery on a Redis or RabbitMQ broker",
+			Version:     version.Info(),
+			Links: []web.LandingLinks{
+				{Address: telemetryPath, Text: "Metrics"},
+				{Address: "/-/healthy", Text: "Health"},
+				{Address: "/-/ready", Text: "Readiness"},
+			},
+			// No /debug/pprof is served: its links would be dead.
+			Profiling: "false",
+		})
+		if err != nil {
+			return nil, err
+		}
+		mux.Handle("/", landing)
+	}
+	return mux, nil
+}
+
 // sources are what a broker backend runs: the event source, the scrapers, and the Redis client
 // that config-file breakers default to (nil on AMQP).
 type sources struct {
 	events   *collector.EventSource
 	scrapers []collector.Scraper
 	redis    redis.UniversalClient
-	close    func()
+	// ping checks that the broker answers now (/-/ready).
+	ping  func(context.Context) error
+	close func()
 }
 
 // startRedis starts the sources of a Redis broker.
@@ -377,7 +408,8 @@ func startRedis(ctx context.Context, logger log.Logger, f *flags, evOpts collect
 		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit, DiscoveryInterval: f.discovery,
 		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
 	}, events, dynamicQueues))
-	return &sources{events: events, scrapers: scrapers, redis: client, close: func() { client.Close() }}, nil
+	return &sources{events: events, scrapers: scrapers, redis: client,
+		ping: func(ctx context.Context) error { return client.Ping(ctx).Err() }, close: func() { client.Close() }}, nil
 }
 
 // startControl starts the remote-control source on the broker's control client, unless in
@@ -397,15 +429,6 @@ func startControl(ctx context.Context, logger log.Logger, f *flags, client func(
 	events.SetQueueHints(control)
 	go control.Run(ctx)
 	return append(scrapers, control), control
-}
-
-func buildInfo() prometheus.Collector {
-	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: collector.Namespace, Subsystem: "exporter", Name: "build_info",
-		Help: "The exporter's version, always 1.",
-	}, []string{"version", "revision", "goversion"})
-	g.WithLabelValues(version.Version, version.Revision, runtime.Version()).Set(1)
-	return g
 }
 
 type promhttpLogger struct{ logger log.Logger }

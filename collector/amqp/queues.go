@@ -79,6 +79,17 @@ func (in *Inspector) channel() (*amqp.Channel, error) {
 	return in.ch, nil
 }
 
+// Ping checks that the broker answers: the inspector's connection is up, or can be made.
+func (in *Inspector) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	_, err := in.channel()
+	return err
+}
+
 // Inspect reads every queue's state. An error is about the broker (connection, permissions), not
 // about a missing queue.
 func (in *Inspector) Inspect(ctx context.Context, names []string) (map[string]QueueState, error) {

@@ -132,7 +132,7 @@ func startExporter(b *testing.B, sub eventStream) consumer {
 	c := &exporterConsumer{src: src, sub: sub, reg: reg, cancel: cancel}
 	go src.Run(ctx)
 	deadline := time.Now().Add(10 * time.Second)
-	for !src.Ready() {
+	for !src.Up() {
 		if time.Now().After(deadline) {
 			b.Fatal("the exporter's subscriber did not subscribe within 10s")
 		}
