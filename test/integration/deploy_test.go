@@ -862,6 +862,16 @@ func TestDeployDockerfile(t *testing.T) {
 	if goVer == nil || argVer == nil || len(froms) != 2 || len(users) != 1 {
 		t.Fatalf("cannot read go.mod's go version (%v), ARG GO_VERSION (%v), two FROM (%v) and one USER (%v)", goVer, argVer, froms, users)
 	}
+	pinned := regexp.MustCompile(`@sha256:[0-9a-f]{64}$`)
+	// The tag of each digest-pinned base, in a comment line of its own before its FROM.
+	tagComments := func(s string) []string {
+		var out []string
+		for _, m := range regexp.MustCompile(`(?m)^# (\S+:\S+)(?: \(.*\))?\n(?:#.*\n)*FROM `).FindAllStringSubmatch(s, -1) {
+			out = append(out, m[1])
+		}
+		sort.Strings(out)
+		return out
+	}
 	stamps := func(s string) []string {
 		var out []string
 		for _, m := range regexp.MustCompile(`-X \$\((?:PKG_VER)\)\.(\w+)=|-X \$\{pkg\}\.(\w+)=`).FindAllStringSubmatch(s, -1) {
@@ -875,7 +885,10 @@ func TestDeployDockerfile(t *testing.T) {
 		got, want any
 	}{
 		{"GO_VERSION is go.mod's", argVer[1], goVer[1]},
-		{"builder image", froms[0][1], "golang:${GO_VERSION}-bookworm"},
+		{"builder image", strings.SplitN(froms[0][1], "@", 2)[0], "golang:${GO_VERSION}-bookworm"},
+		{"builder pinned by digest", pinned.MatchString(froms[0][1]), true},
+		{"final image pinned by digest", pinned.MatchString(froms[1][1]), true},
+		{"tags beside the digests", tagComments(df), []string{"gcr.io/distroless/static-debian12:nonroot", "golang:" + goVer[1] + "-bookworm"}},
 		{"multi-stage: builder named", strings.Contains(df, " AS build\n"), true},
 		{"static build", strings.Contains(df, "CGO_ENABLED=0"), true},
 		{"final image is minimal", strings.HasPrefix(froms[1][1], "gcr.io/distroless/static") || froms[1][1] == "scratch", true},
