@@ -38,7 +38,8 @@ type queueConsumers interface {
 	QueueConsumers() (map[string]QueueUse, bool)
 }
 
-// BrokerOptions configure the broker-state source.
+// BrokerOptions configure the broker-state source; DefaultBrokerOptions has the defaults of the
+// command's flags.
 type BrokerOptions struct {
 	// StaticQueues are always reported (--celery.queues), even before anything declared them.
 	StaticQueues []string
@@ -57,11 +58,10 @@ type BrokerOptions struct {
 
 // Bounds on what one scrape reads, whatever is in Redis.
 const (
-	maxBrokerQueues        = 5000
-	maxBindingScanCalls    = 10000 // of COUNT 1000: a DB of 10 million keys
-	bindingScanCount       = 1000
-	unackedScanCount       = 500
-	defaultDiscoveryPeriod = 30 * time.Second
+	maxBrokerQueues     = 5000
+	maxBindingScanCalls = 10000 // of COUNT 1000: a DB of 10 million keys
+	bindingScanCount    = 1000
+	unackedScanCount    = 500
 )
 
 // BrokerScraper reads queue depths, unacked messages and the age of waiting messages from Redis
@@ -91,14 +91,15 @@ type bindingTable struct {
 
 // NewBrokerScraper returns the broker-state source. sent and dynamic may be nil.
 func NewBrokerScraper(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts BrokerOptions, sent SentTimes, dynamic QueueLister) *BrokerScraper {
+	def := DefaultBrokerOptions()
 	if opts.EventExchange == "" {
-		opts.EventExchange = kombu.DefaultEventExchange
+		opts.EventExchange = def.EventExchange
 	}
 	if opts.ControlExchange == "" {
-		opts.ControlExchange = kombu.DefaultControlExchange
+		opts.ControlExchange = def.ControlExchange
 	}
 	if opts.DiscoveryInterval == 0 {
-		opts.DiscoveryInterval = defaultDiscoveryPeriod
+		opts.DiscoveryInterval = def.DiscoveryInterval
 	}
 	if logger == nil {
 		logger = log.NewNopLogger()

@@ -40,7 +40,7 @@ var (
 	_ queueConsumers = (*ControlSource)(nil)
 )
 
-// ControlOptions configure the remote-control source.
+// ControlOptions configure the remote-control source; DefaultControlOptions has the defaults.
 type ControlOptions struct {
 	// Interval between rounds (default 15s).
 	Interval time.Duration
@@ -100,17 +100,18 @@ type workerStats struct {
 // NewControlSource returns the remote-control source. workers may be nil (then every round waits
 // for the idle timeout, and only answering workers are reported).
 func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts ControlOptions, workers WorkerDirectory) *ControlSource {
+	def := DefaultControlOptions()
 	if opts.Interval <= 0 {
-		opts.Interval = 15 * time.Second
+		opts.Interval = def.Interval
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = time.Second
+		opts.Timeout = def.Timeout
 	}
 	if opts.Deadline <= 0 {
-		opts.Deadline = 10 * opts.Timeout
+		opts.Deadline = opts.Timeout * (def.Deadline / def.Timeout)
 	}
 	if opts.ControlExchange == "" {
-		opts.ControlExchange = kombu.DefaultControlExchange
+		opts.ControlExchange = def.ControlExchange
 	}
 	if logger == nil {
 		logger = log.NewNopLogger()

@@ -3,7 +3,6 @@ package collector
 import (
 	"context"
 	"errors"
-	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -20,13 +19,6 @@ import (
 	"github.com/celery-exporter/celery_exporter/collector/tasks"
 )
 
-// DefaultRuntimeBuckets fit long tasks and the usual time limits (120, 150, 180 s), not only the
-// sub-10 s range of client_golang's defaults.
-var DefaultRuntimeBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 100, 120, 150, 180, 300, 600, 1800, 3600}
-
-// DefaultQueueWaitBuckets cover from a warm queue to a backlog of an hour.
-var DefaultQueueWaitBuckets = []float64{0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
-
 // overflowValue replaces a label value past its cardinality cap.
 const overflowValue = "other"
 
@@ -34,7 +26,8 @@ const overflowValue = "other"
 // task-received seen, e.g. a task revoked on receipt).
 const unknownName = "unknown"
 
-// EventOptions configure the event source.
+// EventOptions configure the event source; DefaultEventOptions has the defaults, which a zero
+// cap, TTL, bucket list or default queue takes (see withDefaults).
 type EventOptions struct {
 	// WorkerTimeout is the slack after 2×freq past the last heartbeat before a worker is down.
 	WorkerTimeout time.Duration
@@ -49,7 +42,7 @@ type EventOptions struct {
 	// task-received often wins the race.
 	SentWait     time.Duration
 	DefaultQueue string
-	// Cardinality caps; past them the label value becomes "other".
+	// Cardinality caps; past them the label value becomes "other". Less than 1: the default.
 	MaxTaskNames         int
 	MaxExceptionsPerTask int
 	MaxWorkers           int
@@ -151,23 +144,7 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 	if opts.Clock == nil {
 		opts.Clock = clock.Real{}
 	}
-	if len(opts.RuntimeBuckets) == 0 {
-		opts.RuntimeBuckets = DefaultRuntimeBuckets
-	}
-	if len(opts.QueueWaitBuckets) == 0 {
-		opts.QueueWaitBuckets = DefaultQueueWaitBuckets
-	}
-	if opts.DefaultQueue == "" {
-		opts.DefaultQueue = "celery"
-	}
-	for _, p := range []*int{&opts.MaxTracked, &opts.MaxTaskNames, &opts.MaxExceptionsPerTask, &opts.MaxWorkers} {
-		if *p <= 0 {
-			*p = math.MaxInt32
-		}
-	}
-	if opts.TaskTTL <= 0 {
-		opts.TaskTTL = 24 * time.Hour
-	}
+	opts = opts.withDefaults()
 	task := []string{"name", "hostname", "queue_name"}
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help}, labels)
@@ -298,10 +275,12 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 	}
 	switch ev.Type {
 	case event.TaskSent:
-		t.Name, t.SentAt = ev.Name, ev.Timestamp
-		if ev.ETA > 0 {
-			t.ETA = ev.ETA
-		}
+		s.cache.Update(t.UUID, func(t *tasks.Task) { // the broker scrape reads SentAt
+			t.Name, t.SentAt = ev.Name, ev.Timestamp
+			if ev.ETA > 0 {
+				t.ETA = ev.ETA
+			}
+		})
 		queue := ev.Queue
 		if queue == "" {
 			queue = s.opts.DefaultQueue

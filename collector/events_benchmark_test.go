@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,11 +22,7 @@ const (
 )
 
 func benchSource() *EventSource {
-	return NewEventSource(log.NewNopLogger(), nil, EventOptions{
-		WorkerTimeout: 5 * time.Second, PurgeAfter: time.Hour, MaxTracked: 100000,
-		TaskTTL: 6 * time.Hour, SentWait: 2 * time.Second, DefaultQueue: "celery", MaxTaskNames: 1000,
-		MaxExceptionsPerTask: 50, MaxWorkers: 1000,
-	})
+	return NewEventSource(log.NewNopLogger(), nil, DefaultEventOptions())
 }
 
 func benchTaskUUID(i int) string { return fmt.Sprintf("%08x-f766-4cb7-9385-%012x", i, i*7919) }

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,14 +26,14 @@ var t0 = time.Unix(1795879460, 0)
 func newTestSource(opts EventOptions) (*EventSource, *clock.Fake) {
 	clk := clock.NewFake(t0)
 	opts.Clock = clk
-	if opts.WorkerTimeout == 0 {
-		opts.WorkerTimeout = 5 * time.Second
-	}
-	if opts.PurgeAfter == 0 {
-		opts.PurgeAfter = time.Hour
-	}
-	if opts.SentWait == 0 {
-		opts.SentWait = 2 * time.Second
+	// The constructor defaults the rest; these three keep a zero there.
+	d := DefaultEventOptions()
+	for _, p := range []struct{ v, def *time.Duration }{
+		{&opts.WorkerTimeout, &d.WorkerTimeout}, {&opts.PurgeAfter, &d.PurgeAfter}, {&opts.SentWait, &d.SentWait},
+	} {
+		if *p.v == 0 {
+			*p.v = *p.def
+		}
 	}
 	return NewEventSource(log.NewNopLogger(), nil, opts), clk
 }
@@ -566,5 +568,49 @@ func TestEventSourceConcurrentReaders(t *testing.T) {
 			src.TaskSentAt("7")
 			src.WorkerSystem("celery@a")
 		}
+	}
+}
+
+// The broker scrape reads task sent times while the pipeline writes them. Many uuids, each
+// received before it is sent (so the cached task exists when task-sent sets its time), with a
+// reader polling the uuid being written: go test -race reports any write outside the cache's lock.
+func TestEventSourceSentAtRace(t *testing.T) {
+	src, _ := newTestSource(EventOptions{MaxTracked: 1000})
+	var cur atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 3000; i++ {
+			id := fmt.Sprint(i)
+			cur.Store(int64(i))
+			src.HandlePayload(payload(taskEv("task-received", id, "celery@a", 1, "name", "t.a")))
+			src.HandlePayload(payload(sent(id, "t.a", "q", 2)))
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			if at, ok := src.TaskSentAt("2999"); !ok || at.Unix() != 2 {
+				t.Fatalf("TaskSentAt(2999) = %v, %v", at, ok)
+			}
+			return
+		default:
+			i := cur.Load()
+			src.TaskSentAt(fmt.Sprint(i))
+			src.TaskSentAt(fmt.Sprint(i - 1))
+		}
+	}
+}
+
+// A zero cap, TTL, bucket list or default queue takes the default (a cap below 1 is never
+// unbounded); zero durations stay zero.
+func TestEventOptionsDefaults(t *testing.T) {
+	s := NewEventSource(log.NewNopLogger(), nil, EventOptions{MaxTaskNames: -1, MaxWorkers: 7})
+	want := DefaultEventOptions()
+	want.WorkerTimeout, want.PurgeAfter, want.SentWait, want.MaxWorkers = 0, 0, 0, 7
+	got := s.opts
+	got.Clock = nil
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("options %+v\nwant %+v", got, want)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
@@ -77,6 +78,7 @@ type flags struct {
 
 func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	f := &flags{}
+	ev, ctl, br := collector.DefaultEventOptions(), collector.DefaultControlOptions(), collector.DefaultBrokerOptions()
 	app := kingpin.New(name, "Prometheus exporter for Celery on a Redis broker.")
 	app.DefaultEnvars() // every flag also from CELERY_EXPORTER_<FLAG>
 	app.Version(version.Print(name))
@@ -91,9 +93,9 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("broker.transport-option", "A Celery broker_transport_options entry, KEY=VALUE (repeatable): global_keyprefix, fanout_prefix, fanout_patterns, sep, priority_steps, visibility_timeout, unacked_key, unacked_index_key, master_name, sentinel_kwargs.").
 		StringsVar(&f.transportOptions)
 	app.Flag("broker.unacked-scan-limit", "At most this many unacked entries are read per scrape to attribute them to queues; the total always comes from HLEN.").
-		Default("1000").IntVar(&f.unackedScanLimit)
+		Default(strconv.Itoa(br.UnackedScanLimit)).IntVar(&f.unackedScanLimit)
 	app.Flag("broker.discovery-interval", "How often queue names are looked up again in kombu's _kombu.binding.* sets (a SCAN of the DB); depths are read at every scrape.").
-		Default("30s").DurationVar(&f.discovery)
+		Default(durationFlag(br.DiscoveryInterval)).DurationVar(&f.discovery)
 
 	webConfig := kingpinflag.AddFlags(app, ":9808")
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&f.telemetryPath)
@@ -103,31 +105,42 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("config.file", "YAML file of breakers, app values and log sources (see docs/configuration.md). Reloaded on SIGHUP and POST /-/reload.").
 		StringVar(&f.configFile)
 
-	app.Flag("worker.timeout", "Slack after 2×heartbeat interval past a worker's last heartbeat before it counts as down.").Default("5s").DurationVar(&f.workerTimeout)
-	app.Flag("worker.purge-after", "How long a down worker's series stay at celery_worker_up 0 before they are removed.").Default("1h").DurationVar(&f.workerPurgeAfter)
-	app.Flag("worker.max-workers", "Cardinality cap on the hostname label; further workers are counted as \"other\".").Default("1000").IntVar(&f.maxWorkers)
-	app.Flag("task.runtime-buckets", "Buckets of celery_task_runtime_seconds, comma separated.").Default(joinFloats(collector.DefaultRuntimeBuckets)).StringVar(&f.runtimeBuckets)
-	app.Flag("task.queue-wait-buckets", "Buckets of celery_task_queue_wait_seconds, comma separated.").Default(joinFloats(collector.DefaultQueueWaitBuckets)).StringVar(&f.queueWaitBuckets)
-	app.Flag("task.max-tracked", "Cap of the task cache (uuid → name, queue, times); evictions are counted.").Default("100000").IntVar(&f.maxTracked)
-	app.Flag("task.ttl", "A task not heard of for this long leaves the task cache.").Default("6h").DurationVar(&f.taskTTL)
-	app.Flag("task.sent-wait", "How long a task's events wait for its task-sent (which names the queue) before a fallback queue is used.").Default("2s").DurationVar(&f.sentWait)
-	app.Flag("task.max-names", "Cardinality cap on the task name label.").Default("1000").IntVar(&f.maxTaskNames)
-	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default("50").IntVar(&f.maxExceptions)
+	app.Flag("worker.timeout", "Slack after 2×heartbeat interval past a worker's last heartbeat before it counts as down.").Default(durationFlag(ev.WorkerTimeout)).DurationVar(&f.workerTimeout)
+	app.Flag("worker.purge-after", "How long a down worker's series stay at celery_worker_up 0 before they are removed.").Default(durationFlag(ev.PurgeAfter)).DurationVar(&f.workerPurgeAfter)
+	app.Flag("worker.max-workers", "Cardinality cap on the hostname label; further workers are counted as \"other\".").Default(strconv.Itoa(ev.MaxWorkers)).IntVar(&f.maxWorkers)
+	app.Flag("task.runtime-buckets", "Buckets of celery_task_runtime_seconds, comma separated.").Default(joinFloats(ev.RuntimeBuckets)).StringVar(&f.runtimeBuckets)
+	app.Flag("task.queue-wait-buckets", "Buckets of celery_task_queue_wait_seconds, comma separated.").Default(joinFloats(ev.QueueWaitBuckets)).StringVar(&f.queueWaitBuckets)
+	app.Flag("task.max-tracked", "Cap of the task cache (uuid → name, queue, times); evictions are counted.").Default(strconv.Itoa(ev.MaxTracked)).IntVar(&f.maxTracked)
+	app.Flag("task.ttl", "A task not heard of for this long leaves the task cache.").Default(durationFlag(ev.TaskTTL)).DurationVar(&f.taskTTL)
+	app.Flag("task.sent-wait", "How long a task's events wait for its task-sent (which names the queue) before a fallback queue is used.").Default(durationFlag(ev.SentWait)).DurationVar(&f.sentWait)
+	app.Flag("task.max-names", "Cardinality cap on the task name label.").Default(strconv.Itoa(ev.MaxTaskNames)).IntVar(&f.maxTaskNames)
+	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default(strconv.Itoa(ev.MaxExceptionsPerTask)).IntVar(&f.maxExceptions)
 	app.Flag("events.buffer-size", "Event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
 
-	app.Flag("celery.default-queue", "Queue label of tasks whose queue is not otherwise known (Celery's task_default_queue).").Default("celery").StringVar(&f.defaultQueue)
+	app.Flag("celery.default-queue", "Queue label of tasks whose queue is not otherwise known (Celery's task_default_queue).").Default(ev.DefaultQueue).StringVar(&f.defaultQueue)
 	app.Flag("celery.queues", "Queues always reported, comma separated (0 when empty or absent).").Default("").StringVar(&f.queues)
-	app.Flag("celery.event-exchange", "Celery's event_exchange setting.").Default(kombu.DefaultEventExchange).StringVar(&f.eventExchange)
-	app.Flag("celery.control-exchange", "Celery's control_exchange setting.").Default(kombu.DefaultControlExchange).StringVar(&f.controlExchange)
+	app.Flag("celery.event-exchange", "Celery's event_exchange setting.").Default(br.EventExchange).StringVar(&f.eventExchange)
+	app.Flag("celery.control-exchange", "Celery's control_exchange setting.").Default(ctl.ControlExchange).StringVar(&f.controlExchange)
 	app.Flag("celery.enable-events", "Broadcast enable_events every control interval, so task events come back after a worker restart.").BoolVar(&f.enableEvents)
 
-	app.Flag("control.interval", "How often to ask workers ping, active_queues and stats.").Default("15s").DurationVar(&f.controlInterval)
-	app.Flag("control.timeout", "Idle timeout between remote-control replies.").Default("1s").DurationVar(&f.controlTimeout)
-	app.Flag("control.deadline", "Total deadline of one remote-control round.").Default("10s").DurationVar(&f.controlDeadline)
+	app.Flag("control.interval", "How often to ask workers ping, active_queues and stats.").Default(durationFlag(ctl.Interval)).DurationVar(&f.controlInterval)
+	app.Flag("control.timeout", "Idle timeout between remote-control replies.").Default(durationFlag(ctl.Timeout)).DurationVar(&f.controlTimeout)
+	app.Flag("control.deadline", "Total deadline of one remote-control round.").Default(durationFlag(ctl.Deadline)).DurationVar(&f.controlDeadline)
 	app.Flag("control.disabled", "Read-only mode: no remote control, no write of any kind to Redis.").BoolVar(&f.controlDisabled)
 
 	if _, err := app.Parse(args); err != nil {
 		return nil, nil, err
+	}
+	for _, c := range []struct {
+		flag string
+		v    int
+	}{
+		{"worker.max-workers", f.maxWorkers}, {"task.max-tracked", f.maxTracked},
+		{"task.max-names", f.maxTaskNames}, {"task.max-exceptions-per-task", f.maxExceptions},
+	} {
+		if c.v < 1 {
+			return nil, nil, fmt.Errorf("--%s must be at least 1: the exporter's memory and series are bounded", c.flag)
+		}
 	}
 	if err := f.resolveBrokerURL(); err != nil {
 		return nil, nil, err
@@ -158,6 +171,9 @@ func (f *flags) resolveBrokerURL() error {
 	}
 	return errors.New("no broker URL: set --broker.url (or CELERY_EXPORTER_BROKER_URL, or the app's CELERY_BROKER_URL), e.g. --broker.url=redis://redis:6379/0")
 }
+
+// durationFlag formats a default as a user writes it: 1h, not 1h0m0s.
+func durationFlag(d time.Duration) string { return model.Duration(d).String() }
 
 func joinFloats(fs []float64) string {
 	parts := make([]string, len(fs))

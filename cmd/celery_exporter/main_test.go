@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/celery-exporter/celery_exporter/collector"
 )
 
 func TestFlagsFromEnvironment(t *testing.T) {
@@ -114,5 +117,44 @@ func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {
 	err = serve(withCaller(l), slogLogger(l), f, web)
 	if err == nil || strings.Contains(err.Error(), "hunter2") || strings.Contains(buf.String(), "hunter2") {
 		t.Fatalf("err %v, log %s", err, buf.String())
+	}
+}
+
+// The flags show the collector's defaults, the one place they are written.
+func TestFlagDefaultsAreTheCollectors(t *testing.T) {
+	t.Setenv("CELERY_EXPORTER_BROKER_URL", "redis://app:6379/1") // required, no default
+	f, _, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, ctl, br := collector.DefaultEventOptions(), collector.DefaultControlOptions(), collector.DefaultBrokerOptions()
+	runtime, _ := parseBuckets("task.runtime-buckets", f.runtimeBuckets)
+	wait, _ := parseBuckets("task.queue-wait-buckets", f.queueWaitBuckets)
+	got := collector.EventOptions{
+		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter, RuntimeBuckets: runtime,
+		QueueWaitBuckets: wait, MaxTracked: f.maxTracked, TaskTTL: f.taskTTL, SentWait: f.sentWait,
+		DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxExceptionsPerTask: f.maxExceptions,
+		MaxWorkers: f.maxWorkers,
+	}
+	if !reflect.DeepEqual(got, ev) {
+		t.Errorf("event flags %+v\nwant %+v", got, ev)
+	}
+	if gotCtl := (collector.ControlOptions{Interval: f.controlInterval, Timeout: f.controlTimeout,
+		Deadline: f.controlDeadline, ControlExchange: f.controlExchange}); gotCtl != ctl {
+		t.Errorf("control flags %+v, want %+v", gotCtl, ctl)
+	}
+	if f.unackedScanLimit != br.UnackedScanLimit || f.discovery != br.DiscoveryInterval || f.eventExchange != br.EventExchange {
+		t.Errorf("broker flags %d %v %q, want %+v", f.unackedScanLimit, f.discovery, f.eventExchange, br)
+	}
+}
+
+// A cap below 1 is an error, not an unbounded label set or cache.
+func TestCapsMustBePositive(t *testing.T) {
+	for _, flag := range []string{"worker.max-workers", "task.max-tracked", "task.max-names", "task.max-exceptions-per-task"} {
+		for _, v := range []string{"0", "-1"} {
+			if _, _, err := parseFlags([]string{"--" + flag + "=" + v}); err == nil || !strings.Contains(err.Error(), flag) {
+				t.Errorf("--%s=%s: err %v, want one naming the flag", flag, v, err)
+			}
+		}
 	}
 }

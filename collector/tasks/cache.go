@@ -11,13 +11,15 @@ import (
 	"github.com/celery-exporter/celery_exporter/collector/event"
 )
 
-// Task is the state of one task uuid.
+// Task is the state of one task uuid. One goroutine (the event pipeline) owns a task and may read
+// its fields freely; a field that other goroutines read through the cache (SentAt) is written
+// only inside Cache.Update, under the cache's lock.
 type Task struct {
 	UUID     string
 	Name     string
 	Queue    string // "" until resolved
 	Hostname string // worker that received it
-	// Epoch seconds from the events; 0 when not seen.
+	// Epoch seconds from the events; 0 when not seen. SentAt: write only inside Cache.Update.
 	SentAt, ETA, ReceivedAt, StartedAt float64
 	// Pending holds events that arrived before the queue was known, in arrival order.
 	Pending []event.Event
@@ -78,6 +80,20 @@ func (c *Cache) GetOrCreate(uuid string, now time.Time) (t *Task, created bool, 
 		c.evicted++
 	}
 	return t, true, evicted
+}
+
+// Update applies fn to the tracked task under the cache's lock, so readers on other goroutines
+// (SentAt) see a consistent task, and reports whether the task is tracked. fn must not call back
+// into the cache.
+func (c *Cache) Update(uuid string, fn func(*Task)) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.m[uuid]
+	if t == nil {
+		return false
+	}
+	fn(t)
+	return true
 }
 
 // Delete forgets a task (it finished). Not an eviction.

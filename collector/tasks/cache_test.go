@@ -27,8 +27,13 @@ func TestCacheCapacityEvictsLeastRecentlyUsed(t *testing.T) {
 func TestCacheTTLAndDelete(t *testing.T) {
 	c := NewCache(10, time.Minute)
 	t0 := time.Unix(1000, 0)
-	a, _, _ := c.GetOrCreate("a", t0)
-	a.SentAt = 999
+	c.GetOrCreate("a", t0)
+	if !c.Update("a", func(t *Task) { t.SentAt = 999 }) {
+		t.Fatal("Update: a is tracked")
+	}
+	if c.Update("x", func(*Task) { t.Fatal("fn called for an untracked task") }) {
+		t.Fatal("Update: x is not tracked")
+	}
 	c.GetOrCreate("b", t0.Add(30*time.Second))
 	if at, ok := c.SentAt("a"); !ok || at != 999 {
 		t.Fatalf("SentAt %v %v", at, ok)

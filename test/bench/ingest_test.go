@@ -112,11 +112,7 @@ type exporterConsumer struct {
 func newExporter(b *testing.B, client redis.UniversalClient, patterns []string) consumer {
 	logger := level.NewFilter(log.NewLogfmtLogger(log.NewSyncWriter(os.Stderr)), level.AllowWarn())
 	sub := listener.New(logger, client, patterns, 65536)
-	src := collector.NewEventSource(logger, sub, collector.EventOptions{
-		WorkerTimeout: 5 * time.Second, PurgeAfter: time.Hour, MaxTracked: 100000,
-		TaskTTL: 6 * time.Hour, SentWait: 2 * time.Second, DefaultQueue: "celery", MaxTaskNames: 1000,
-		MaxExceptionsPerTask: 50, MaxWorkers: 1000,
-	})
+	src := collector.NewEventSource(logger, sub, collector.DefaultEventOptions())
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector.AsCollector(src))
 	ctx, cancel := context.WithCancel(context.Background())

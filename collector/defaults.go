@@ -1,0 +1,84 @@
+package collector
+
+import (
+	"slices"
+	"time"
+
+	"github.com/celery-exporter/celery_exporter/collector/kombu"
+)
+
+// The defaults of every source's options live here, and only here: the command's flags show them
+// and the constructors fill unset fields with them, so the two cannot disagree.
+
+// DefaultRuntimeBuckets fit long tasks and the usual time limits (120, 150, 180 s), not only the
+// sub-10 s range of client_golang's defaults.
+var DefaultRuntimeBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 100, 120, 150, 180, 300, 600, 1800, 3600}
+
+// DefaultQueueWaitBuckets cover from a warm queue to a backlog of an hour.
+var DefaultQueueWaitBuckets = []float64{0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
+
+// DefaultEventOptions returns the event source's defaults.
+func DefaultEventOptions() EventOptions {
+	return EventOptions{
+		WorkerTimeout:        5 * time.Second,
+		PurgeAfter:           time.Hour,
+		RuntimeBuckets:       slices.Clone(DefaultRuntimeBuckets),
+		QueueWaitBuckets:     slices.Clone(DefaultQueueWaitBuckets),
+		MaxTracked:           100000,
+		TaskTTL:              6 * time.Hour,
+		SentWait:             2 * time.Second,
+		DefaultQueue:         "celery",
+		MaxTaskNames:         1000,
+		MaxExceptionsPerTask: 50,
+		MaxWorkers:           1000,
+	}
+}
+
+// withDefaults gives the fields that cannot meaningfully be zero their default: the caps (less
+// than 1 would be no cap, and memory and series must stay bounded), the TTL, the buckets and the
+// default queue. The durations WorkerTimeout, PurgeAfter and SentWait keep a zero: no slack, purge
+// at once, no wait.
+func (o EventOptions) withDefaults() EventOptions {
+	d := DefaultEventOptions()
+	if len(o.RuntimeBuckets) == 0 {
+		o.RuntimeBuckets = d.RuntimeBuckets
+	}
+	if len(o.QueueWaitBuckets) == 0 {
+		o.QueueWaitBuckets = d.QueueWaitBuckets
+	}
+	if o.DefaultQueue == "" {
+		o.DefaultQueue = d.DefaultQueue
+	}
+	if o.TaskTTL <= 0 {
+		o.TaskTTL = d.TaskTTL
+	}
+	for _, c := range []struct{ v, def *int }{
+		{&o.MaxTracked, &d.MaxTracked}, {&o.MaxTaskNames, &d.MaxTaskNames},
+		{&o.MaxExceptionsPerTask, &d.MaxExceptionsPerTask}, {&o.MaxWorkers, &d.MaxWorkers},
+	} {
+		if *c.v < 1 {
+			*c.v = *c.def
+		}
+	}
+	return o
+}
+
+// DefaultControlOptions returns the remote-control source's defaults.
+func DefaultControlOptions() ControlOptions {
+	return ControlOptions{
+		Interval:        15 * time.Second,
+		Timeout:         time.Second,
+		Deadline:        10 * time.Second,
+		ControlExchange: kombu.DefaultControlExchange,
+	}
+}
+
+// DefaultBrokerOptions returns the broker source's defaults.
+func DefaultBrokerOptions() BrokerOptions {
+	return BrokerOptions{
+		UnackedScanLimit:  1000,
+		EventExchange:     kombu.DefaultEventExchange,
+		ControlExchange:   kombu.DefaultControlExchange,
+		DiscoveryInterval: 30 * time.Second,
+	}
+}
