@@ -109,3 +109,16 @@ func (c scraperCollector) Describe(chan<- *prometheus.Desc) {}
 func (c scraperCollector) Collect(ch chan<- prometheus.Metric) {
 	_ = c.s.Scrape(context.Background(), ch)
 }
+
+// NewStartTime returns celery_exporter_start_time_seconds: when this exporter process started
+// counting. Every counter of the process starts at that time, so a rule can tell a series that
+// is new because its first event just happened from one that is new because the process (and
+// with it, in Kubernetes, the instance label) is new.
+func NewStartTime(start time.Time) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Subsystem: "exporter", Name: "start_time_seconds",
+		Help: "When the exporter process started counting, in unix time: every counter it exposes started at 0 then.",
+	})
+	g.Set(float64(start.Unix()) + float64(start.Nanosecond())/1e9)
+	return g
+}

@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -53,6 +54,10 @@ type ControlOptions struct {
 	EnableEvents bool
 	// ControlExchange is Celery's control_exchange setting (default "celery").
 	ControlExchange string
+	// StaleAfter is how long the answers of the last successful round are still served while
+	// later rounds fail (default 3×Interval): one failed round leaves no gap in the series, and
+	// celery_exporter_collector_success{collector="control"} says 0 from the first failure.
+	StaleAfter time.Duration
 }
 
 // Bounds on what one round keeps, whatever the workers send.
@@ -73,7 +78,8 @@ type ControlSource struct {
 	now     func() time.Time
 
 	mu         sync.RWMutex
-	last       *controlRound
+	last       *controlRound       // the last round, failed or not
+	lastOK     *controlRound       // the last successful round
 	hostQueues map[string][]string // queues per worker, kept while the worker is known
 	failing    bool
 }
@@ -112,6 +118,9 @@ func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.
 	}
 	if opts.ControlExchange == "" {
 		opts.ControlExchange = def.ControlExchange
+	}
+	if opts.StaleAfter <= 0 {
+		opts.StaleAfter = 3 * opts.Interval
 	}
 	if logger == nil {
 		logger = log.NewNopLogger()
@@ -298,6 +307,7 @@ func (c *ControlSource) store(r *controlRound) {
 	if r.err != nil {
 		return
 	}
+	c.lastOK = r
 	knownSet := make(map[string]bool, len(r.known))
 	for _, h := range r.known {
 		knownSet[h] = true
@@ -314,6 +324,15 @@ func (c *ControlSource) store(r *controlRound) {
 	}
 }
 
+// current is the last successful round while it is fresh (no older than StaleAfter), else nil:
+// what the workers answered, as far as it can still be trusted. The caller holds mu.
+func (c *ControlSource) current() *controlRound {
+	if c.lastOK == nil || c.now().Sub(c.lastOK.at) > c.opts.StaleAfter {
+		return nil
+	}
+	return c.lastOK
+}
+
 // SingleQueue returns the queue of a worker that consumes exactly one.
 func (c *ControlSource) SingleQueue(hostname string) (string, bool) {
 	if c == nil {
@@ -328,17 +347,18 @@ func (c *ControlSource) SingleQueue(hostname string) (string, bool) {
 	return qs[0], true
 }
 
-// Queues lists the queues named in the last round's active_queues replies.
+// Queues lists the queues named in the current round's active_queues replies.
 func (c *ControlSource) Queues() []string {
 	if c == nil {
 		return nil
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.last == nil || c.last.err != nil {
+	r := c.current()
+	if r == nil {
 		return nil
 	}
-	return append([]string(nil), c.last.allQs...)
+	return append([]string(nil), r.allQs...)
 }
 
 // QueueUse says who consumes a queue.
@@ -351,21 +371,23 @@ type QueueUse struct {
 	Processes int
 }
 
-// QueueConsumers returns, per queue named in the last round, who consumes it. ok is false when the
-// last round failed or none ran yet: nothing is known then.
+// QueueConsumers returns, per queue named in the current round (the last successful one, served
+// for StaleAfter), who consumes it. ok is false when no round succeeded for StaleAfter: nothing is
+// known then, and the control source reports itself failed.
 func (c *ControlSource) QueueConsumers() (map[string]QueueUse, bool) {
 	if c == nil {
 		return nil, false
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.last == nil || c.last.err != nil {
+	r := c.current()
+	if r == nil {
 		return nil, false
 	}
 	out := map[string]QueueUse{}
-	for h, qs := range c.last.queues {
+	for h, qs := range r.queues {
 		procs := 0
-		if st := c.last.stats[h]; st != nil {
+		if st := r.stats[h]; st != nil {
 			switch {
 			case st.processes != nil:
 				procs = *st.processes
@@ -399,21 +421,36 @@ var (
 		"Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).", []string{"hostname"}, nil)
 	workerCPUDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "cpu_seconds_total"),
 		"CPU time of the worker's main process (stats.rusage utime/stime; pool children are not included).", []string{"hostname", "mode"}, nil)
+	controlLastSuccessDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "exporter", "control_last_success_timestamp_seconds"),
+		"When the last successful remote-control round ended, in unix time.", nil, nil)
 	workerTasksAcceptedDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "tasks_accepted_total"),
 		"Tasks the worker accepted since it started, per task name (stats.total; counts work without task events).", []string{"hostname", "name"}, nil)
 )
 
-// Scrape sends the last round's metrics. It fails when the last round failed.
+// Scrape sends the current round's metrics (the last successful round, for StaleAfter). It fails
+// while no round succeeded yet and when the last round failed, so the series derived from remote
+// control (these, and the consumer counts the broker source reports) are never served under a
+// healthy control source when they are stale or missing.
 func (c *ControlSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) error {
 	c.mu.RLock()
-	r := c.last
+	last, ok, cur := c.last, c.lastOK, c.current()
 	c.mu.RUnlock()
-	if r == nil {
-		return nil // no round yet: nothing known, nothing wrong
+	if ok != nil {
+		ch <- prometheus.MustNewConstMetric(controlLastSuccessDesc, prometheus.GaugeValue, float64(ok.at.UnixNano())/1e9)
 	}
-	if r.err != nil {
-		return fmt.Errorf("last remote-control round at %s: %w", r.at.UTC().Format(time.RFC3339), r.err)
+	if cur != nil {
+		c.emitRound(ch, cur)
 	}
+	switch {
+	case last == nil:
+		return errors.New("no remote-control round has completed yet")
+	case last.err != nil:
+		return fmt.Errorf("last remote-control round at %s: %w", last.at.UTC().Format(time.RFC3339), last.err)
+	}
+	return nil
+}
+
+func (c *ControlSource) emitRound(ch chan<- prometheus.Metric, r *controlRound) {
 	emit := func(m prometheus.Metric) { ch <- m }
 	hosts := map[string]bool{}
 	for _, h := range r.known {
@@ -459,7 +496,6 @@ func (c *ControlSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) e
 			emitConst(emit, workerTasksAcceptedDesc, prometheus.CounterValue, st.total[name], h, name)
 		}
 	}
-	return nil
 }
 
 func gaugeBool(b bool) float64 {

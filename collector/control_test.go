@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/celery-exporter/celery_exporter/collector/clock"
 	"github.com/celery-exporter/celery_exporter/collector/kombu"
 	"github.com/celery-exporter/celery_exporter/collector/pidbox/pidboxtest"
 )
@@ -134,11 +135,15 @@ func TestControlRoundMetrics(t *testing.T) {
 		systems: map[string]string{"celery@mac": "Darwin", "celery@a": "Linux"},
 	}
 	c := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 300 * time.Millisecond}, dir)
+	c.now = func() time.Time { return t0 }
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 
 	want := `
+# HELP celery_exporter_control_last_success_timestamp_seconds When the last successful remote-control round ended, in unix time.
+# TYPE celery_exporter_control_last_success_timestamp_seconds gauge
+celery_exporter_control_last_success_timestamp_seconds 1.79587946e+09
 # HELP celery_worker_cpu_seconds_total CPU time of the worker's main process (stats.rusage utime/stime; pool children are not included).
 # TYPE celery_worker_cpu_seconds_total counter
 celery_worker_cpu_seconds_total{hostname="celery@a",mode="system"} 0.045023
@@ -262,33 +267,54 @@ func TestControlEnableEventsIsACastEveryRound(t *testing.T) {
 	}
 }
 
+// Health belongs to the source that failed: while rounds fail, control reports 0 and the answers of
+// the last successful round are served for StaleAfter only; then the series derived from remote
+// control (here, and the consumer counts of the broker source) go, under a failed control source.
 func TestControlFailedRound(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	b.worker(t, "celery@a", replies(t, map[string]string{"ping": `{"ok":"pong"}`, "active_queues": queuesReply("chat")}))
 	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond}, dir)
-
-	// Before any round: nothing known, nothing wrong.
-	if n, err := scrapeCount(c); n != 0 || err != nil {
-		t.Errorf("before a round: %d metrics, err %v; want 0, nil", n, err)
+	clk := clock.NewFake(t0)
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond, Interval: 10 * time.Second}, dir)
+	c.now = clk.Now
+	const lastOK = "celery_exporter_control_last_success_timestamp_seconds"
+	check := func(stage string, wantNames []string, wantErr bool, wantQueues []string) {
+		t.Helper()
+		got, err := collectText(t, c, "celery_worker_ping_ok", "celery_worker_queue_info", lastOK)
+		var names []string
+		for _, l := range strings.Split(strings.TrimSpace(got), "\n") {
+			if l != "" {
+				names = append(names, l[:strings.IndexAny(l, "{ ")])
+			}
+		}
+		if !reflect.DeepEqual(names, wantNames) || (err != nil) != wantErr {
+			t.Errorf("%s: series %q, err %v; want %q, error %v", stage, names, err, wantNames, wantErr)
+		}
+		if q := c.Queues(); !reflect.DeepEqual(q, wantQueues) {
+			t.Errorf("%s: Queues() = %q, want %q", stage, q, wantQueues)
+		}
+		if _, ok := c.QueueConsumers(); ok != (wantQueues != nil) {
+			t.Errorf("%s: QueueConsumers() ok = %v", stage, ok)
+		}
 	}
+	all := []string{lastOK, "celery_worker_ping_ok", "celery_worker_queue_info"}
+	check("before any round", nil, true, nil)
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	check("after a round", all, false, []string{"chat"})
+
 	b.mr.SetError("LOADING Redis is loading the dataset in memory")
+	clk.Add(10 * time.Second)
 	if err := c.Round(context.Background()); err == nil {
 		t.Fatal("round against a failing server did not fail")
 	}
-	if n, err := scrapeCount(c); n != 0 || err == nil {
-		t.Errorf("after a failed round: %d metrics, err %v; want 0 and an error", n, err)
-	}
-	if q := c.Queues(); q != nil {
-		t.Errorf("Queues() after a failed round = %q, want nil", q)
-	}
-	if _, ok := c.QueueConsumers(); ok {
-		t.Error("QueueConsumers() ok after a failed round")
-	}
-	// The queue of a worker is kept for event attribution through a failed round.
+	check("a failed round: the last answers are still served, control is failed", all, true, []string{"chat"})
+	clk.Add(20 * time.Second) // 30 s after the last success: 3×Interval
+	check("at StaleAfter", all, true, []string{"chat"})
+	clk.Add(time.Second)
+	check("past StaleAfter", []string{lastOK}, true, nil)
+	// The queue of a worker is kept for event attribution through failed rounds.
 	if q, ok := c.SingleQueue("celery@a"); q != "chat" || !ok {
 		t.Errorf("SingleQueue after a failed round = %q, %v", q, ok)
 	}
@@ -296,8 +322,9 @@ func TestControlFailedRound(t *testing.T) {
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := scrapeCount(c); n != 2 || err != nil {
-		t.Errorf("after recovery: %d metrics, err %v; want 2 (ping_ok, queue_info), nil", n, err)
+	check("after recovery", all, false, []string{"chat"})
+	if got, _ := collectText(t, c, lastOK); got != lastOK+"{} 1.795879491e+09\n" {
+		t.Errorf("last success %q", got)
 	}
 }
 
@@ -399,7 +426,7 @@ func TestControlBadInput(t *testing.T) {
 	}
 	// Replies are JSON, whose decoder turns invalid UTF-8 into U+FFFD: the bad host stays valid. The
 	// weird worker's ping is no pong, and neither its queues nor its stats say anything usable.
-	got, err := collectText(t, c)
+	got, err := collectText(t, c, "celery_worker_ping_ok", "celery_worker_queue_info")
 	want := "celery_worker_ping_ok{hostname=\"bad\ufffdhost\"} 1\n" +
 		"celery_worker_ping_ok{hostname=\"celery@weird\"} 0\n" +
 		"celery_worker_queue_info{hostname=\"bad\ufffdhost\",queue_name=\"ok\"} 1\n"

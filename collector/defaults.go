@@ -31,6 +31,7 @@ func DefaultEventOptions() EventOptions {
 		MaxTaskNames:         1000,
 		MaxExceptionsPerTask: 50,
 		MaxWorkers:           1000,
+		InitialExceptions:    []string{"SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError"},
 	}
 }
 

@@ -46,7 +46,11 @@ type EventOptions struct {
 	MaxTaskNames         int
 	MaxExceptionsPerTask int
 	MaxWorkers           int
-	Clock                clock.Clock
+	// InitialExceptions are the exception classes whose celery_task_failed_total series are
+	// created at 0 when a (name, hostname, queue_name) is first seen, so the first such failure
+	// is an increase (--task.initial-exceptions). They count against MaxExceptionsPerTask.
+	InitialExceptions []string
+	Clock             clock.Clock
 }
 
 // QueueHinter knows the queue of a worker that consumes exactly one (from remote control).
@@ -75,6 +79,7 @@ type EventSource struct {
 	hosts         map[string]struct{}
 	lastTaskEvent map[string]time.Time
 	counters      map[seriesKey]prometheus.Counter
+	combos        map[taskSeries]struct{} // (name, hostname, queue) whose zero series exist
 	observers     map[seriesKey]prometheus.Observer
 	lastExpire    time.Time
 	now           time.Time // of the message being applied: one clock read per message, not per event
@@ -90,14 +95,33 @@ type EventSource struct {
 	lastEvent atomic.Int64 // unix nanos on the exporter's clock
 
 	sent, received, started, succeeded, rejected, failed, retried, revoked *prometheus.CounterVec
+	seen                                                                   *prometheus.CounterVec
 	runtime, queueWait                                                     *prometheus.HistogramVec
 	eventsTotal, eventErrors, overflow                                     *prometheus.CounterVec
 }
+
+// Values of the reason label of celery_exporter_event_errors_total.
+const (
+	reasonUnknownType = "unknown_type" // a well-formed event of a type Celery does not send
+	reasonBufferFull  = "buffer_full"  // dropped between the Redis reader and the decoder
+)
+
+// EventErrorReasons are all values of the reason label of celery_exporter_event_errors_total.
+var EventErrorReasons = []string{
+	kombu.ReasonInvalidEnvelope, kombu.ReasonInvalidBase64, kombu.ReasonContentType, kombu.ReasonCompressed,
+	event.ReasonInvalidJSON, event.ReasonNotObject, event.ReasonNoType, event.ReasonNoUUID, event.ReasonNoHost,
+	reasonUnknownType, reasonBufferFull,
+}
+
+// OverflowLabels are all values of the label label of celery_exporter_label_overflow_total.
+var OverflowLabels = []string{"name", "hostname", "exception"}
 
 type seriesKey struct {
 	metric     uint8
 	a, b, c, d string
 }
+
+type taskSeries struct{ name, host, queue string }
 
 const (
 	mSent uint8 = iota
@@ -108,6 +132,7 @@ const (
 	mFailed
 	mRetried
 	mRevoked
+	mSeen
 	mRuntime
 	mQueueWait
 )
@@ -159,6 +184,7 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		hosts:         map[string]struct{}{},
 		lastTaskEvent: map[string]time.Time{},
 		counters:      map[seriesKey]prometheus.Counter{},
+		combos:        map[taskSeries]struct{}{},
 		observers:     map[seriesKey]prometheus.Observer{},
 		workers:       map[string]*workerState{},
 
@@ -170,6 +196,9 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		failed:    counter("task_failed_total", "Tasks that failed, by exception class.", append(task, "exception")...),
 		retried:   counter("task_retried_total", "Task retries, by the exception that caused them.", append(task, "exception")...),
 		revoked:   counter("task_revoked_total", "Tasks revoked, terminated or expired.", append(task, "reason")...),
+		seen: counter("worker_tasks_seen_total", "Task-started events received from the worker: one per task it accepted, "+
+			"which is what its heartbeat's processed (celery_worker_tasks_processed_total) counts. Less than that means task events were lost.",
+			"hostname"),
 		runtime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "task_runtime_seconds",
 			Help: "Task run time: runtime of task-succeeded; failed minus started time for failures.", Buckets: opts.RuntimeBuckets},
 			append(task, "state")),
@@ -185,6 +214,13 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 	}
 	for _, t := range event.Types() {
 		s.eventsTotal.WithLabelValues(t.String())
+	}
+	// Every reason and label exists at 0 from the start, so increase() sees the first one.
+	for _, r := range EventErrorReasons {
+		s.eventErrors.WithLabelValues(r)
+	}
+	for _, l := range OverflowLabels {
+		s.overflow.WithLabelValues(l)
 	}
 	s.lastExpire = s.clk.Now()
 	return s
@@ -261,7 +297,7 @@ func (s *EventSource) apply(ev *event.Event) {
 	case ev.Type.IsTask():
 		s.applyTaskEvent(ev, now)
 	default:
-		s.eventErrors.WithLabelValues("unknown_type").Inc()
+		s.eventErrors.WithLabelValues(reasonUnknownType).Inc()
 	}
 }
 
@@ -354,12 +390,16 @@ func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
 	name = s.nameLabel(name)
 	host := s.hostLabel(ev.Hostname)
 	q := t.Queue
+	s.zeroSeries(name, host, q)
 	finished := false
 	switch ev.Type {
 	case event.TaskReceived:
 		s.inc(mReceived, name, host, q, "")
 	case event.TaskStarted:
 		s.inc(mStarted, name, host, q, "")
+		// The worker sends task-started right after counting the task in processed
+		// (Request.on_accepted → state.task_accepted), so the two count the same tasks.
+		s.inc(mSeen, "", host, "", "")
 		t.StartedAt = ev.Timestamp
 		from := max(t.SentAt, t.ETA)
 		if from == 0 {
@@ -416,14 +456,37 @@ func (s *EventSource) vecFor(metric uint8) *prometheus.CounterVec {
 		return s.failed
 	case mRetried:
 		return s.retried
+	case mSeen:
+		return s.seen
 	default:
 		return s.revoked
 	}
 }
 
-// inc adds one to a counter, resolving its series once: WithLabelValues hashes every label on
-// every call, which the hot path cannot afford.
-func (s *EventSource) inc(metric uint8, a, b, c, d string) {
+// zeroSeries creates, the first time a task name runs on a worker and queue, the outcome counters
+// at 0: succeeded, rejected, and failed for each initial exception class. Without them the first
+// failure of a task is a series born at 1, which increase() reads as no change.
+func (s *EventSource) zeroSeries(name, host, q string) {
+	k := taskSeries{name, host, q}
+	if _, ok := s.combos[k]; ok {
+		return
+	}
+	s.combos[k] = struct{}{}
+	s.series(mSucceeded, name, host, q, "")
+	s.series(mRejected, name, host, q, "")
+	for _, e := range s.opts.InitialExceptions {
+		if s.reserveException(name, e) {
+			s.series(mFailed, name, host, q, e)
+		}
+	}
+}
+
+// inc adds one to a counter.
+func (s *EventSource) inc(metric uint8, a, b, c, d string) { s.series(metric, a, b, c, d).Inc() }
+
+// series resolves a counter's series once: WithLabelValues hashes every label on every call,
+// which the hot path cannot afford.
+func (s *EventSource) series(metric uint8, a, b, c, d string) prometheus.Counter {
 	k := seriesKey{metric, a, b, c, d}
 	ctr, ok := s.counters[k]
 	if !ok {
@@ -433,11 +496,13 @@ func (s *EventSource) inc(metric uint8, a, b, c, d string) {
 			labels = labels[:2]
 		case mReceived, mStarted, mSucceeded, mRejected:
 			labels = labels[:3]
+		case mSeen:
+			labels = labels[1:2]
 		}
 		ctr = s.vecFor(metric).WithLabelValues(labels...)
 		s.counters[k] = ctr
 	}
-	ctr.Inc()
+	return ctr
 }
 
 func (s *EventSource) observe(metric uint8, a, b, c, d string, v float64) {
@@ -479,26 +544,37 @@ func (s *EventSource) hostLabel(host string) string {
 }
 
 func (s *EventSource) exceptionLabel(name, exc string) string {
+	if s.reserveException(name, exc) {
+		return exc
+	}
+	s.overflow.WithLabelValues("exception").Inc()
+	return overflowValue
+}
+
+// reserveException takes one of the task name's exception label values for exc, unless the cap
+// is reached.
+func (s *EventSource) reserveException(name, exc string) bool {
 	seen := s.exceptions[name]
 	if seen == nil {
 		seen = map[string]struct{}{}
 		s.exceptions[name] = seen
 	}
 	if _, ok := seen[exc]; ok {
-		return exc
+		return true
 	}
 	if len(seen) >= s.opts.MaxExceptionsPerTask {
-		s.overflow.WithLabelValues("exception").Inc()
-		return overflowValue
+		return false
 	}
 	seen[exc] = struct{}{}
-	return exc
+	return true
 }
 
 func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
 	if s.hostLabel(ev.Hostname) == overflowValue {
 		return // past the worker cap: counted, not tracked
 	}
+	s.series(mSeen, "", ev.Hostname, "", "") // at 0 from the worker's first event, as processed
+
 	lastTask := s.lastTaskEvent[ev.Hostname]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -575,7 +651,7 @@ func (s *EventSource) purgeWorkers(now time.Time) {
 	for _, h := range gone {
 		level.Info(s.logger).Log("msg", "purged worker series", "hostname", h)
 		match := prometheus.Labels{"hostname": h}
-		for _, v := range []*prometheus.CounterVec{s.received, s.started, s.succeeded, s.rejected, s.failed, s.retried, s.revoked} {
+		for _, v := range []*prometheus.CounterVec{s.received, s.started, s.succeeded, s.rejected, s.failed, s.retried, s.revoked, s.seen} {
 			v.DeletePartialMatch(match)
 		}
 		s.runtime.DeletePartialMatch(match)
@@ -587,6 +663,11 @@ func (s *EventSource) purgeWorkers(now time.Time) {
 		for k := range s.observers {
 			if k.metric == mRuntime && k.b == h {
 				delete(s.observers, k)
+			}
+		}
+		for k := range s.combos {
+			if k.host == h {
+				delete(s.combos, k)
 			}
 		}
 		delete(s.hosts, h)
@@ -701,7 +782,7 @@ func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) err
 	ch <- prometheus.MustNewConstMetric(evictedDesc, prometheus.CounterValue, float64(s.cache.Evicted()))
 
 	for _, c := range []prometheus.Collector{s.sent, s.received, s.started, s.succeeded, s.rejected, s.failed,
-		s.retried, s.revoked, s.runtime, s.queueWait, s.eventsTotal, s.eventErrors, s.overflow} {
+		s.retried, s.revoked, s.seen, s.runtime, s.queueWait, s.eventsTotal, s.eventErrors, s.overflow} {
 		c.Collect(ch)
 	}
 	if s.sub != nil && up == 0 {
@@ -717,7 +798,7 @@ func (s *EventSource) syncDropped() {
 	defer s.syncMu.Unlock()
 	d := s.sub.Dropped()
 	if d > s.errBufSynced {
-		s.eventErrors.WithLabelValues("buffer_full").Add(float64(d - s.errBufSynced))
+		s.eventErrors.WithLabelValues(reasonBufferFull).Add(float64(d - s.errBufSynced))
 		s.errBufSynced = d
 	}
 }

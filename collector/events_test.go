@@ -603,11 +603,12 @@ func TestEventSourceSentAtRace(t *testing.T) {
 }
 
 // A zero cap, TTL, bucket list or default queue takes the default (a cap below 1 is never
-// unbounded); zero durations stay zero.
+// unbounded); zero durations stay zero, and no initial exceptions stays none.
 func TestEventOptionsDefaults(t *testing.T) {
 	s := NewEventSource(log.NewNopLogger(), nil, EventOptions{MaxTaskNames: -1, MaxWorkers: 7})
 	want := DefaultEventOptions()
 	want.WorkerTimeout, want.PurgeAfter, want.SentWait, want.MaxWorkers = 0, 0, 0, 7
+	want.InitialExceptions = nil
 	got := s.opts
 	got.Clock = nil
 	if !reflect.DeepEqual(got, want) {

@@ -62,6 +62,7 @@ type flags struct {
 	sentWait         time.Duration
 	maxTaskNames     int
 	maxExceptions    int
+	initialExc       string
 	eventBuffer      int
 
 	defaultQueue    string
@@ -115,6 +116,8 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("task.sent-wait", "How long a task's events wait for its task-sent (which names the queue) before a fallback queue is used.").Default(durationFlag(ev.SentWait)).DurationVar(&f.sentWait)
 	app.Flag("task.max-names", "Cardinality cap on the task name label.").Default(strconv.Itoa(ev.MaxTaskNames)).IntVar(&f.maxTaskNames)
 	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default(strconv.Itoa(ev.MaxExceptionsPerTask)).IntVar(&f.maxExceptions)
+	app.Flag("task.initial-exceptions", "Exception classes whose celery_task_failed_total series start at 0 when a task name is first seen on a worker and queue, so the first such failure is an increase; comma separated, empty for none. They count against --task.max-exceptions-per-task.").
+		Default(strings.Join(ev.InitialExceptions, ",")).StringVar(&f.initialExc)
 	app.Flag("events.buffer-size", "Event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
 
 	app.Flag("celery.default-queue", "Queue label of tasks whose queue is not otherwise known (Celery's task_default_queue).").Default(ev.DefaultQueue).StringVar(&f.defaultQueue)
@@ -235,6 +238,7 @@ func run(args []string) int {
 }
 
 func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.FlagConfig) error {
+	start := time.Now() // before any source counts anything
 	redis.SetLogger(redisLogger{logger})
 	broker, err := kombu.ParseURL(f.brokerURL)
 	if err != nil {
@@ -272,7 +276,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
 		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked,
 		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames,
-		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers,
+		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
 	})
 	go events.Run(ctx)
 
@@ -313,6 +317,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	reg.MustRegister(
 		collector.NewExporter(logger, f.scrapeTimeout, scrapers...),
 		buildInfo(),
+		collector.NewStartTime(start),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

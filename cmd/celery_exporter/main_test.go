@@ -134,7 +134,7 @@ func TestFlagDefaultsAreTheCollectors(t *testing.T) {
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter, RuntimeBuckets: runtime,
 		QueueWaitBuckets: wait, MaxTracked: f.maxTracked, TaskTTL: f.taskTTL, SentWait: f.sentWait,
 		DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxExceptionsPerTask: f.maxExceptions,
-		MaxWorkers: f.maxWorkers,
+		MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
 	}
 	if !reflect.DeepEqual(got, ev) {
 		t.Errorf("event flags %+v\nwant %+v", got, ev)
@@ -155,6 +155,26 @@ func TestCapsMustBePositive(t *testing.T) {
 			if _, _, err := parseFlags([]string{"--" + flag + "=" + v}); err == nil || !strings.Contains(err.Error(), flag) {
 				t.Errorf("--%s=%s: err %v, want one naming the flag", flag, v, err)
 			}
+		}
+	}
+}
+
+func TestInitialExceptionsFlag(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "SoftTimeLimitExceeded|TimeLimitExceeded|WorkerLostError"},
+		{[]string{"--task.initial-exceptions=WorkerLostError, KeyError"}, "WorkerLostError|KeyError"},
+		{[]string{"--task.initial-exceptions="}, ""},
+	}
+	for _, tt := range tests {
+		f, _, err := parseFlags(tt.args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(splitList(f.initialExc), "|"); got != tt.want {
+			t.Errorf("%v: %q, want %q", tt.args, got, tt.want)
 		}
 	}
 }
