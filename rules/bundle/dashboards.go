@@ -205,7 +205,7 @@ func (c *Config) workersDashboard() *board {
 		map[string]string{"hostname": "worker", "sw_ver": "celery", "sw_sys": "system",
 			"Value #A": "concurrency", "Value #B": "prefetch", "Value #C": "uptime (s)", "Value #D": "info"},
 		target{expr: "max by (hostname) (celery_worker_pool_max_concurrency" + w + ")"},
-		target{expr: "max by (hostname) (celery_worker_prefetch_count" + w + ")"},
+		target{expr: "max by (hostname) (celery_worker_prefetch_messages" + w + ")"},
 		target{expr: "max by (hostname) (celery_worker_uptime_seconds" + w + ")"},
 		target{expr: "max by (hostname, sw_ver, sw_sys) (celery_worker_info" + w + ")"}))
 
