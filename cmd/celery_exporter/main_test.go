@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"log/slog"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -10,6 +11,13 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/collector"
 )
+
+// The broker URL is required; the tests of other flags get one from the environment (those of the
+// broker URL itself set and clear it per case).
+func TestMain(m *testing.M) {
+	os.Setenv("CELERY_EXPORTER_BROKER_URL", "redis://test:6379/0")
+	os.Exit(m.Run())
+}
 
 func TestFlagsFromEnvironment(t *testing.T) {
 	const deprecatedCE = "broker URL taken from CE_BROKER_URL (danihodovic/celery-exporter's variable); use CELERY_EXPORTER_BROKER_URL or --broker.url"
@@ -75,7 +83,6 @@ func TestBuckets(t *testing.T) {
 			t.Errorf("%q: want an error", bad)
 		}
 	}
-	t.Setenv("CELERY_EXPORTER_BROKER_URL", "redis://app:6379/1")
 	f, _, _ := parseFlags(nil)
 	b, err := parseBuckets("task.runtime-buckets", f.runtimeBuckets)
 	if err != nil || b[len(b)-1] != 3600 {
@@ -122,7 +129,6 @@ func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {
 
 // The flags show the collector's defaults, the one place they are written.
 func TestFlagDefaultsAreTheCollectors(t *testing.T) {
-	t.Setenv("CELERY_EXPORTER_BROKER_URL", "redis://app:6379/1") // required, no default
 	f, _, err := parseFlags(nil)
 	if err != nil {
 		t.Fatal(err)
