@@ -11,6 +11,10 @@ LDFLAGS   := -s -w -X $(PKG_VER).Version=$(VERSION) -X $(PKG_VER).Revision=$(REV
 # Integration tests start real redis-server, Celery workers and Prometheus; they share CPU, so run
 # packages one at a time.
 TEST_FLAGS ?= -count=1 -p 1 -timeout 20m
+# helm, kustomize and jsonnet, built by test/gotools.sh when missing.
+TOOLS_BIN ?= $(or $(CELERY_EXPORTER_TOOLS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/celery_exporter/tools)
+export CELERY_EXPORTER_TOOLS := $(TOOLS_BIN)
+export PATH := $(PATH):$(TOOLS_BIN)
 
 .PHONY: all build test unit lint deps bench rules rules-check demo demo-kill-worker demo-trip-breaker demo-flood demo-zep-error clean
 
@@ -21,6 +25,7 @@ build:
 
 deps:
 	@./test/deps.sh
+	@./test/gotools.sh
 
 lint:
 	$(GO) vet ./...

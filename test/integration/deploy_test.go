@@ -290,6 +290,9 @@ func TestDeployFilesParse(t *testing.T) {
 				return err
 			}
 			name := d.Name()
+			if d.IsDir() && p == filepath.Join(root, "deploy/helm/celery-exporter/templates") {
+				return filepath.SkipDir // Go templates, checked by helm lint and helm template (TestHelmChartMatchesKustomize)
+			}
 			if !d.IsDir() && (strings.HasSuffix(name, ".yml") || strings.HasSuffix(name, ".yaml") ||
 				strings.HasSuffix(name, ".yml.in") || strings.HasSuffix(name, ".json")) {
 				rel, _ := filepath.Rel(root, p)
