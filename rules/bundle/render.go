@@ -91,7 +91,7 @@ func (c *Config) Files() (map[string][]byte, error) {
 // carrying the dashboard label.
 func (c *Config) configMap(d Dashboard, js []byte) ([]byte, error) {
 	meta := obj{
-		"name":   "grafana-dashboard-" + d.UID,
+		"name": "grafana-dashboard-" + d.UID,
 		"labels": map[string]string{
 			c.Kubernetes.DashboardLabel: c.Kubernetes.DashboardLabelValue,
 			// Kubernetes' recommended labels; the kustomization adds instance, version, part-of.
