@@ -16,7 +16,7 @@ TOOLS_BIN ?= $(or $(CELERY_EXPORTER_TOOLS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache
 export CELERY_EXPORTER_TOOLS := $(TOOLS_BIN)
 export PATH := $(PATH):$(TOOLS_BIN)
 
-.PHONY: all build test unit lint deps bench rules rules-check demo demo-kill-worker demo-trip-breaker demo-flood demo-zep-error clean
+.PHONY: all build test unit lint deps bench rules rules-check demo demo-kill-worker demo-trip-breaker demo-flood demo-log-error clean
 
 all: build
 
@@ -61,8 +61,8 @@ demo-trip-breaker:
 demo-flood:
 	./test/demo/fault.sh flood $(QUEUE)
 
-demo-zep-error:
-	./test/demo/fault.sh zep-error
+demo-log-error:
+	./test/demo/fault.sh log-error
 
 clean:
 	rm -f $(BIN)
