@@ -41,6 +41,22 @@ var oldExporterOthers = []string{
 	"celery_active_process_count",
 }
 
+// startExporterAndWorker starts redis, the exporter (ready) and, after before (if any), one
+// prefork worker on the queue "celery"; it returns the broker URL and the exporter.
+func startExporterAndWorker(t *testing.T, node string, before func(*harness.Exporter)) (string, *harness.Exporter) {
+	t.Helper()
+	url := harness.StartRedis(t).URL(0)
+	exp := harness.StartExporter(t, "--broker.url="+url, "--control.interval=1s", "--control.timeout=300ms",
+		"--celery.queues=celery")
+	exp.WaitReady(t, 15*time.Second)
+	if before != nil {
+		before(exp)
+	}
+	harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "prefork", Concurrency: 2,
+		Queues: []string{"celery"}, NodeName: node, Events: true, HeartbeatInterval: heartbeat})
+	return url, exp
+}
+
 // TestCompatRulesServeTheOldMixin runs real workers, the exporter and a real Prometheus loading
 // rules/compat: every series the old exporter's mixin reads returns data, and the renamed ones
 // carry the old meaning (the runtime histogram counts successful runs; the consumer count is
@@ -51,16 +67,12 @@ func TestCompatRulesServeTheOldMixin(t *testing.T) {
 	}
 	harness.Require(t, "prometheus")
 	root := harness.ModuleRoot(t)
-	redis := harness.StartRedis(t)
-	url := redis.URL(0)
-	exp := harness.StartExporter(t, "--broker.url="+url, "--control.interval=1s", "--control.timeout=300ms",
-		"--celery.queues=celery")
-	exp.WaitReady(t, 15*time.Second)
-	prom := harness.StartPrometheus(t, harness.PrometheusConfig(harness.PromConfig{
-		Jobs: map[string][]string{"celery": {exp.Addr}},
-	}), filepath.Join(root, "rules/compat/danihodovic-celery-exporter.rules.yml"))
-	harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "prefork", Concurrency: 2,
-		Queues: []string{"celery"}, NodeName: "compat@e2e", Events: true, HeartbeatInterval: heartbeat})
+	var prom *harness.Prometheus
+	url, exp := startExporterAndWorker(t, "compat@e2e", func(exp *harness.Exporter) {
+		prom = harness.StartPrometheus(t, harness.PrometheusConfig(harness.PromConfig{
+			Jobs: map[string][]string{"celery": {exp.Addr}},
+		}), filepath.Join(root, "rules/compat/danihodovic-celery-exporter.rules.yml"))
+	})
 
 	harness.Produce(t, url, nil, []harness.Send{
 		{Task: "add", Args: []any{1, 2}},
@@ -131,13 +143,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		t.Skip("integration test: real redis-server, a Celery worker and the exporter")
 	}
 	harness.Require(t, "promtool")
-	redis := harness.StartRedis(t)
-	url := redis.URL(0)
-	exp := harness.StartExporter(t, "--broker.url="+url, "--control.interval=1s", "--control.timeout=300ms",
-		"--celery.queues=celery")
-	exp.WaitReady(t, 15*time.Second)
-	harness.StartWorker(t, harness.WorkerOptions{BrokerURL: url, Pool: "prefork", Concurrency: 1,
-		Queues: []string{"celery"}, NodeName: "lint@e2e", Events: true, HeartbeatInterval: heartbeat})
+	url, exp := startExporterAndWorker(t, "lint@e2e", nil)
 	harness.Produce(t, url, nil, []harness.Send{{Task: "add", Args: []any{1, 2}}, {Task: "fail", Args: []any{"lint"}}, {Task: "retry_once"}})
 	exp.WaitFor(t, 60*time.Second, func(m harness.Metrics) bool {
 		return m.Sum("celery_task_succeeded_total", nil) == 2 && m.Sum("celery_task_failed_total", nil) == 1 &&
