@@ -312,7 +312,7 @@ func TestDeployFilesParse(t *testing.T) {
 		"deploy/kubernetes/base/service.yaml", "deploy/kubernetes/base/servicemonitor.yaml",
 		"deploy/kubernetes/base/celery_exporter.yml", "deploy/kubernetes/ha/kustomization.yaml",
 		"deploy/kubernetes/ha/poddisruptionbudget.yaml", "test/demo/celery_exporter.yml.in",
-		"test/demo/prometheus.yml.in", "test/demo/alertmanager.yml.in", "test/demo/rules-overrides.yaml",
+		"test/demo/prometheus.yml.in", "test/demo/rules-overrides.yaml",
 	} {
 		if !slices.Contains(files, must) {
 			t.Errorf("%s is missing", must)
