@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -466,9 +467,7 @@ func (c *Config) renderAlert(a alert) Rule {
 	if o := c.Alerts[a.name]; o.Severity != "" {
 		labels["severity"] = o.Severity
 	}
-	for k, v := range c.AlertLabels {
-		labels[k] = v
-	}
+	maps.Copy(labels, c.AlertLabels)
 	url := c.DashboardURL(a.dash) + "?var-job={{ $labels.job | urlquery }}"
 	for _, v := range a.dashVars {
 		url += "&var-" + v[0] + "={{ $labels." + v[1] + " | urlquery }}"

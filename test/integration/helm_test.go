@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
@@ -54,10 +54,10 @@ func k8sObjects(t *testing.T, what string, out []byte) map[string]map[string]any
 
 var hashSuffix = regexp.MustCompile(`-[a-z0-9]{10}$`)
 
-// comparable strips what legitimately differs between the worlds: labels (checked on their own),
+// comparableView strips what legitimately differs between the worlds: labels (checked on their own),
 // the pod template's annotations (Helm's config checksums),
 // selectors (Helm's include the release), Helm's imagePullPolicy, kustomize's hash suffixes.
-func comparable(o map[string]any) any {
+func comparableView(o map[string]any) any {
 	b, _ := json.Marshal(o)
 	b = regexp.MustCompile(`"(celery-exporter-config)-[a-z0-9]{10}"`).ReplaceAll(b, []byte(`"$1"`))
 	var v any
@@ -138,7 +138,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 					t.Errorf("%s: the chart renders no %s", world.name, key)
 					continue
 				}
-				if k, h := comparable(ko), comparable(ho); !reflect.DeepEqual(k, h) {
+				if k, h := comparableView(ko), comparableView(ho); !reflect.DeepEqual(k, h) {
 					kj, _ := json.MarshalIndent(k, "", " ")
 					hj, _ := json.MarshalIndent(h, "", " ")
 					t.Errorf("%s: %s differs between kustomize and helm:\nkustomize: %.3000s\nhelm:      %.3000s", world.name, key, kj, hj)
