@@ -16,8 +16,11 @@ GOLANGCI_LINT ?= $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # Integration tests start real redis-server, Celery workers and Prometheus; they share CPU, so run
 # packages one at a time.
 TEST_FLAGS ?= -count=1 -p 1 -timeout 20m
+# helm, kustomize and jsonnet, built into TOOLS_DIR by test/gotools.sh when missing.
+export CELERY_EXPORTER_TOOLS := $(TOOLS_DIR)
+export PATH := $(PATH):$(TOOLS_DIR)
 
-.PHONY: all build test unit lint deps bench rules rules-check demo demo-kill-worker demo-trip-breaker demo-flood demo-zep-error clean
+.PHONY: all build test unit lint deps bench rules rules-check demo demo-kill-worker demo-trip-breaker demo-flood demo-log-error clean
 
 all: build
 
@@ -26,6 +29,7 @@ build:
 
 deps:
 	@./test/deps.sh
+	@./test/gotools.sh
 
 lint: $(GOLANGCI_LINT)
 	$(GO) vet ./...
@@ -71,8 +75,8 @@ demo-trip-breaker:
 demo-flood:
 	./test/demo/fault.sh flood $(QUEUE)
 
-demo-zep-error:
-	./test/demo/fault.sh zep-error
+demo-log-error:
+	./test/demo/fault.sh log-error
 
 clean:
 	rm -f $(BIN)

@@ -484,7 +484,7 @@ var (
 		[]string{"hostname"}, nil)
 	workerPoolMaxConcurrencyDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "pool_max_concurrency"),
 		"The worker pool's maximum concurrency (stats.pool.max-concurrency).", []string{"hostname"}, nil)
-	workerPrefetchCountDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "prefetch_count"),
+	workerPrefetchDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "prefetch_messages"),
 		"How many messages the worker may hold unacknowledged (stats.prefetch_count).", []string{"hostname"}, nil)
 	workerUptimeDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "uptime_seconds"),
 		"The worker's uptime at the last remote-control round (stats.uptime).", []string{"hostname"}, nil)
@@ -545,7 +545,7 @@ func (c *ControlSource) emitRound(ch chan<- prometheus.Metric, r *controlRound) 
 			emitConst(emit, workerPoolMaxConcurrencyDesc, prometheus.GaugeValue, *st.maxConcurrency, h)
 		}
 		if st.prefetch != nil {
-			emitConst(emit, workerPrefetchCountDesc, prometheus.GaugeValue, *st.prefetch, h)
+			emitConst(emit, workerPrefetchDesc, prometheus.GaugeValue, *st.prefetch, h)
 		}
 		if st.uptime != nil {
 			emitConst(emit, workerUptimeDesc, prometheus.GaugeValue, *st.uptime, h)

@@ -82,11 +82,11 @@ celery_worker_ping_ok{hostname="celery@stuck"} 0
 celery_worker_pool_max_concurrency{hostname="celery@a"} 2
 celery_worker_pool_max_concurrency{hostname="celery@b"} 4
 celery_worker_pool_max_concurrency{hostname="celery@mac"} 1
-# HELP celery_worker_prefetch_count How many messages the worker may hold unacknowledged (stats.prefetch_count).
-# TYPE celery_worker_prefetch_count gauge
-celery_worker_prefetch_count{hostname="celery@a"} 8
-celery_worker_prefetch_count{hostname="celery@b"} 16
-celery_worker_prefetch_count{hostname="celery@mac"} 4
+# HELP celery_worker_prefetch_messages How many messages the worker may hold unacknowledged (stats.prefetch_count).
+# TYPE celery_worker_prefetch_messages gauge
+celery_worker_prefetch_messages{hostname="celery@a"} 8
+celery_worker_prefetch_messages{hostname="celery@b"} 16
+celery_worker_prefetch_messages{hostname="celery@mac"} 4
 # HELP celery_worker_queue_info 1 for each queue a worker consumes, from its last active_queues reply.
 # TYPE celery_worker_queue_info gauge
 celery_worker_queue_info{hostname="celery@a",queue_name="celery"} 1

@@ -189,6 +189,9 @@ func TestConfigValidation(t *testing.T) {
 		{"severity in alert labels", "alert_labels: {}", "alert_labels: {severity: page}", `field alert_labels: "severity" is set by the rules`},
 		{"instance in alert labels", "alert_labels: {}", "alert_labels: {instance: x}", `field alert_labels: "instance" is set by the rules`},
 		{"relative runbook URL", "runbooks: https://github.com", "runbooks: docs", `field urls.runbooks: must be an http(s) URL`},
+		{"override of an unknown alert", "alerts: {}", "alerts: {CeleryNope: {enabled: false}}", "field alerts.CeleryNope: not an alert of the bundle"},
+		{"empty override", "alerts: {}", "alerts: {CeleryTaskSlow: {}}", "field alerts.CeleryTaskSlow: set enabled or severity"},
+		{"bad severity", "alerts: {}", `alerts: {CeleryTaskSlow: {severity: "a b"}}`, "field alerts.CeleryTaskSlow.severity: must be a plain label value"},
 		{"unknown memory source", "source: exporter", "source: ps", `field workers.memory.source: must be exporter or cadvisor, got "ps"`},
 		{"stuck threshold", "stuck_seconds: 180", "stuck_seconds: 0", "field tasks.stuck_seconds: must be positive, got 0"},
 		{"lost share as percent", "events_lost_ratio: 0.1", "events_lost_ratio: 10", "field tasks.events_lost_ratio: must be in (0, 1), got 10"},
@@ -284,5 +287,73 @@ func TestMemoryFromCAdvisor(t *testing.T) {
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "SUCCESS") {
 		t.Errorf("promtool test rules (cadvisor variant): %v\n%s", err, out)
+	}
+}
+
+// TestAlertOverrides: a built-in alert can be turned off (it leaves the render, and a group left
+// empty goes too) or given another severity; the render stays valid for promtool.
+func TestAlertOverrides(t *testing.T) {
+	cfg := loadSeedConfig(t)
+	off, on := false, true
+	groupOf := map[string]string{}
+	for _, g := range cfg.RuleGroups() {
+		for _, r := range g.Rules {
+			groupOf[r.Alert] = g.Name
+		}
+	}
+	var exporterGroup []string // every alert of CeleryExporterDown's group, all turned off
+	for a, g := range groupOf {
+		if g == groupOf["CeleryExporterDown"] && a != "" {
+			exporterGroup = append(exporterGroup, a)
+		}
+	}
+	cfg.Alerts = map[string]bundle.AlertOverride{
+		"CeleryTaskSlow":     {Enabled: &off},
+		"CeleryQueueBacklog": {Severity: "critical"},
+		"CeleryWorkerLost":   {Enabled: &on, Severity: "page"},
+	}
+	for _, a := range exporterGroup {
+		cfg.Alerts[a] = bundle.AlertOverride{Enabled: &off}
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bundle.Rule{}
+	groups := map[string]bool{}
+	for _, g := range cfg.RuleGroups() {
+		groups[g.Name] = true
+		for _, r := range g.Rules {
+			if r.Alert != "" {
+				got[r.Alert] = r
+			}
+		}
+	}
+	if _, ok := got["CeleryTaskSlow"]; ok {
+		t.Error("CeleryTaskSlow is turned off but rendered")
+	}
+	if groups[groupOf["CeleryExporterDown"]] {
+		t.Errorf("group %s has every alert turned off but is rendered", groupOf["CeleryExporterDown"])
+	}
+	if s := got["CeleryQueueBacklog"].Labels["severity"]; s != "critical" {
+		t.Errorf("CeleryQueueBacklog severity %q, want critical", s)
+	}
+	if s := got["CeleryWorkerLost"].Labels["severity"]; s != "page" {
+		t.Errorf("CeleryWorkerLost severity %q, want page", s)
+	}
+	if s := got["CeleryQueueBacklogCritical"].Labels["severity"]; s != "critical" || len(got) != len(bundle.AlertNames())-1-len(exporterGroup) {
+		t.Errorf("other alerts changed: %d rendered, backlog critical severity %q", len(got), s)
+	}
+
+	harness.Require(t, "promtool")
+	files, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "celery.rules.yml")
+	if err := os.WriteFile(path, files[bundle.RulesFile], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runTool(t, "promtool", "check", "rules", path); err != nil {
+		t.Errorf("promtool check rules: %v\n%s", err, out)
 	}
 }

@@ -37,7 +37,7 @@ var issueAlerts = []struct {
 	{"CeleryTaskFailureRateHigh", "warning", "", []string{"celery:task_failure:ratio > 0.05"}},
 	{"CeleryTaskTimeLimitExceeded", "warning", "", []string{`exception=~"SoftTimeLimitExceeded|TimeLimitExceeded"`, "[15m]",
 		`time() - celery_exporter_start_time_seconds{job="celery"} < 900`, `sum_over_time(up{job="celery"}[15m])`}},
-	{"CeleryWorkerLost", "warning", "", []string{`exception=~"WorkerLostError"`, "celery_task_rejected_total", "[15m]"}},
+	{"CeleryWorkerLost", "warning", "", []string{`exception="WorkerLostError"`, "celery_task_rejected_total", "[15m]"}},
 	{"CeleryTaskSlow", "warning", "10m", []string{"celery:task_runtime_seconds:p95 > 120"}},
 	{"CeleryTaskEventsDisabled", "warning", "10m", []string{"celery_worker_task_events_enabled", ") == 0", "celery:worker_up:max == 1"}},
 	{"CeleryWorkerHighMemory", "warning", "15m", []string{"celery:worker_memory_bytes:max > 524288000"}},

@@ -39,9 +39,12 @@ import (
 const name = "celery_exporter"
 
 type flags struct {
-	brokerURL        string
-	brokerURLSet     bool
-	managementURL    string
+	brokerURL       string
+	brokerURLSet    bool
+	managementURL   string
+	legacyBrokerURL string // --broker-url, danihodovic/celery-exporter's name
+	// Said once the logger exists: where the broker URL came from when it was an old name.
+	brokerURLWarning string
 	transportOptions []string
 	unackedScanLimit int
 	discovery        time.Duration
@@ -85,8 +88,12 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
 
-	app.Flag("broker.url", "Celery broker URL: redis://, rediss://, redis+socket://, sentinel://, amqp://, amqps:// (`;`-separated failover list). Falls back to CELERY_BROKER_URL.").
-		Default("redis://localhost:6379/0").IsSetByUser(&f.brokerURLSet).StringVar(&f.brokerURL)
+	// No default: an exporter that silently watches localhost is worse than one that does not start.
+	app.Flag("broker.url", "Celery broker URL (required): redis://, rediss://, redis+socket://, sentinel://, amqp://, amqps:// (`;`-separated failover list). Falls back to CELERY_BROKER_URL, then to CE_BROKER_URL.").
+		IsSetByUser(&f.brokerURLSet).StringVar(&f.brokerURL)
+	// danihodovic/celery-exporter's flag, so its command lines keep working. NoEnvar: its derived
+	// variable would be CELERY_EXPORTER_BROKER_URL, which belongs to --broker.url.
+	app.Flag("broker-url", "Deprecated name of --broker.url.").Hidden().NoEnvar().StringVar(&f.legacyBrokerURL)
 	app.Flag("broker.transport-option", "A Celery broker_transport_options entry, KEY=VALUE (repeatable): global_keyprefix, fanout_prefix, fanout_patterns, sep, priority_steps, visibility_timeout, unacked_key, unacked_index_key, master_name, sentinel_kwargs.").
 		StringsVar(&f.transportOptions)
 	app.Flag("broker.management-url", "AMQP only: the RabbitMQ management API (http://host:15672), for unacked messages, the head message's age and queue discovery; credentials from this URL or the broker URL.").
@@ -143,13 +150,34 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 			return nil, nil, fmt.Errorf("--%s must be at least 1: the exporter's memory and series are bounded", c.flag)
 		}
 	}
-	// IsSetByUser does not see values from the flag's own variable.
-	if !f.brokerURLSet && os.Getenv("CELERY_EXPORTER_BROKER_URL") == "" {
-		if u := os.Getenv("CELERY_BROKER_URL"); u != "" {
-			f.brokerURL = u
-		}
+	if err := f.resolveBrokerURL(); err != nil {
+		return nil, nil, err
 	}
 	return f, webConfig, nil
+}
+
+// resolveBrokerURL picks the broker URL from, in order: --broker.url or CELERY_EXPORTER_BROKER_URL,
+// --broker-url, CELERY_BROKER_URL (the app's own), CE_BROKER_URL (danihodovic/celery-exporter's).
+func (f *flags) resolveBrokerURL() error {
+	// IsSetByUser does not see values from the flag's own variable.
+	if f.brokerURLSet || os.Getenv("CELERY_EXPORTER_BROKER_URL") != "" {
+		return nil
+	}
+	if f.legacyBrokerURL != "" {
+		f.brokerURL = f.legacyBrokerURL
+		f.brokerURLWarning = "--broker-url is deprecated, use --broker.url"
+		return nil
+	}
+	if u := os.Getenv("CELERY_BROKER_URL"); u != "" {
+		f.brokerURL = u
+		return nil
+	}
+	if u := os.Getenv("CE_BROKER_URL"); u != "" {
+		f.brokerURL = u
+		f.brokerURLWarning = "broker URL taken from CE_BROKER_URL (danihodovic/celery-exporter's variable); use CELERY_EXPORTER_BROKER_URL or --broker.url"
+		return nil
+	}
+	return errors.New("no broker URL: set --broker.url (or CELERY_EXPORTER_BROKER_URL, or the app's CELERY_BROKER_URL), e.g. --broker.url=redis://redis:6379/0")
 }
 
 // durationFlag formats a default as a user writes it: 1h, not 1h0m0s.
@@ -204,6 +232,9 @@ func run(args []string) int {
 		return 2
 	}
 	logger := withCaller(base)
+	if f.brokerURLWarning != "" {
+		level.Warn(logger).Log("msg", f.brokerURLWarning)
+	}
 	if err := serve(logger, slogLogger(base), f, webConfig); err != nil {
 		level.Error(logger).Log("msg", "exiting", "err", err)
 		return 1
@@ -316,7 +347,10 @@ func routes(logger log.Logger, telemetryPath string, reg *prometheus.Registry, r
 	mux.Handle(telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: promhttpLogger{logger}, ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 10,
 	}))
-	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
+	healthy := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") }
+	mux.HandleFunc("/-/healthy", healthy)
+	// danihodovic/celery-exporter's probe path (its Helm chart probes it), so our image works there.
+	mux.HandleFunc("/health", healthy)
 	// Ready means the numbers are true: subscribed to the events now (not once) and the broker
 	// answers a PING now.
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, r *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"reflect"
 	"regexp"
 	"strings"
@@ -18,34 +19,56 @@ import (
 	"github.com/celery-exporter/celery_exporter/collector"
 )
 
+// The broker URL is required; the tests of other flags get one from the environment (those of the
+// broker URL itself set and clear it per case).
+func TestMain(m *testing.M) {
+	os.Setenv("CELERY_EXPORTER_BROKER_URL", "redis://test:6379/0")
+	os.Exit(m.Run())
+}
+
 func TestFlagsFromEnvironment(t *testing.T) {
+	const deprecatedCE = "broker URL taken from CE_BROKER_URL (danihodovic/celery-exporter's variable); use CELERY_EXPORTER_BROKER_URL or --broker.url"
 	tests := []struct {
-		name string
-		env  map[string]string
-		args []string
-		want string
+		name    string
+		env     map[string]string
+		args    []string
+		want    string
+		warning string
+		err     string
 	}{
-		{name: "default", want: "redis://localhost:6379/0"},
+		{name: "none anywhere is an error, never localhost", err: "no broker URL: set --broker.url"},
 		{name: "celery's variable when ours is unset", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1"}, want: "redis://app:6379/1"},
 		{name: "ours wins", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1", "CELERY_EXPORTER_BROKER_URL": "redis://ours:6379/2"}, want: "redis://ours:6379/2"},
 		{name: "the flag wins", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1"}, args: []string{"--broker.url=redis://flag/3"}, want: "redis://flag/3"},
+		{name: "the old exporter's variable, with a warning", env: map[string]string{"CE_BROKER_URL": "redis://old:6379/4"}, want: "redis://old:6379/4", warning: deprecatedCE},
+		{name: "celery's variable before the old exporter's", env: map[string]string{"CE_BROKER_URL": "redis://old:6379/4", "CELERY_BROKER_URL": "redis://app:6379/1"}, want: "redis://app:6379/1"},
+		{name: "the old exporter's flag, with a warning", env: map[string]string{"CE_BROKER_URL": "redis://old:6379/4"}, args: []string{"--broker-url=redis://oldflag/5"}, want: "redis://oldflag/5", warning: "--broker-url is deprecated, use --broker.url"},
+		{name: "the new flag before the old one", args: []string{"--broker-url=redis://oldflag/5", "--broker.url=redis://flag/3"}, want: "redis://flag/3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Setenv("CELERY_BROKER_URL", "")
-			t.Setenv("CELERY_EXPORTER_BROKER_URL", "")
+			for _, k := range []string{"CELERY_BROKER_URL", "CELERY_EXPORTER_BROKER_URL", "CE_BROKER_URL"} {
+				t.Setenv(k, "")
+			}
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
 			f, _, err := parseFlags(tt.args)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err %v, want one containing %q", err, tt.err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f.brokerURL != tt.want {
-				t.Fatalf("broker URL %q, want %q", f.brokerURL, tt.want)
+			if f.brokerURL != tt.want || f.brokerURLWarning != tt.warning {
+				t.Fatalf("broker URL %q, warning %q; want %q, %q", f.brokerURL, f.brokerURLWarning, tt.want, tt.warning)
 			}
 		})
 	}
+	t.Setenv("CELERY_BROKER_URL", "redis://app:6379/1")
 	t.Setenv("CELERY_EXPORTER_WORKER_TIMEOUT", "9s")
 	t.Setenv("CELERY_EXPORTER_BROKER_TRANSPORT_OPTION", "global_keyprefix=pfx:")
 	t.Setenv("CELERY_EXPORTER_CONTROL_DISABLED", "true")
@@ -117,7 +140,6 @@ func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {
 
 // The flags show the collector's defaults, the one place they are written.
 func TestFlagDefaultsAreTheCollectors(t *testing.T) {
-	t.Setenv("CELERY_EXPORTER_BROKER_URL", "")
 	f, _, err := parseFlags(nil)
 	if err != nil {
 		t.Fatal(err)

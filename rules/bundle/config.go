@@ -85,6 +85,8 @@ type Config struct {
 	Windows map[string]Duration `yaml:"windows"`
 	// For holds each alert's `for`, by alert name; 0 fires on the first evaluation.
 	For map[string]Duration `yaml:"for"`
+	// Alerts turns built-in alerts off or changes their severity, by alert name.
+	Alerts map[string]AlertOverride `yaml:"alerts"`
 
 	Kubernetes struct {
 		Namespace                 string            `yaml:"namespace"`
@@ -95,6 +97,19 @@ type Config struct {
 		DashboardLabelValue       string            `yaml:"dashboard_label_value"`
 		DashboardFolderAnnotation string            `yaml:"dashboard_folder_annotation"`
 	} `yaml:"kubernetes"`
+}
+
+// AlertOverride changes one built-in alert: Enabled false leaves it out of the render, Severity
+// replaces its severity label (the Alertmanager routes on it).
+type AlertOverride struct {
+	Enabled  *bool  `yaml:"enabled"`
+	Severity string `yaml:"severity"`
+}
+
+// AlertEnabled says whether the render holds the alert (every alert is, unless turned off).
+func (c *Config) AlertEnabled(name string) bool {
+	o, ok := c.Alerts[name]
+	return !ok || o.Enabled == nil || *o.Enabled
 }
 
 // Window names, the keys of Config.Windows.
@@ -170,6 +185,9 @@ func ParseConfig(b []byte) (*Config, error) {
 
 var labelName = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
 
+// labelValue is a severity an Alertmanager route can match without quoting trouble.
+var labelValue = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
+
 // Validate reports every invalid field at once.
 func (c *Config) Validate() error {
 	var errs []error
@@ -180,6 +198,16 @@ func (c *Config) Validate() error {
 		bad("selector", "must hold at least one label matcher, e.g. job=\"celery\"")
 	} else if strings.ContainsAny(c.Selector, "{}") {
 		bad("selector", "label matchers without braces, got %q", c.Selector)
+	}
+	for name, o := range c.Alerts {
+		switch {
+		case !slices.Contains(alertOrder, name):
+			bad("alerts."+name, "not an alert of the bundle (%s)", strings.Join(alertOrder, ", "))
+		case o.Enabled == nil && o.Severity == "":
+			bad("alerts."+name, "set enabled or severity")
+		case o.Severity != "" && !labelValue.MatchString(o.Severity):
+			bad("alerts."+name+".severity", "must be a plain label value, got %q", o.Severity)
+		}
 	}
 	for k := range c.AlertLabels {
 		if !labelName.MatchString(k) {

@@ -54,7 +54,7 @@ var ContractMetrics = map[string][]string{
 	"celery_active_worker_count":                             {"queue_name"},
 	"celery_active_process_count":                            {"queue_name"},
 	"celery_worker_pool_max_concurrency":                     {"hostname"},
-	"celery_worker_prefetch_count":                           {"hostname"},
+	"celery_worker_prefetch_messages":                        {"hostname"},
 	"celery_worker_uptime_seconds":                           {"hostname"},
 	"celery_worker_max_rss_bytes":                            {"hostname"},
 	"celery_worker_cpu_seconds_total":                        {"hostname", "mode"},

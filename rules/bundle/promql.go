@@ -20,8 +20,12 @@ func (c *Config) sel(extra ...string) string {
 // eq is a `label="value"` matcher with the value quoted as a PromQL string.
 func eq(label, value string) string { return label + "=" + strconv.Quote(value) }
 
-// anyOf is a `label=~"a|b"` matcher matching exactly the given literal values.
+// anyOf is a `label=~"a|b"` matcher matching exactly the given literal values; `label="a"` for
+// one value (a regexp on a static string costs more and linters flag it).
 func anyOf(label string, values []string) string {
+	if len(values) == 1 {
+		return eq(label, values[0])
+	}
 	quoted := make([]string, len(values))
 	for i, v := range values {
 		quoted[i] = regexp.QuoteMeta(v)

@@ -88,9 +88,13 @@ func (c *Config) RuleGroups() []RuleGroup {
 	} {
 		rg := RuleGroup{Name: g.name}
 		for _, a := range g.alerts {
-			rg.Rules = append(rg.Rules, c.renderAlert(a))
+			if c.AlertEnabled(a.name) {
+				rg.Rules = append(rg.Rules, c.renderAlert(a))
+			}
 		}
-		groups = append(groups, rg)
+		if len(rg.Rules) > 0 { // a group without rules is an error for promtool
+			groups = append(groups, rg)
+		}
 	}
 	if c.Interval > 0 {
 		for i := range groups {
@@ -460,6 +464,9 @@ func (c *Config) forText(alert string) string {
 
 func (c *Config) renderAlert(a alert) Rule {
 	labels := map[string]string{"severity": a.severity}
+	if o := c.Alerts[a.name]; o.Severity != "" {
+		labels["severity"] = o.Severity
+	}
 	maps.Copy(labels, c.AlertLabels)
 	url := c.DashboardURL(a.dash) + "?var-job={{ $labels.job | urlquery }}"
 	for _, v := range a.dashVars {

@@ -14,8 +14,9 @@
 #                                                   (default 80) -> CeleryQueueBacklog; a queue nobody
 #                                                   consumes also -> CeleryQueueWithoutConsumers
 #   fault.sh purge QUEUE                            drop QUEUE's waiting messages
-#   fault.sh zep-error [COUNT]                      chat messages whose Zep write fails and logs
+#   fault.sh log-error [COUNT]                      chat messages whose Zep write fails and logs
 #                                                   zep_call_error (default 1) -> ZepCallErrors
+#                                                   (the demo app's named log event)
 #   fault.sh alerts                                 the alerts Prometheus has pending or firing
 #   fault.sh celery ARGS...                         the celery CLI on the demo's app (inspect, ...)
 #
@@ -108,9 +109,9 @@ case $cmd in
     [ -n "$q" ] || die "purge: which queue?"
     celery_run "$PY" -m celery -A celeryapp.app purge -f -Q "$q"
     ;;
-  zep-error)
+  log-error)
     count=${1:-1}
-    [[ $count =~ ^[0-9]+$ ]] || die "zep-error: COUNT must be a number"
+    [[ $count =~ ^[0-9]+$ ]] || die "log-error: COUNT must be a number"
     entry='{"task": "assistant.tasks.process_chat_message", "kwargs": {"message": "zep is down", "seconds": 0.1, "zep_error": true}}'
     plan=""
     for ((i = 0; i < count; i++)); do plan="$plan${plan:+,}$entry"; done

@@ -254,7 +254,7 @@ cat <<EOF
     make demo-kill-worker          SIGKILL the background worker      -> CeleryWorkersBelowExpected [CeleryQueueWithoutConsumers CeleryQueueBacklog CeleryQueueBacklogCritical]
     make demo-trip-breaker         open the Zep breaker for 120s      -> ZepMemoryDegraded
     make demo-flood QUEUE=chat     80 slow tasks on one queue         -> CeleryQueueBacklog
-    make demo-zep-error            a chat message logs zep_call_error -> ZepCallErrors
+    make demo-log-error            a chat message logs zep_call_error -> ZepCallErrors
     test/demo/fault.sh help        all of them (heal, close-breaker, purge QUEUE, alerts, ...)
   A killed worker comes back by itself after ${DEMO_HEAL_AFTER}s (DEMO_HEAL_AFTER=0: never).
 

@@ -93,7 +93,7 @@ func TestControlQueuesMatchInspect(t *testing.T) {
 		h := map[string]string{"hostname": node}
 		expectSeries(t, m, "celery_worker_ping_ok", h, 1)
 		expectSeries(t, m, "celery_worker_pool_max_concurrency", h, st["pool"].(map[string]any)["max-concurrency"].(float64))
-		expectSeries(t, m, "celery_worker_prefetch_count", h, st["prefetch_count"].(float64))
+		expectSeries(t, m, "celery_worker_prefetch_messages", h, st["prefetch_count"].(float64))
 		for name, n := range st["total"].(map[string]any) {
 			expectSeries(t, m, "celery_worker_tasks_accepted_total", map[string]string{"hostname": node, "name": name}, n.(float64))
 		}

@@ -262,16 +262,16 @@ func TestDemoHeadless(t *testing.T) {
 	// brackets may fire in Prometheus but Alertmanager must hold them back.
 	banner := demoBanner(t, d.output())
 	var pages, held []string
-	for _, b := range []string{"demo-trip-breaker", "demo-zep-error", "demo-kill-worker", "demo-flood"} {
+	for _, b := range []string{"demo-trip-breaker", "demo-log-error", "demo-kill-worker", "demo-flood"} {
 		if _, ok := banner[b]; !ok {
 			t.Fatalf("the banner names no alerts for %s:\n%s", b, d.output())
 		}
 		pages = append(pages, banner[b][0]...)
 		held = append(held, banner[b][1]...)
 	}
-	// zep-error before flood: its chat message must not wait behind the flood.
+	// log-error before flood: its chat message must not wait behind the flood.
 	t.Log(d.fault(t, "trip-breaker", "600"))
-	t.Log(d.fault(t, "zep-error"))
+	t.Log(d.fault(t, "log-error"))
 	t.Log(d.fault(t, "kill-worker", "background"))
 	t.Log(d.fault(t, "flood", "chat"))
 	slices.Sort(pages)
