@@ -51,7 +51,7 @@ type BrokerOptions struct {
 	// bindings are pub/sub subscribers and reply lists, not task queues.
 	EventExchange, ControlExchange string
 	// DiscoveryInterval is how long the queue names found in the _kombu.binding.* sets are reused
-	// before the keyspace is scanned again (default 30s). SCAN walks the whole DB, which is costly
+	// before the keyspace is scanned again . SCAN walks the whole DB, which is costly
 	// when results or caches share it; depths are read on every scrape regardless.
 	DiscoveryInterval time.Duration
 }
@@ -394,8 +394,8 @@ func (b *BrokerScraper) discover(ctx context.Context) (*bindingTable, error) {
 			break
 		}
 	}
-	sort.Strings(keys)
-	keys = dedupSorted(keys)
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
 	t := &bindingTable{routes: map[string]map[string][]string{}}
 	if len(keys) == 0 {
 		return t, nil
@@ -434,16 +434,6 @@ func (b *BrokerScraper) discover(ctx context.Context) (*bindingTable, error) {
 	}
 	sort.Strings(t.queues)
 	return t, nil
-}
-
-func dedupSorted(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }
 
 // scanUnacked counts unacked messages per queue by reading at most UnackedScanLimit entries. An

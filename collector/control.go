@@ -43,16 +43,16 @@ var (
 
 // ControlOptions configure the remote-control source; DefaultControlOptions has the defaults.
 type ControlOptions struct {
-	// Interval between rounds (default 15s).
+	// Interval between rounds.
 	Interval time.Duration
-	// Timeout is the idle timeout between replies, as Celery's inspect --timeout (default 1s).
+	// Timeout is the idle timeout between replies, as Celery's inspect --timeout.
 	Timeout time.Duration
 	// Deadline bounds a whole round (default 10×Timeout).
 	Deadline time.Duration
 	// EnableEvents also casts enable_events every round, so task events come back after a worker
 	// restart.
 	EnableEvents bool
-	// ControlExchange is Celery's control_exchange setting (default "celery").
+	// ControlExchange is Celery's control_exchange setting.
 	ControlExchange string
 	// StaleAfter is how long the answers of the last successful round are still served while
 	// later rounds fail (default 3×Interval): one failed round leaves no gap in the series, and
@@ -107,18 +107,17 @@ type workerStats struct {
 // NewControlSource returns the remote-control source. workers may be nil (then every round waits
 // for the idle timeout, and only answering workers are reported).
 func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts ControlOptions, workers WorkerDirectory) *ControlSource {
-	def := DefaultControlOptions()
 	if opts.Interval <= 0 {
-		opts.Interval = def.Interval
+		opts.Interval = DefaultControlOptions().Interval
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = def.Timeout
+		opts.Timeout = DefaultControlOptions().Timeout
 	}
 	if opts.Deadline <= 0 {
-		opts.Deadline = opts.Timeout * (def.Deadline / def.Timeout)
+		opts.Deadline = 10 * opts.Timeout
 	}
 	if opts.ControlExchange == "" {
-		opts.ControlExchange = def.ControlExchange
+		opts.ControlExchange = DefaultControlOptions().ControlExchange
 	}
 	if opts.StaleAfter <= 0 {
 		opts.StaleAfter = 3 * opts.Interval
@@ -141,7 +140,7 @@ func (c *ControlSource) Name() string { return "control" }
 
 // Run does a round now, then one every Interval, until ctx is done.
 func (c *ControlSource) Run(ctx context.Context) {
-	c.Round(ctx)
+	_ = c.Round(ctx) // the error is logged and reported by the round
 	t := time.NewTicker(c.opts.Interval)
 	defer t.Stop()
 	for {
@@ -149,7 +148,7 @@ func (c *ControlSource) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.Round(ctx)
+			_ = c.Round(ctx)
 		}
 	}
 }
@@ -378,9 +377,7 @@ func (c *ControlSource) store(r *controlRound) {
 			delete(c.hostQueues, h)
 		}
 	}
-	for h, qs := range r.queues {
-		c.hostQueues[h] = qs
-	}
+	maps.Copy(c.hostQueues, r.queues)
 }
 
 // current is the last successful round while it is fresh (no older than StaleAfter), else nil:

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
@@ -272,7 +272,7 @@ func TestSuccessCriteriaStats(t *testing.T) {
 	}
 }
 
-// TestContentOfTheDetailDashboards checks that each dashboard shows what issue 5 lists for it.
+// TestContentOfTheDetailDashboards checks that each dashboard shows the panels its purpose needs.
 func TestContentOfTheDetailDashboards(t *testing.T) {
 	ds := loadDashboards(t)
 	want := map[string][]string{

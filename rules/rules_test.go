@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"

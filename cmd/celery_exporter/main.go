@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/common/version"
@@ -285,7 +285,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 
 	reg.MustRegister(
 		collector.NewExporter(logger, f.scrapeTimeout, scrapers...),
-		buildInfo(),
+		versioncollector.NewCollector(name), // celery_exporter_build_info
 		collector.NewStartTime(start),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -388,15 +388,6 @@ func routes(logger log.Logger, telemetryPath string, reg *prometheus.Registry, r
 		mux.Handle("/", landing)
 	}
 	return mux, nil
-}
-
-func buildInfo() prometheus.Collector {
-	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: collector.Namespace, Subsystem: "exporter", Name: "build_info",
-		Help: "The exporter's version, always 1.",
-	}, []string{"version", "revision", "goversion"})
-	g.WithLabelValues(version.Version, version.Revision, runtime.Version()).Set(1)
-	return g
 }
 
 type promhttpLogger struct{ logger log.Logger }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -95,7 +94,11 @@ func TestSlogBridge(t *testing.T) {
 	if strings.Contains(out, "hidden") {
 		t.Error("debug passed an info filter")
 	}
-	var _ slog.Handler = slogBridge{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.Count(line, "ts=") != 1 || strings.Contains(line, "time=") {
+			t.Errorf("want one timestamp, ts, on every line: %s", line)
+		}
+	}
 }
 
 func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {

@@ -147,7 +147,7 @@ func parseDB(s string) (int, error) {
 func (b *Broker) applySSL(q url.Values) error {
 	var (
 		reqs, ca, cert, key, check string
-		any                        bool
+		given                      bool // any ssl_* option
 	)
 	for k, vs := range q {
 		v := vs[len(vs)-1]
@@ -166,10 +166,10 @@ func (b *Broker) applySSL(q url.Values) error {
 			// kombu raises TypeError on unknown query keys; a silent ignore would hide a typo.
 			return errURL("unknown query option %q", k)
 		}
-		any = true
+		given = true
 	}
 	if b.Scheme != "rediss" {
-		if any {
+		if given {
 			return errURL("ssl_* options need the rediss:// scheme")
 		}
 		return nil

@@ -173,11 +173,7 @@ func (t *Tailer) Watched() int { return int(t.watched.Load()) }
 // grace is how long a file that no longer matches the globs (rotated away, deleted) is kept
 // open after it last grew: the writer may not have reopened its log yet.
 func (t *Tailer) grace() time.Duration {
-	g := 5 * t.opts.PollInterval
-	if g < time.Second {
-		g = time.Second
-	}
-	return g
+	return max(5*t.opts.PollInterval, time.Second)
 }
 
 // Poll does one pass: find files, read what is new, drop what is gone. Start calls it on every

@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -459,9 +460,7 @@ func (c *Config) forText(alert string) string {
 
 func (c *Config) renderAlert(a alert) Rule {
 	labels := map[string]string{"severity": a.severity}
-	for k, v := range c.AlertLabels {
-		labels[k] = v
-	}
+	maps.Copy(labels, c.AlertLabels)
 	url := c.DashboardURL(a.dash) + "?var-job={{ $labels.job | urlquery }}"
 	for _, v := range a.dashVars {
 		url += "&var-" + v[0] + "={{ $labels." + v[1] + " | urlquery }}"

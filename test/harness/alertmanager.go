@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // AlertmanagerTimers are the grouping timers of an Alertmanager route ("" keeps the config's).

@@ -650,9 +650,9 @@ func (s *alertsE2E) checkStats(stats map[string]statResult, want map[string]stat
 // The healthy step requires exactly these to be empty (so each reason is checked), the
 // conditions step requires every query to return data.
 var alEmptyWhenHealthy = map[string]string{
-	// Counters whose labels only exist once the event happened (a retry's exception, a revocation's
-	// reason, a trip's reason): no series at all before it. Failed (the --task.initial-exceptions
-	// classes), rejected and event-error counters exist at 0 from the start.
+	// Counters whose labels only exist once the event happened (exception, reason, breaker
+	// reason): no series at all before it. (Failed and rejected tasks and event errors are not
+	// here: their series exist at 0 from the first sight of a task, or from the start.)
 	"celery-tasks / Tasks by state / F":                "celery_task_retried_total: retry_once",
 	"celery-tasks / Tasks by state / H":                "celery_task_revoked_total: a task that expires before its ETA",
 	"celery-tasks / Retried by task and exception / A": "celery_task_retried_total: retry_once",

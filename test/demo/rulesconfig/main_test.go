@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 )
@@ -83,11 +83,11 @@ func TestDemoOverrides(t *testing.T) {
 		t.Fatalf("the merged demo config is not a valid rules config: %v", err)
 	}
 	// Each fault button's alert fires within two minutes of the fault.
-	for alert, max := range map[string]string{
+	for alert, limit := range map[string]string{
 		"CeleryWorkersBelowExpected": "15s", "CeleryQueueWithoutConsumers": "45s",
 		"CeleryQueueBacklog": "75s", "ZepMemoryDegraded": "10s", "ZepCallErrors": "0s",
 	} {
-		want, _ := bundle.ParseDuration(max)
+		want, _ := bundle.ParseDuration(limit)
 		if got := cfg.For[alert]; got != want {
 			t.Errorf("for.%s = %v, want %v", alert, got, want)
 		}
