@@ -379,3 +379,54 @@ func readYAML(t *testing.T, path string, v any) {
 		t.Fatalf("decode %s: %v", path, err)
 	}
 }
+
+// TestWebhookAlertmanagerConfigKeepsRouting: the configuration the demo and the paging tests run
+// (harness.WebhookAlertmanagerConfig of the shipped file) differs from the shipped one only in its
+// receivers' integrations and the top route's group timers; amtool accepts it.
+func TestWebhookAlertmanagerConfigKeepsRouting(t *testing.T) {
+	shipped, err := os.ReadFile(filepath.Join(root, alertmanagerFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := harness.WebhookAlertmanagerConfig(shipped, "http://127.0.0.1:9099/alerts", harness.AlertmanagerTimers{GroupWait: "5s", GroupInterval: "10s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b map[string]any
+	if err := yaml.Unmarshal(shipped, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(out, &b); err != nil {
+		t.Fatal(err)
+	}
+	ra, rb := a["route"].(map[string]any), b["route"].(map[string]any)
+	if rb["group_wait"] != "5s" || rb["group_interval"] != "10s" {
+		t.Errorf("timers = %v %v, want 5s 10s", rb["group_wait"], rb["group_interval"])
+	}
+	for _, k := range []string{"group_wait", "group_interval"} {
+		delete(ra, k)
+		delete(rb, k)
+	}
+	if !reflect.DeepEqual(ra, rb) || !reflect.DeepEqual(a["inhibit_rules"], b["inhibit_rules"]) || !reflect.DeepEqual(a["global"], b["global"]) {
+		t.Errorf("routing or inhibitions differ from %s:\n%s", alertmanagerFile, out)
+	}
+	var names []string
+	for _, r := range b["receivers"].([]any) {
+		m := r.(map[string]any)
+		names = append(names, m["name"].(string))
+		if len(m) != 2 || m["webhook_configs"] == nil {
+			t.Errorf("receiver %v keeps more than its name and the webhook", m)
+		}
+	}
+	if !slices.Equal(names, []string{"oncall", "chat"}) {
+		t.Errorf("receivers %v, want oncall and chat", names)
+	}
+	harness.Require(t, "amtool")
+	f := filepath.Join(t.TempDir(), "alertmanager.yml")
+	if err := os.WriteFile(f, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := runTool(t, "amtool", "check-config", f); err != nil {
+		t.Errorf("amtool check-config: %v\n%s", err, res)
+	}
+}
