@@ -62,7 +62,7 @@ type ControlOptions struct {
 
 // Bounds on what one round keeps, whatever the workers send.
 const (
-	maxControlReplies       = 30000 // 3 per worker: 10000 workers
+	maxControlReplies       = 40000 // 4 per worker: 10000 workers
 	maxTaskNamesPerWorker   = 2000
 	maxQueuesPerWorker      = 1000
 	controlRoundGracePeriod = 5 * time.Second
@@ -91,6 +91,7 @@ type controlRound struct {
 	ping    map[string]bool // hostname -> answered pong
 	queues  map[string][]string
 	stats   map[string]*workerStats
+	active  map[string][]ActiveTask // workers whose `active` reply could be read
 	allQs   []string
 	replies int
 }
@@ -160,7 +161,10 @@ func (c *ControlSource) Round(parent context.Context) error {
 	if c.workers != nil {
 		alive, known = c.workers.WorkerNames()
 	}
-	calls := []pidbox.Call{{Method: "ping"}, {Method: "active_queues"}, {Method: "stats"}}
+	// active with safe=true: the arguments come as their bounded repr, not in full.
+	calls := []pidbox.Call{{Method: "ping"}, {Method: "active_queues"}, {Method: "stats"},
+		{Method: "active", Arguments: map[string]any{"safe": true}}}
+	sent := c.now()
 	if c.opts.EnableEvents {
 		calls = append(calls, pidbox.Call{Method: "enable_events", Cast: true})
 	}
@@ -181,6 +185,9 @@ func (c *ControlSource) Round(parent context.Context) error {
 	}
 	c.store(r)
 	c.logTransition(r)
+	if sink, ok := c.workers.(ActiveSink); ok && r.err == nil {
+		sink.ApplyActive(ActiveSnapshot{Sent: sent, Hosts: r.active})
+	}
 	return err
 }
 
@@ -203,7 +210,9 @@ func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
 	r.ping = map[string]bool{}
 	r.queues = map[string][]string{}
 	r.stats = map[string]*workerStats{}
+	r.active = map[string][]ActiveTask{}
 	r.replies = len(res.Replies)
+	routingKeys := map[string][]string{}
 	sys, _ := c.workers.(workerSystems)
 	seen := map[string]bool{}
 	for _, rep := range res.Replies {
@@ -247,9 +256,59 @@ func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
 				}
 			}
 			r.stats[rep.Hostname] = st
+		case "active":
+			list, keys, ok := parseActive(rep.Result)
+			if ok {
+				r.active[rep.Hostname], routingKeys[rep.Hostname] = list, keys
+			}
 		}
 	}
 	sort.Strings(r.allQs)
+	// The queue of an active task: its routing key when the worker consumes a queue of that name
+	// (Celery's default routing), else the worker's only queue, else unknown.
+	for h, list := range r.active {
+		qs := r.queues[h]
+		for i := range list {
+			switch rk := routingKeys[h][i]; {
+			case slices.Contains(qs, rk):
+				list[i].Queue = rk
+			case len(qs) == 1:
+				list[i].Queue = qs[0]
+			}
+		}
+	}
+}
+
+// parseActive reads an `inspect active` reply: the tasks a worker runs now. Entries without an id
+// are skipped; keys are their delivery_info.routing_key, index for index.
+func parseActive(raw json.RawMessage) (list []ActiveTask, keys []string, ok bool) {
+	var reqs []json.RawMessage
+	if json.Unmarshal(raw, &reqs) != nil {
+		return nil, nil, false // {"error": ...} from a worker that cannot answer
+	}
+	for _, q := range reqs {
+		if len(list) >= maxActivePerWorker {
+			break
+		}
+		var a struct {
+			ID           string   `json:"id"`
+			Name         string   `json:"name"`
+			TimeStart    *float64 `json:"time_start"`
+			DeliveryInfo struct {
+				RoutingKey string `json:"routing_key"`
+			} `json:"delivery_info"`
+		}
+		if json.Unmarshal(q, &a) != nil || a.ID == "" {
+			continue
+		}
+		t := ActiveTask{ID: a.ID, Name: a.Name}
+		if a.TimeStart != nil && *a.TimeStart > 0 {
+			t.Started = *a.TimeStart
+		}
+		list = append(list, t)
+		keys = append(keys, a.DeliveryInfo.RoutingKey)
+	}
+	return list, keys, true
 }
 
 // parseStats reads the parts of a `stats` reply the metrics use. Every part is optional: pools
@@ -415,7 +474,8 @@ var (
 	workerUptimeDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "uptime_seconds"),
 		"The worker's uptime at the last remote-control round (stats.uptime).", []string{"hostname"}, nil)
 	workerMaxRSSDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "max_rss_bytes"),
-		"Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).", []string{"hostname"}, nil)
+		"Peak resident set size of the worker's main process only (stats.rusage.maxrss: getrusage(RUSAGE_SELF) of the process that answers remote control). "+
+			"Prefork pool children are excluded, so this is not the worker's total memory.", []string{"hostname"}, nil)
 	workerCPUDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "cpu_seconds_total"),
 		"CPU time of the worker's main process (stats.rusage utime/stime; pool children are not included).", []string{"hostname", "mode"}, nil)
 	controlLastSuccessDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "exporter", "control_last_success_timestamp_seconds"),

@@ -65,7 +65,7 @@ celery_worker_cpu_seconds_total{hostname="celery@a",mode="system"} 0.045023
 celery_worker_cpu_seconds_total{hostname="celery@a",mode="user"} 0.163718
 celery_worker_cpu_seconds_total{hostname="celery@mac",mode="system"} 0.5
 celery_worker_cpu_seconds_total{hostname="celery@mac",mode="user"} 1.5
-# HELP celery_worker_max_rss_bytes Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).
+# HELP celery_worker_max_rss_bytes Peak resident set size of the worker's main process only (stats.rusage.maxrss: getrusage(RUSAGE_SELF) of the process that answers remote control). Prefork pool children are excluded, so this is not the worker's total memory.
 # TYPE celery_worker_max_rss_bytes gauge
 celery_worker_max_rss_bytes{hostname="celery@a"} 4.6641152e+07
 celery_worker_max_rss_bytes{hostname="celery@mac"} 1.048576e+06
@@ -159,9 +159,9 @@ func TestControlEnableEventsIsACastEveryRound(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		want := "ping active_queues stats ping active_queues stats"
+		want := "ping active_queues stats active ping active_queues stats active"
 		if enable {
-			want = "ping active_queues stats enable_events(cast) ping active_queues stats enable_events(cast)"
+			want = "ping active_queues stats active enable_events(cast) ping active_queues stats active enable_events(cast)"
 		}
 		// A round ends when the replies are in; the worker may still be reading the last cast.
 		wantN := len(strings.Fields(want))
@@ -316,8 +316,8 @@ func TestControlRunRoundsUntilCancelled(t *testing.T) {
 			if elapsed, least := time.Since(start), time.Duration(whole)*tt.interval; whole > 0 && elapsed < least {
 				t.Errorf("%d rounds after %v: faster than one per %v", whole+1, elapsed, tt.interval)
 			}
-			if n := len(w.Requests()); n != 3*whole {
-				t.Errorf("worker got %d requests, want %d (%d rounds of ping, active_queues, stats)", n, 3*whole, whole)
+			if n := len(w.Requests()); n != 4*whole {
+				t.Errorf("worker got %d requests, want %d (%d rounds of ping, active_queues, stats, active)", n, 4*whole, whole)
 			}
 			if keys := b.mr.Keys(); len(keys) != 0 {
 				t.Errorf("keys left: %q", keys)

@@ -50,7 +50,10 @@ type EventOptions struct {
 	// created at 0 when a (name, hostname, queue_name) is first seen, so the first such failure
 	// is an increase (--task.initial-exceptions). They count against MaxExceptionsPerTask.
 	InitialExceptions []string
-	Clock             clock.Clock
+	// ActiveTTL is how long a running task that only remote control reported (no task-started
+	// arrived) is kept without a reply listing it again (default 5m).
+	ActiveTTL time.Duration
+	Clock     clock.Clock
 }
 
 // QueueHinter knows the queue of a worker that consumes exactly one (from remote control).
@@ -91,6 +94,8 @@ type EventSource struct {
 
 	mu      sync.Mutex
 	workers map[string]*workerState
+
+	run runningSet
 
 	lastEvent atomic.Int64 // unix nanos on the exporter's clock
 
@@ -187,6 +192,7 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		combos:        map[taskSeries]struct{}{},
 		observers:     map[seriesKey]prometheus.Observer{},
 		workers:       map[string]*workerState{},
+		run:           newRunningSet(),
 
 		sent:      counter("task_sent_total", "Tasks sent (task-sent events).", "name", "queue_name"),
 		received:  counter("task_received_total", "Tasks received by a worker.", task...),
@@ -229,8 +235,8 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 // SetQueueHints gives the source the remote-control view of which worker consumes which queue.
 func (s *EventSource) SetQueueHints(h QueueHinter) { s.hints.Store(&h) }
 
-// Ready reports whether the event subscription was established at least once.
-func (s *EventSource) Ready() bool { return s.sub != nil && s.sub.Ready() }
+// Up reports whether the event subscription is established now.
+func (s *EventSource) Up() bool { return s.sub != nil && s.sub.Up() }
 
 // Run applies payloads from the subscriber until ctx is done.
 func (s *EventSource) Run(ctx context.Context) {
@@ -270,6 +276,7 @@ func (s *EventSource) badEvent(err error) { s.eventErrors.WithLabelValues(event.
 // workers past their purge time. Run calls it periodically; tests call it after moving the clock.
 func (s *EventSource) Tick() {
 	now := s.clk.Now()
+	s.now = now // what released events are applied at
 	for len(s.holds) > 0 && !s.holds[0].HoldUntil.After(now) {
 		t := s.holds[0]
 		s.holds[0] = nil
@@ -278,11 +285,14 @@ func (s *EventSource) Tick() {
 			s.release(t)
 		}
 	}
+	s.mergeActive(now)
 	if now.Sub(s.lastExpire) >= 5*time.Second {
 		s.lastExpire = now
 		for _, t := range s.cache.Expire(now) {
 			s.release(t)
+			s.stopRunning(t.UUID)
 		}
+		s.expireActive(now)
 		s.purgeWorkers(now)
 	}
 }
@@ -305,6 +315,7 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 	t, _, evicted := s.cache.GetOrCreate(ev.UUID, now)
 	if evicted != nil {
 		s.release(evicted) // its held events still count, with a fallback queue
+		s.stopRunning(evicted.UUID)
 	}
 	if _, known := s.hosts[ev.Hostname]; known && ev.Type != event.TaskSent {
 		s.lastTaskEvent[ev.Hostname] = now
@@ -397,6 +408,7 @@ func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
 		s.inc(mReceived, name, host, q, "")
 	case event.TaskStarted:
 		s.inc(mStarted, name, host, q, "")
+		s.startRunning(t.UUID, name, q, ev.Hostname, ev.Timestamp)
 		// The worker sends task-started right after counting the task in processed
 		// (Request.on_accepted → state.task_accepted), so the two count the same tasks.
 		s.inc(mSeen, "", host, "", "")
@@ -434,6 +446,9 @@ func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
 		}
 		s.inc(mRevoked, name, host, q, reason)
 		finished = true
+	}
+	if ev.Type != event.TaskReceived && ev.Type != event.TaskStarted {
+		s.stopRunning(t.UUID) // ended, or back in a queue (retried, requeued)
 	}
 	if finished {
 		s.cache.Delete(t)
@@ -574,6 +589,9 @@ func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
 		return // past the worker cap: counted, not tracked
 	}
 	s.series(mSeen, "", ev.Hostname, "", "") // at 0 from the worker's first event, as processed
+	if ev.Type == event.WorkerHeartbeat && ev.HasCounts && ev.Active == 0 {
+		s.workerIdle(ev.Hostname, now)
+	}
 
 	lastTask := s.lastTaskEvent[ev.Hostname]
 	s.mu.Lock()
@@ -672,6 +690,7 @@ func (s *EventSource) purgeWorkers(now time.Time) {
 		}
 		delete(s.hosts, h)
 		delete(s.lastTaskEvent, h)
+		s.forgetWorkerTasks(h)
 	}
 }
 
@@ -738,11 +757,14 @@ func (s *EventSource) Name() string { return "events" }
 // still reported.
 func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) error {
 	now := s.clk.Now()
+	down := map[string]bool{}
 	s.mu.Lock()
 	for h, w := range s.workers {
 		up := 0.0
 		if s.alive(w, now) {
 			up = 1
+		} else {
+			down[h] = true
 		}
 		ch <- prometheus.MustNewConstMetric(workerUpDesc, prometheus.GaugeValue, up, h)
 		ch <- prometheus.MustNewConstMetric(workerLastHBDesc, prometheus.GaugeValue, float64(w.lastSeen.UnixNano())/1e9, h)
@@ -764,6 +786,7 @@ func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) err
 		ch <- prometheus.MustNewConstMetric(workerEventsDesc, prometheus.GaugeValue, enabled, h)
 	}
 	s.mu.Unlock()
+	s.collectRunning(ch, now, down)
 
 	up, reconnects := 0.0, 0.0
 	if s.sub != nil {

@@ -405,8 +405,9 @@ func TestEventSourceConcurrentReaders(t *testing.T) {
 		defer close(done)
 		for i := 0; i < 2000; i++ {
 			id := fmt.Sprint(i)
-			src.HandlePayload(payload(sent(id, "t.a", "q", 1), taskEv("task-received", id, "celery@a", 1, "name", "t.a")))
-			src.HandlePayload(payload(heartbeat("celery@a", 2, 1, i)))
+			src.HandlePayload(payload(sent(id, "t.a", "q", 1), taskEv("task-received", id, "celery@a", 1, "name", "t.a"),
+				taskEv("task-started", id, "celery@a", 1)))
+			src.HandlePayload(payload(heartbeat("celery@a", 2, i%2, i)))
 			if i%100 == 0 {
 				clk.Add(6 * time.Second)
 				src.Tick()
@@ -426,6 +427,7 @@ func TestEventSourceConcurrentReaders(t *testing.T) {
 			src.WorkerNames()
 			src.TaskSentAt("7")
 			src.WorkerSystem("celery@a")
+			src.ApplyActive(ActiveSnapshot{Sent: t0, Hosts: map[string][]ActiveTask{"celery@a": {{ID: "x", Name: "t.b"}}}})
 		}
 	}
 }
@@ -468,6 +470,7 @@ func TestEventOptionsDefaults(t *testing.T) {
 	want := DefaultEventOptions()
 	want.WorkerTimeout, want.PurgeAfter, want.SentWait, want.MaxWorkers = 0, 0, 0, 7
 	want.InitialExceptions = nil
+	want.ActiveTTL = defaultActiveTTL
 	got := s.opts
 	got.Clock = nil
 	if !reflect.DeepEqual(got, want) {

@@ -227,6 +227,7 @@ func TestSuccessCriteriaStats(t *testing.T) {
 		"Exporter up":                           {"red", "green", 1},
 		"Worst task failure ratio":              {"green", "red", 0.05},
 		"Worst task p95 runtime":                {"green", "red", 120},
+		"Oldest running task":                   {"green", "red", 180},
 		"Lost or requeued tasks in 15m":         {"green", "red", 1},
 		"Time limits hit in 15m":                {"green", "red", 1},
 		"Seconds since last event":              {"green", "red", 300},

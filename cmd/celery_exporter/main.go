@@ -291,48 +291,18 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 
-	mux := http.NewServeMux()
-	mux.Handle(f.telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog: promhttpLogger{logger}, ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 10,
-	}))
-	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
-	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !events.Ready() {
-			http.Error(w, "Not ready: the event subscription was never established", http.StatusServiceUnavailable)
-			return
+	ready := func(ctx context.Context) error {
+		if !events.Up() {
+			return errors.New("the event subscription is down")
 		}
-		fmt.Fprintln(w, "Ready")
-	})
-	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost && r.Method != http.MethodPut {
-			http.Error(w, "POST or PUT only", http.StatusMethodNotAllowed)
-			return
+		if err := client.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("the broker does not answer: %w", err)
 		}
-		if reloader == nil {
-			http.Error(w, "no --config.file to reload", http.StatusBadRequest)
-			return
-		}
-		if err := reloader.Reload(); err != nil {
-			http.Error(w, "reload failed, the running config is kept: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		fmt.Fprintln(w, "Reloaded")
-	})
-	if f.telemetryPath != "/" {
-		landing, err := web.NewLandingPage(web.LandingConfig{
-			Name:        "Celery Exporter",
-			Description: "Prometheus exporter for Celery on a Redis broker",
-			Version:     version.Info(),
-			Links: []web.LandingLinks{
-				{Address: f.telemetryPath, Text: "Metrics"},
-				{Address: "/-/healthy", Text: "Health"},
-				{Address: "/-/ready", Text: "Readiness"},
-			},
-		})
-		if err != nil {
-			return err
-		}
-		mux.Handle("/", landing)
+		return nil
+	}
+	mux, err := routes(logger, f.telemetryPath, reg, ready, reloader)
+	if err != nil {
+		return err
 	}
 
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -359,6 +329,65 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		return err
 	}
 	return nil
+}
+
+// readyTimeout bounds the broker check of /-/ready (probes time out after 1 s by default, and
+// then count a failure anyway).
+const readyTimeout = 3 * time.Second
+
+// routes serves the metrics, the health and reload endpoints and the landing page. ready says
+// why the exporter cannot serve true numbers, or nil.
+func routes(logger log.Logger, telemetryPath string, reg *prometheus.Registry, ready func(context.Context) error, reloader *config.Reloader) (*http.ServeMux, error) {
+	mux := http.NewServeMux()
+	mux.Handle(telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: promhttpLogger{logger}, ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 10,
+	}))
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
+	// Ready means the numbers are true: subscribed to the events now (not once) and the broker
+	// answers a PING now.
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		defer cancel()
+		if err := ready(ctx); err != nil {
+			http.Error(w, "Not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "Ready")
+	})
+	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost && r.Method != http.MethodPut {
+			http.Error(w, "POST or PUT only", http.StatusMethodNotAllowed)
+			return
+		}
+		if reloader == nil {
+			http.Error(w, "no --config.file to reload", http.StatusBadRequest)
+			return
+		}
+		if err := reloader.Reload(); err != nil {
+			http.Error(w, "reload failed, the running config is kept: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "Reloaded")
+	})
+	if telemetryPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "Celery Exporter",
+			Description: "Prometheus exporter for Celery on a Redis broker",
+			Version:     version.Info(),
+			Links: []web.LandingLinks{
+				{Address: telemetryPath, Text: "Metrics"},
+				{Address: "/-/healthy", Text: "Health"},
+				{Address: "/-/ready", Text: "Readiness"},
+			},
+			// No /debug/pprof is served: its links would be dead.
+			Profiling: "false",
+		})
+		if err != nil {
+			return nil, err
+		}
+		mux.Handle("/", landing)
+	}
+	return mux, nil
 }
 
 type promhttpLogger struct{ logger log.Logger }

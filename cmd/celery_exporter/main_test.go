@@ -2,10 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/celery-exporter/celery_exporter/collector"
 )
@@ -163,5 +171,73 @@ func TestInitialExceptionsFlag(t *testing.T) {
 		if got := strings.Join(splitList(f.initialExc), "|"); got != tt.want {
 			t.Errorf("%v: %q, want %q", tt.args, got, tt.want)
 		}
+	}
+}
+
+func TestReadyEndpoint(t *testing.T) {
+	tests := []struct {
+		name     string
+		err      error
+		wantCode int
+		wantBody string
+	}{
+		{"subscribed and the broker answers", nil, http.StatusOK, "Ready\n"},
+		{"subscription down", errors.New("the event subscription is down"), http.StatusServiceUnavailable, "Not ready: the event subscription is down\n"},
+		{"broker down", errors.New("the broker does not answer: dial tcp: connection refused"), http.StatusServiceUnavailable,
+			"Not ready: the broker does not answer: dial tcp: connection refused\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var hasDeadline bool
+			mux, err := routes(log.NewNopLogger(), "/metrics", prometheus.NewRegistry(), func(ctx context.Context) error {
+				_, hasDeadline = ctx.Deadline()
+				return tt.err
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/-/ready", nil))
+			if rec.Code != tt.wantCode || rec.Body.String() != tt.wantBody {
+				t.Errorf("%d %q, want %d %q", rec.Code, rec.Body.String(), tt.wantCode, tt.wantBody)
+			}
+			if !hasDeadline {
+				t.Error("the check runs without a deadline")
+			}
+		})
+	}
+}
+
+// Every link of the landing page leads somewhere (the pprof links of exporter-toolkit's default
+// page led to 404s).
+func TestLandingPageHasNoDeadLinks(t *testing.T) {
+	mux, err := routes(log.NewNopLogger(), "/metrics", prometheus.NewRegistry(), func(context.Context) error { return nil }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("landing page: %d", rec.Code)
+	}
+	links := regexp.MustCompile(`href="([^"]+)"`).FindAllStringSubmatch(rec.Body.String(), -1)
+	var local int
+	for _, m := range links {
+		href := m[1]
+		if strings.HasPrefix(href, "http") {
+			continue // external (prometheus.io, pprof.me)
+		}
+		local++
+		if !strings.HasPrefix(href, "/") {
+			href = "/" + href
+		}
+		r := httptest.NewRecorder()
+		mux.ServeHTTP(r, httptest.NewRequest(http.MethodGet, href, nil))
+		if r.Code != http.StatusOK {
+			t.Errorf("link %s: %d", m[1], r.Code)
+		}
+	}
+	if local < 3 {
+		t.Errorf("%d local links, want at least metrics, health and readiness: %s", local, rec.Body.String())
 	}
 }

@@ -61,6 +61,9 @@ func (c *Config) successDashboard() *board {
 	b.add(4, 5, stat("Worst task p95 runtime", "Highest p95 runtime of a task over "+c.Windows[WindowTaskRuntime].String()+
 		"; alert above "+fmtFloat(c.Tasks.RuntimeP95Seconds)+"s.", "s", redAtOrAbove(c.Tasks.RuntimeP95Seconds), nil, &DashTasks,
 		target{expr: "max(" + RecTaskRuntimeP95 + matchers(mJob, mQueue) + ")" + zero}))
+	b.add(4, 5, stat("Oldest running task", "Age of the oldest task running now (events and inspect active; also on the threads pool, "+
+		"which has no time limits); alert above "+fmtFloat(c.Tasks.StuckSeconds)+"s.", "s", redAtOrAbove(c.Tasks.StuckSeconds), nil, &DashTasks,
+		target{expr: "max(celery_task_running_oldest_age_seconds" + matchers(mJob, mQueue) + ")" + zero}))
 	b.add(4, 5, stat(windowTitle("Lost or requeued tasks", wl), "Tasks failed with "+strings.Join(c.Tasks.WorkerLostExceptions, ", ")+
 		" or rejected (requeued) when a pool process died.", "short", redAtOrAbove(1), nil, &DashTasks,
 		target{expr: "sum(\n  " + dc.tasksLost(mQueue) + "\n)" + zero}))
@@ -84,9 +87,9 @@ func (c *Config) successDashboard() *board {
 	b.add(4, 5, stat(windowTitle("Preference extraction failures", pf), c.App.PreferenceTask+" task failures plus "+
 		c.App.PreferenceFailedEvent+" log lines.", "short", redAtOrAbove(1), nil, &DashApp,
 		target{expr: "sum(\n  " + dc.preferenceFailures() + "\n)" + zero}))
-	b.add(4, 5, stat("Max worker memory", "Highest max RSS of a live worker; alert above "+fmtFloat(c.Workers.MaxRSSMiB)+" MiB.",
-		"bytes", redAtOrAbove(mib(c.Workers.MaxRSSMiB)), nil, &DashWorkers,
-		target{expr: "max(" + RecWorkerMaxRSS + matchers(mJob) + ")"}))
+	b.add(4, 5, stat("Max worker memory", "Highest memory of a live worker ("+c.memoryFigure()+"); alert above "+
+		fmtFloat(c.Workers.Memory.MaxMiB)+" MiB.", "bytes", redAtOrAbove(mib(c.Workers.Memory.MaxMiB)), nil, &DashWorkers,
+		target{expr: "max(" + RecWorkerMemory + matchers(mJob) + ")"}))
 	b.add(4, 5, stat("Max worker CPU", "Highest CPU use of a worker's main process (1 = one core); criterion below "+
 		fmtFloat(c.Workers.CPURatio*100)+"%.", "percentunit", redAtOrAbove(c.Workers.CPURatio), nil, &DashWorkers,
 		// Summed per exporter replica: two replicas report the same worker's CPU twice.
@@ -190,9 +193,11 @@ func (c *Config) workersDashboard() *board {
 		target{expr: "max by (hostname) (celery_worker_tasks_active" + w + ")", legend: "{{hostname}}"}))
 	b.add(8, 8, series("Processed (from heartbeats)", "Tasks per second, counted even without task events.", "ops", nil,
 		target{expr: "max by (hostname) (rate(celery_worker_tasks_processed_total" + w + "[$__rate_interval]))", legend: "{{hostname}}"}))
-	b.add(8, 8, series("Max RSS", "Peak resident memory of the worker; alert above "+fmtFloat(c.Workers.MaxRSSMiB)+" MiB.", "bytes",
-		redAtOrAbove(mib(c.Workers.MaxRSSMiB)),
-		target{expr: "max by (hostname) (celery_worker_max_rss_bytes" + w + ")", legend: "{{hostname}}"}))
+	b.add(8, 8, series("Worker memory", "The memory criterion ("+c.memoryFigure()+"); alert above "+
+		fmtFloat(c.Workers.Memory.MaxMiB)+" MiB. Main process max RSS: celery_worker_max_rss_bytes, without prefork pool children.", "bytes",
+		redAtOrAbove(mib(c.Workers.Memory.MaxMiB)),
+		target{expr: "max by (hostname) (" + RecWorkerMemory + matchers(mJob) + ")", legend: "{{hostname}}"},
+		target{expr: "max by (hostname) (celery_worker_max_rss_bytes" + w + ")", legend: "main process max RSS {{hostname}}"}))
 	b.add(8, 8, series("CPU", "CPU seconds per second of the worker's main process, user + system.", "percentunit",
 		redAtOrAbove(c.Workers.CPURatio),
 		target{expr: "max by (hostname) (sum by (hostname, instance) (rate(celery_worker_cpu_seconds_total" + w + "[$__rate_interval])))", legend: "{{hostname}}"}))
@@ -200,6 +205,11 @@ func (c *Config) workersDashboard() *board {
 		target{expr: "max by (hostname) (celery_worker_load_average" + matchers(mJob, mInstance, `period="1m"`) + ")", legend: "{{hostname}}"}))
 	b.add(12, 8, timeline("Task events enabled", "0: the worker processes tasks but sends no task events.", onOffMap, greenAtOrAbove(1),
 		target{expr: "max by (hostname) (celery_worker_task_events_enabled" + w + ")", legend: "{{hostname}}"}))
+	b.add(12, 8, series("Task events lost", "Share of the tasks a worker processed (heartbeat count) whose task events did not arrive, over "+
+		c.Windows[WindowTaskEventsLost].String()+"; alert above "+fmtFloat(c.Tasks.EventsLostRatio*100)+"% once "+
+		fmtFloat(c.Tasks.EventsLostMinTasks)+" tasks were processed (shown from the first).", "percentunit",
+		redAtOrAbove(c.Tasks.EventsLostRatio),
+		target{expr: "max by (hostname) (\n" + indent(c.dashConfig().taskEventsLost(false)) + "\n)", legend: "{{hostname}}"}))
 	b.add(12, 8, table("Workers", "Pool, prefetch, uptime and version per worker.",
 		[]string{"job", "instance", "__name__"},
 		map[string]string{"hostname": "worker", "sw_ver": "celery", "sw_sys": "system",

@@ -119,7 +119,7 @@ func newExporter(b *testing.B, client redis.UniversalClient, patterns []string) 
 	c := &exporterConsumer{src: src, sub: sub, reg: reg, cancel: cancel}
 	go src.Run(ctx)
 	deadline := time.Now().Add(10 * time.Second)
-	for !src.Ready() {
+	for !src.Up() {
 		if time.Now().After(deadline) {
 			b.Fatal("the exporter's subscriber did not subscribe within 10s")
 		}

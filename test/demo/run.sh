@@ -10,7 +10,8 @@
 #   test/demo/loadgen.py             the seed's task mix, zep_call_error and breaker trips now and then
 #   ./celery_exporter                with test/demo/celery_exporter.yml.in as its --config.file
 #   prometheus                       the rules rendered with test/demo/rules-overrides.yaml (short `for`)
-#   prometheus-alertmanager          routing everything to test/demo/webhook.py
+#   prometheus-alertmanager          the shipped deploy/alertmanager/alertmanager.yml (routing, grouping,
+#                                    inhibitions), every receiver replaced by test/demo/webhook.py
 #
 # Environment:
 #   DEMO_DIR                state directory (default .demo)
@@ -22,6 +23,8 @@
 #   CELERY_EXPORTER_BIN     the exporter binary (default ./celery_exporter, built when missing)
 #   DEMO_RATE, DEMO_LONG_CHAT, DEMO_PREF_FAIL, DEMO_ZEP_ERROR_EVERY, DEMO_BREAKER_EVERY,
 #   DEMO_BREAKER_TTL, DEMO_SEED    the load (see test/demo/loadgen.py)
+#   DEMO_UNBUFFERED_TASK_EVENTS=0  Celery's own task-event buffering, which loses events on the threads
+#                           pool (celery/celery#10434): CeleryTaskEventsLost then fires
 # Fault buttons while it runs: test/demo/fault.sh (make demo-kill-worker, demo-trip-breaker, ...).
 set -euo pipefail
 
@@ -83,7 +86,12 @@ fill() {
 }
 fill celery_exporter.yml
 fill prometheus.yml
-fill alertmanager.yml
+say "Alertmanager: the shipped deploy/alertmanager/alertmanager.yml, its receivers replaced by the demo's webhook"
+(
+  cd "$DEMO_ROOT"
+  go run ./test/demo/amconfig -in deploy/alertmanager/alertmanager.yml \
+    -url "http://127.0.0.1:$DEMO_WEBHOOK_PORT/alerts" -out "$DEMO_DIR/alertmanager.yml"
+)
 promtool check config "$DEMO_DIR/prometheus.yml" >"$LOG_DIR/promtool.log" 2>&1 ||
   { cat "$LOG_DIR/promtool.log" >&2; die "promtool rejected $DEMO_DIR/prometheus.yml or its rules"; }
 amtool check-config "$DEMO_DIR/alertmanager.yml" >"$LOG_DIR/amtool.log" 2>&1 ||
@@ -203,10 +211,12 @@ cat <<EOF
   Redis          redis-cli -p $DEMO_REDIS_PORT -n 1   (the broker; DB 0 is the Django cache with the Zep breaker)
   Celery         test/demo/fault.sh celery inspect active_queues
 
-  Fault buttons (in another terminal); each makes its alert fire within about a minute:
-    make demo-kill-worker          SIGKILL the background worker   -> CeleryWorkersBelowExpected, CeleryQueueWithoutConsumers
-    make demo-trip-breaker         open the Zep breaker for 120s   -> ZepMemoryDegraded
-    make demo-flood QUEUE=chat     80 slow tasks on one queue      -> CeleryQueueBacklog
+  At rest no alert fires. Fault buttons (in another terminal); each makes exactly the alerts after
+  its arrow fire within about two minutes; those in brackets fire in Prometheus but Alertmanager
+  holds them back (one incident, one page):
+    make demo-kill-worker          SIGKILL the background worker      -> CeleryWorkersBelowExpected [CeleryQueueWithoutConsumers CeleryQueueBacklog CeleryQueueBacklogCritical]
+    make demo-trip-breaker         open the Zep breaker for 120s      -> ZepMemoryDegraded
+    make demo-flood QUEUE=chat     80 slow tasks on one queue         -> CeleryQueueBacklog
     make demo-zep-error            a chat message logs zep_call_error -> ZepCallErrors
     test/demo/fault.sh help        all of them (heal, close-breaker, purge QUEUE, alerts, ...)
   A killed worker comes back by itself after ${DEMO_HEAL_AFTER}s (DEMO_HEAL_AFTER=0: never).

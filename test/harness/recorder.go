@@ -484,6 +484,54 @@ func (r *Recorder) ExpectedTaskCounters(defaultQueue string) []Sample {
 	return out
 }
 
+// DefaultInitialExceptions is the exporter's --task.initial-exceptions default.
+var DefaultInitialExceptions = []string{"SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError"}
+
+// WithZeroSeries adds to expected task counters the series the exporter creates at 0 when a
+// (name, hostname, queue_name) first shows in a task event: succeeded, rejected, and failed for
+// each initial exception class.
+func WithZeroSeries(want []Sample, initialExceptions ...string) []Sample {
+	have := map[string]bool{}
+	type combo struct{ name, host, queue string }
+	var combos []combo
+	seen := map[combo]bool{}
+	for _, s := range want {
+		have[Sample{Name: s.Name, Labels: s.Labels}.String()] = true // the series, whatever its value
+		if s.Name == "celery_task_sent_total" {
+			continue
+		}
+		c := combo{s.Labels["name"], s.Labels["hostname"], s.Labels["queue_name"]}
+		if !seen[c] {
+			seen[c] = true
+			combos = append(combos, c)
+		}
+	}
+	out := append([]Sample(nil), want...)
+	add := func(name string, labels map[string]string) {
+		z := Sample{Name: name, Labels: labels}
+		if k := z.String(); !have[k] {
+			have[k] = true
+			out = append(out, z)
+		}
+	}
+	for _, c := range combos {
+		base := func(extra ...string) map[string]string {
+			l := map[string]string{"name": c.name, "hostname": c.host, "queue_name": c.queue}
+			for i := 0; i+1 < len(extra); i += 2 {
+				l[extra[i]] = extra[i+1]
+			}
+			return l
+		}
+		add("celery_task_succeeded_total", base())
+		add("celery_task_rejected_total", base())
+		for _, e := range initialExceptions {
+			add("celery_task_failed_total", base("exception", e))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
 // RevokeReason is the contract's reason label of a task-revoked event.
 func RevokeReason(e Event) string {
 	switch {
