@@ -31,8 +31,7 @@ const goldenFile = "testdata/metrics.golden"
 const goldenHeader = `# The /metrics of every source fed with the fixture traffic of test/fixtures/capture-5.2.6
 # (TestGolden in collector/golden_test.go). A changed metric shows here; regenerate with
 #   go test ./collector -run TestGolden -update
-# and review the diff. The values of celery_exporter_collector_duration_seconds and
-# celery_exporter_config_last_reload_success_timestamp_seconds are set to 0 (wall-clock time).
+# and review the diff. celery_exporter_collector_duration_seconds values are set to 0 (timing).
 `
 
 // TestGolden replays the fixture traffic through every source and compares the exposition with
@@ -125,10 +124,13 @@ func TestGoldenCoversRulesContract(t *testing.T) {
 			}
 		}
 	}
-	// Not from collector/: Prometheus' own series, and build_info from client_golang's version
-	// collector, registered by the command.
-	elsewhere := map[string]bool{"up": true, "ALERTS": true, "celery_exporter_build_info": true,
-		"container_memory_working_set_bytes": true} // cAdvisor's
+	// Not from collector/'s sources: Prometheus' own series, build_info from client_golang's
+	// version collector and the config reloader's metrics (collector/config, tested there), both
+	// registered by the command, and cAdvisor's container memory.
+	elsewhere := map[string]bool{
+		"up": true, "ALERTS": true, "celery_exporter_build_info": true,
+		"celery_exporter_config_last_reload_successful": true, "container_memory_working_set_bytes": true,
+	}
 	for name, want := range bundle.ContractMetrics {
 		if elsewhere[name] {
 			continue
@@ -157,12 +159,15 @@ func goldenExposition(t *testing.T) []byte {
 	if fed == 0 {
 		t.Fatal("no event fed from the capture")
 	}
-	// What the capture lacks: a revoked task, and a task still running on a live worker.
+	// What the capture lacks: a revoked task.
 	events.HandlePayload(payload(taskEv("task-revoked", "9a2c0e64-3d7b-4b9f-8882-8f26c137bb7a", "probe@localhost",
 		1795879470, "terminated", true)))
-	events.HandlePayload(payload(heartbeat("celery@golden", 2, 1, 1)))
-	events.HandlePayload(payload(sent("6d0b7b7e-0000-4000-8000-000000000001", "app.chat_task", "chat", 1795879470),
-		taskEv("task-started", "6d0b7b7e-0000-4000-8000-000000000001", "celery@golden", 1795879471)))
+	// ... and a task still running at the end (its final event not yet sent).
+	events.HandlePayload(payload(
+		sent("5d0c1e2f-7a51-4c8e-9d13-2b8f0c6e4a77", "app.tasks.long", "chat", 1795879470),
+		taskEv("task-received", "5d0c1e2f-7a51-4c8e-9d13-2b8f0c6e4a77", "probe@localhost", 1795879471, "name", "app.tasks.long"),
+		taskEv("task-started", "5d0c1e2f-7a51-4c8e-9d13-2b8f0c6e4a77", "probe@localhost", 1795879472),
+		heartbeat("probe@localhost", 2, 1, 9)))
 	now := clk.Now()
 
 	// Broker: the capture's queues, with the three background tasks nobody consumed still waiting
@@ -178,7 +183,8 @@ func goldenExposition(t *testing.T) []byte {
 
 	// Remote control: the worker answers as Celery 5.2.6 does.
 	b.worker(t, "probe@localhost", replies(t, map[string]string{
-		"ping": `{"ok": "pong"}`, "active_queues": queuesReply("chat"), "stats": preforkStats, "active": `[]`,
+		"ping": `{"ok": "pong"}`, "active_queues": queuesReply("chat"), "stats": preforkStats,
+		"active": `[{"id": "5d0c1e2f-7a51-4c8e-9d13-2b8f0c6e4a77", "name": "app.tasks.long", "time_start": 1795879472.0, "delivery_info": {"routing_key": "chat"}}]`,
 	}))
 	dir := &fakeDirectory{alive: []string{"probe@localhost"}, known: []string{"probe@localhost"}}
 	control := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 10 * time.Second}, dir)
@@ -205,19 +211,21 @@ func goldenExposition(t *testing.T) []byte {
 	}
 	logs := NewLogScraper(nil)
 	t.Cleanup(func() { logs.Close() })
-	cfgFile := filepath.Join(t.TempDir(), "celery_exporter.yml")
-	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 breakers:
   - {name: memory, key: ":1:mem:mode:forced:v1"}
 app_values:
   - {name: read_consecutive_failures, key: ":1:mem:read:consec_failures", default: 0}
 logs:
   - {paths: [%q], poll_interval: 10ms, events: [call_error]}
-`, logFile)), 0o644); err != nil {
+`, logFile)), "golden.yml")
+	if err != nil {
 		t.Fatal(err)
 	}
-	reloader := config.NewReloader(cfgFile, log.NewNopLogger(), breakers.ApplyConfig, logs.ApplyConfig)
-	if err := reloader.Reload(); err != nil {
+	if err := breakers.ApplyConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := logs.ApplyConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, logs, `celery_log_files_watched{} 1`)
@@ -234,7 +242,7 @@ celery_log_lines_total{level="error"} 1
 celery_log_lines_total{level="info"} 1`)
 
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(NewExporter(log.NewNopLogger(), 30*time.Second, events, control, broker, breakers, logs), NewStartTime(t0), reloader)
+	reg.MustRegister(NewExporter(log.NewNopLogger(), 30*time.Second, events, control, broker, breakers, logs), NewStartTime(t0))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -243,8 +251,7 @@ celery_log_lines_total{level="info"} 1`)
 	buf.WriteString(goldenHeader)
 	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
 	for _, mf := range mfs {
-		switch mf.GetName() {
-		case "celery_exporter_collector_duration_seconds", "celery_exporter_config_last_reload_success_timestamp_seconds":
+		if mf.GetName() == "celery_exporter_collector_duration_seconds" {
 			for _, m := range mf.GetMetric() {
 				m.GetGauge().Value = new(float64)
 			}
