@@ -56,8 +56,10 @@ rules:
 rules-check:
 	$(GO) run ./rules/render -check
 
+# BROKER=rabbitmq runs the same stack on a local rabbitmq-server.
+BROKER ?= redis
 demo: deps build
-	./test/demo/run.sh
+	DEMO_BROKER=$(BROKER) ./test/demo/run.sh
 
 # Fault buttons for a running `make demo`, each making its alert fire.
 demo-kill-worker:

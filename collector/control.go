@@ -72,7 +72,7 @@ const (
 // inspect` does, and reports the last round's answers.
 type ControlSource struct {
 	logger  log.Logger
-	client  *pidbox.Client
+	client  ControlClient
 	opts    ControlOptions
 	workers WorkerDirectory
 	now     func() time.Time
@@ -104,9 +104,24 @@ type workerStats struct {
 	rusageDarwin                     bool
 }
 
-// NewControlSource returns the remote-control source. workers may be nil (then every round waits
-// for the idle timeout, and only answering workers are reported).
+// ControlClient broadcasts remote-control commands and collects the replies: over Redis
+// (collector/pidbox) or AMQP (collector/amqp).
+type ControlClient interface {
+	Broadcast(ctx context.Context, calls []pidbox.Call, o pidbox.Options) (pidbox.Result, error)
+}
+
+// NewControlSource returns the remote-control source on a Redis broker. workers may be nil (then
+// every round waits for the idle timeout, and only answering workers are reported).
 func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts ControlOptions, workers WorkerDirectory) *ControlSource {
+	exchange := opts.ControlExchange
+	if exchange == "" {
+		exchange = kombu.DefaultControlExchange
+	}
+	return NewControlSourceWith(logger, pidbox.New(client, ks, exchange), opts, workers)
+}
+
+// NewControlSourceWith returns the remote-control source on any broker's control client.
+func NewControlSourceWith(logger log.Logger, client ControlClient, opts ControlOptions, workers WorkerDirectory) *ControlSource {
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultControlOptions().Interval
 	}
@@ -127,7 +142,7 @@ func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.
 	}
 	return &ControlSource{
 		logger:     logger,
-		client:     pidbox.New(client, ks, opts.ControlExchange),
+		client:     client,
 		opts:       opts,
 		workers:    workers,
 		now:        time.Now,

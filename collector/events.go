@@ -15,7 +15,6 @@ import (
 	"github.com/celery-exporter/celery_exporter/collector/clock"
 	"github.com/celery-exporter/celery_exporter/collector/event"
 	"github.com/celery-exporter/celery_exporter/collector/kombu"
-	"github.com/celery-exporter/celery_exporter/collector/listener"
 	"github.com/celery-exporter/celery_exporter/collector/tasks"
 )
 
@@ -56,6 +55,25 @@ type EventOptions struct {
 	Clock     clock.Clock
 }
 
+// EventStream is where event messages come from: Redis pub/sub (collector/listener) or an AMQP
+// queue bound to the event exchange (collector/amqp). Out carries one broker message per string.
+type EventStream interface {
+	Run(ctx context.Context)
+	Out() <-chan string
+	// Up: established now; Ready: established at least once.
+	Up() bool
+	Ready() bool
+	// Reconnects counts lost subscriptions; Dropped, messages dropped on a full hand-off buffer.
+	Reconnects() uint64
+	Dropped() uint64
+}
+
+// rawBodies is implemented by streams whose messages are bare event bodies (AMQP carries the
+// content type in the message properties), not kombu's JSON envelope (Redis pub/sub).
+type rawBodies interface {
+	RawBodies() bool
+}
+
 // QueueHinter knows the queue of a worker that consumes exactly one (from remote control).
 type QueueHinter interface {
 	SingleQueue(hostname string) (string, bool)
@@ -68,7 +86,8 @@ type EventSource struct {
 	opts   EventOptions
 	logger log.Logger
 	clk    clock.Clock
-	sub    *listener.Subscriber
+	sub    EventStream
+	raw    bool // payloads are event bodies, not kombu envelopes
 
 	env   kombu.EnvelopeDecoder
 	dec   *event.Decoder
@@ -170,7 +189,7 @@ type heartbeatMark struct {
 
 // NewEventSource returns an event source; sub may be nil when payloads are fed by HandlePayload
 // (tests, benchmarks).
-func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptions) *EventSource {
+func NewEventSource(logger log.Logger, sub EventStream, opts EventOptions) *EventSource {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real{}
 	}
@@ -229,8 +248,15 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		s.overflow.WithLabelValues(l)
 	}
 	s.lastExpire = s.clk.Now()
+	if r, ok := sub.(rawBodies); ok {
+		s.raw = r.RawBodies()
+	}
 	return s
 }
+
+// CountEventError counts a message the stream itself skipped (an AMQP message of another content
+// type), under the same reasons as the envelope decoder's.
+func (s *EventSource) CountEventError(reason string) { s.eventErrors.WithLabelValues(reason).Inc() }
 
 // SetQueueHints gives the source the remote-control view of which worker consumes which queue.
 func (s *EventSource) SetQueueHints(h QueueHinter) { s.hints.Store(&h) }
@@ -259,6 +285,13 @@ func (s *EventSource) Run(ctx context.Context) {
 
 // HandlePayload applies one pub/sub message. Bad input is counted by reason and skipped.
 func (s *EventSource) HandlePayload(payload string) {
+	if s.raw {
+		s.now = s.clk.Now()
+		if err := s.dec.Decode([]byte(payload), s.apply, s.badEvent); err != nil {
+			s.eventErrors.WithLabelValues(event.ReasonInvalidJSON).Inc()
+		}
+		return
+	}
 	body, err := s.env.DecodeString(payload)
 	if err != nil {
 		s.eventErrors.WithLabelValues(kombu.ReasonOf(err, kombu.ReasonInvalidEnvelope)).Inc()

@@ -1,4 +1,4 @@
-// Command celery_exporter exports the state of a Celery deployment on a Redis broker to
+// Command celery_exporter exports the state of a Celery deployment on a Redis or RabbitMQ broker to
 // Prometheus: the event stream, the broker's queues, remote control replies and app signals.
 package main
 
@@ -29,9 +29,11 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector"
+	amqpbroker "github.com/celery-exporter/celery_exporter/collector/amqp"
 	"github.com/celery-exporter/celery_exporter/collector/config"
 	"github.com/celery-exporter/celery_exporter/collector/kombu"
 	"github.com/celery-exporter/celery_exporter/collector/listener"
+	"github.com/celery-exporter/celery_exporter/collector/pidbox"
 )
 
 const name = "celery_exporter"
@@ -39,6 +41,7 @@ const name = "celery_exporter"
 type flags struct {
 	brokerURL        string
 	brokerURLSet     bool
+	managementURL    string
 	transportOptions []string
 	unackedScanLimit int
 	discovery        time.Duration
@@ -77,15 +80,17 @@ type flags struct {
 func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	f := &flags{}
 	ev, ctl, br := collector.DefaultEventOptions(), collector.DefaultControlOptions(), collector.DefaultBrokerOptions()
-	app := kingpin.New(name, "Prometheus exporter for Celery on a Redis broker.")
+	app := kingpin.New(name, "Prometheus exporter for Celery on a Redis or RabbitMQ broker.")
 	app.DefaultEnvars() // every flag also from CELERY_EXPORTER_<FLAG>
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
 
-	app.Flag("broker.url", "Celery broker URL: redis://, rediss://, redis+socket://, sentinel://. Falls back to CELERY_BROKER_URL.").
+	app.Flag("broker.url", "Celery broker URL: redis://, rediss://, redis+socket://, sentinel://, amqp://, amqps:// (`;`-separated failover list). Falls back to CELERY_BROKER_URL.").
 		Default("redis://localhost:6379/0").IsSetByUser(&f.brokerURLSet).StringVar(&f.brokerURL)
 	app.Flag("broker.transport-option", "A Celery broker_transport_options entry, KEY=VALUE (repeatable): global_keyprefix, fanout_prefix, fanout_patterns, sep, priority_steps, visibility_timeout, unacked_key, unacked_index_key, master_name, sentinel_kwargs.").
 		StringsVar(&f.transportOptions)
+	app.Flag("broker.management-url", "AMQP only: the RabbitMQ management API (http://host:15672), for unacked messages, the head message's age and queue discovery; credentials from this URL or the broker URL.").
+		StringVar(&f.managementURL)
 	app.Flag("broker.unacked-scan-limit", "At most this many unacked entries are read per scrape to attribute them to queues; the total always comes from HLEN.").
 		Default(strconv.Itoa(br.UnackedScanLimit)).IntVar(&f.unackedScanLimit)
 	app.Flag("broker.discovery-interval", "How often queue names are looked up again in kombu's _kombu.binding.* sets (a SCAN of the DB); depths are read at every scrape.").
@@ -111,7 +116,7 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default(strconv.Itoa(ev.MaxExceptionsPerTask)).IntVar(&f.maxExceptions)
 	app.Flag("task.initial-exceptions", "Exception classes whose celery_task_failed_total series start at 0 when a task name is first seen on a worker and queue, so the first such failure is an increase; comma separated, empty for none. They count against --task.max-exceptions-per-task.").
 		Default(strings.Join(ev.InitialExceptions, ",")).StringVar(&f.initialExc)
-	app.Flag("events.buffer-size", "Event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
+	app.Flag("events.buffer-size", "Event messages that may wait between the broker reader (Redis or AMQP) and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
 
 	app.Flag("celery.default-queue", "Queue label of tasks whose queue is not otherwise known (Celery's task_default_queue).").Default(ev.DefaultQueue).StringVar(&f.defaultQueue)
 	app.Flag("celery.queues", "Queues always reported, comma separated (0 when empty or absent).").Default("").StringVar(&f.queues)
@@ -207,16 +212,7 @@ func run(args []string) int {
 }
 
 func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.FlagConfig) error {
-	start := time.Now() // before any source counts anything
-	redis.SetLogger(redisLogger{logger})
-	broker, err := kombu.ParseURL(f.brokerURL)
-	if err != nil {
-		return err // never holds the password (kombu.ParseURL)
-	}
-	opts, err := kombu.ParseTransportOptions(f.transportOptions)
-	if err != nil {
-		return err
-	}
+	startTime := time.Now() // before any source counts anything
 	runtimeBuckets, err := parseBuckets("task.runtime-buckets", f.runtimeBuckets)
 	if err != nil {
 		return err
@@ -225,48 +221,26 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	if err != nil {
 		return err
 	}
-	if broker.InsecureTLSDefault {
-		level.Warn(logger).Log("msg", "rediss:// without ssl_cert_reqs: the broker's certificate is not verified (as in kombu); add ssl_cert_reqs=required")
-	}
-	client, err := broker.NewClient(opts)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
-	ks := kombu.NewKeyspace(broker, opts)
-	level.Info(logger).Log("msg", "starting "+name, "version", version.Info(), "broker", broker.Redacted(),
-		"read_only", f.controlDisabled)
-
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-
-	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer)
-	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, collector.EventOptions{
+	evOpts := collector.EventOptions{
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
 		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked,
 		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames,
 		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
-	})
-	go events.Run(ctx)
-
-	scrapers := []collector.Scraper{events}
-	var dynamicQueues collector.QueueLister
-	if !f.controlDisabled {
-		control := collector.NewControlSource(log.With(logger, "source", "control"), client, ks, collector.ControlOptions{
-			Interval: f.controlInterval, Timeout: f.controlTimeout, Deadline: f.controlDeadline,
-			EnableEvents: f.enableEvents, ControlExchange: f.controlExchange,
-		}, events)
-		events.SetQueueHints(control)
-		dynamicQueues = control
-		scrapers = append(scrapers, control)
-		go control.Run(ctx)
-	} else if f.enableEvents {
-		level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
 	}
-	scrapers = append(scrapers, collector.NewBrokerScraper(log.With(logger, "source", "broker"), client, ks, collector.BrokerOptions{
-		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit, DiscoveryInterval: f.discovery,
-		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
-	}, events, dynamicQueues))
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+
+	start := startRedis
+	if amqpbroker.IsURL(f.brokerURL) {
+		start = startAMQP
+	}
+	src, err := start(ctx, logger, f, evOpts)
+	if err != nil {
+		return err
+	}
+	defer src.close()
+	events, scrapers, client := src.events, src.scrapers, src.redis
 
 	reg := prometheus.NewRegistry()
 	var reloader *config.Reloader
@@ -286,7 +260,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	reg.MustRegister(
 		collector.NewExporter(logger, f.scrapeTimeout, scrapers...),
 		versioncollector.NewCollector(name), // celery_exporter_build_info
-		collector.NewStartTime(start),
+		collector.NewStartTime(startTime),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -295,7 +269,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		if !events.Up() {
 			return errors.New("the event subscription is down")
 		}
-		if err := client.Ping(ctx).Err(); err != nil {
+		if err := src.ping(ctx); err != nil {
 			return fmt.Errorf("the broker does not answer: %w", err)
 		}
 		return nil
@@ -372,7 +346,7 @@ func routes(logger log.Logger, telemetryPath string, reg *prometheus.Registry, r
 	if telemetryPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "Celery Exporter",
-			Description: "Prometheus exporter for Celery on a Redis broker",
+			Description: "Prometheus exporter for Celery on a Redis or RabbitMQ broker",
 			Version:     version.Info(),
 			Links: []web.LandingLinks{
 				{Address: telemetryPath, Text: "Metrics"},
@@ -388,6 +362,73 @@ func routes(logger log.Logger, telemetryPath string, reg *prometheus.Registry, r
 		mux.Handle("/", landing)
 	}
 	return mux, nil
+}
+
+// sources are what a broker backend runs: the event source, the scrapers, and the Redis client
+// that config-file breakers default to (nil on AMQP).
+type sources struct {
+	events   *collector.EventSource
+	scrapers []collector.Scraper
+	redis    redis.UniversalClient
+	// ping checks that the broker answers now (/-/ready).
+	ping  func(context.Context) error
+	close func()
+}
+
+// startRedis starts the sources of a Redis broker.
+func startRedis(ctx context.Context, logger log.Logger, f *flags, evOpts collector.EventOptions) (*sources, error) {
+	redis.SetLogger(redisLogger{logger})
+	broker, err := kombu.ParseURL(f.brokerURL)
+	if err != nil {
+		return nil, err // never holds the password (kombu.ParseURL)
+	}
+	opts, err := kombu.ParseTransportOptions(f.transportOptions)
+	if err != nil {
+		return nil, err
+	}
+	if broker.InsecureTLSDefault {
+		level.Warn(logger).Log("msg", "rediss:// without ssl_cert_reqs: the broker's certificate is not verified (as in kombu); add ssl_cert_reqs=required")
+	}
+	client, err := broker.NewClient(opts)
+	if err != nil {
+		return nil, err
+	}
+	ks := kombu.NewKeyspace(broker, opts)
+	level.Info(logger).Log("msg", "starting "+name, "version", version.Info(), "broker", broker.Redacted(),
+		"read_only", f.controlDisabled)
+
+	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer)
+	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, evOpts)
+	go events.Run(ctx)
+
+	scrapers, dynamicQueues := startControl(ctx, logger, f, func() collector.ControlClient {
+		return pidbox.New(client, ks, f.controlExchange)
+	}, events)
+	scrapers = append(scrapers, collector.NewBrokerScraper(log.With(logger, "source", "broker"), client, ks, collector.BrokerOptions{
+		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit, DiscoveryInterval: f.discovery,
+		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
+	}, events, dynamicQueues))
+	return &sources{events: events, scrapers: scrapers, redis: client,
+		ping: func(ctx context.Context) error { return client.Ping(ctx).Err() }, close: func() { client.Close() }}, nil
+}
+
+// startControl starts the remote-control source on the broker's control client, unless in
+// read-only mode; it returns the scrapers so far and the queues remote control names.
+func startControl(ctx context.Context, logger log.Logger, f *flags, client func() collector.ControlClient, events *collector.EventSource) ([]collector.Scraper, collector.QueueLister) {
+	scrapers := []collector.Scraper{events}
+	if f.controlDisabled {
+		if f.enableEvents {
+			level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
+		}
+		return scrapers, nil
+	}
+	control := collector.NewControlSourceWith(log.With(logger, "source", "control"), client(), collector.ControlOptions{
+		Interval: f.controlInterval, Timeout: f.controlTimeout, Deadline: f.controlDeadline,
+		EnableEvents: f.enableEvents, ControlExchange: f.controlExchange,
+	}, events)
+	events.SetQueueHints(control)
+	go control.Run(ctx)
+	return append(scrapers, control), control
 }
 
 type promhttpLogger struct{ logger log.Logger }

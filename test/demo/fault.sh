@@ -40,7 +40,7 @@ esac
 # shellcheck source=/dev/null
 . "$DEMO_DIR/env"
 # The ports of the running demo win over the defaults lib.sh chose.
-BROKER_URL=redis://127.0.0.1:$DEMO_REDIS_PORT/1
+BROKER_URL=$(broker_url)
 CACHE_URL=redis://127.0.0.1:$DEMO_REDIS_PORT/0
 PROM=http://127.0.0.1:$DEMO_PROMETHEUS_PORT
 

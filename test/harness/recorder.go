@@ -66,7 +66,7 @@ func (e Event) Bool(key string) bool {
 type Recorder struct {
 	Pattern string
 
-	conn net.Conn
+	stop func() // ends the read loop, which then closes done
 	done chan struct{}
 
 	mu      sync.Mutex
@@ -133,14 +133,14 @@ func NewRecorder(o RecorderOptions) (*Recorder, error) {
 		return nil, fmt.Errorf("PSUBSCRIBE %s: unexpected reply %#v", pattern, reply)
 	}
 	_ = c.SetDeadline(time.Time{})
-	rec := &Recorder{Pattern: pattern, conn: c, done: make(chan struct{})}
+	rec := &Recorder{Pattern: pattern, stop: func() { _ = c.Close() }, done: make(chan struct{})}
 	go rec.loop(rd)
 	return rec, nil
 }
 
 // Close disconnects and waits for the reader.
 func (r *Recorder) Close() {
-	_ = r.conn.Close()
+	r.stop()
 	<-r.done
 }
 
@@ -160,18 +160,23 @@ func (r *Recorder) loop(rd *bufio.Reader) {
 		}
 		channel, _ := a[2].(string)
 		payload, _ := a[3].(string)
-		now := time.Now()
 		evs, derr := DecodeEventMessage([]byte(payload))
-		r.mu.Lock()
-		if derr != nil {
-			r.errs = append(r.errs, fmt.Errorf("channel %s: %w", channel, derr))
-		}
-		for _, e := range evs {
-			e.Channel = channel
-			e.Received = now
-			r.events = append(r.events, e)
-		}
-		r.mu.Unlock()
+		r.add(channel, evs, derr)
+	}
+}
+
+// add keeps the events of one message (channel: the Redis channel or the AMQP routing key).
+func (r *Recorder) add(channel string, evs []Event, derr error) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if derr != nil {
+		r.errs = append(r.errs, fmt.Errorf("channel %s: %w", channel, derr))
+	}
+	for _, e := range evs {
+		e.Channel = channel
+		e.Received = now
+		r.events = append(r.events, e)
 	}
 }
 
@@ -205,6 +210,12 @@ func DecodeEventMessage(payload []byte) ([]Event, error) {
 	} else {
 		body = env.Body // an already-structured body
 	}
+	return DecodeEventBody(body)
+}
+
+// DecodeEventBody decodes an event message's body: one event dict or a list of them (task.multi),
+// possibly empty. On AMQP the message body is this JSON itself.
+func DecodeEventBody(body []byte) ([]Event, error) {
 	var raw any
 	if err := json.Unmarshal(body, &raw); err != nil {
 		return nil, fmt.Errorf("body: %w", err)
