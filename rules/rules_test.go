@@ -20,7 +20,7 @@ import (
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
-// issueAlerts is issue 5's alert table with the seed's defaults: name, severity, `for`, and
+// issueAlerts is the alert table with the seed's defaults: name, severity, `for`, and
 // what the expression must contain (thresholds, selectors, windows).
 var issueAlerts = []struct {
 	name, severity, forDur string
@@ -55,7 +55,7 @@ var issueAlerts = []struct {
 }
 
 // TestCountersNeedNoHistory: the first-event alerts may not depend on Prometheus having scraped
-// the same instance a whole window ago (issue 9: with `up offset W`, the first events after a
+// the same instance a whole window ago (with `up offset W`, the first events after a
 // Prometheus start or a pod restart never paged). Behaviour: rules/tests/first_events.yml.
 func TestCountersNeedNoHistory(t *testing.T) {
 	rf := readRuleFile(t, filepath.Join(root, bundle.RulesFile))
@@ -322,7 +322,7 @@ func TestEveryRuleIsCoveredByPromtoolTests(t *testing.T) {
 }
 
 // pagesAfter is how long after its cause an alert pages with cfg: its `for`, plus the threshold
-// for alerts whose threshold is itself a duration (issue 9: CeleryEventsStale was documented as
+// for alerts whose threshold is itself a duration (CeleryEventsStale was once documented as
 // 5m but pages after 6m).
 func pagesAfter(cfg *bundle.Config, alert string) string {
 	d := cfg.For[alert]

@@ -1,10 +1,10 @@
 package bundle
 
-// ContractMetrics is the exporter's metric contract (issues 2, 3 and 4): every metric the rules
+// ContractMetrics is the exporter's metric contract: every metric the rules
 // and dashboards may read, with its labels (job and instance come from the scrape). Tests check
 // every selector against it, so a misspelt metric or label fails before it reaches a dashboard.
 var ContractMetrics = map[string][]string{
-	// Events (issue 2).
+	// Events.
 	"celery_task_sent_total":                         {"name", "queue_name"},
 	"celery_task_received_total":                     {"name", "hostname", "queue_name"},
 	"celery_task_started_total":                      {"name", "hostname", "queue_name"},
@@ -40,7 +40,7 @@ var ContractMetrics = map[string][]string{
 	"celery_worker_tasks_seen_total":                 {"hostname"},
 	"celery_task_running":                            {"name", "queue_name"},
 	"celery_task_running_oldest_age_seconds":         {"name", "queue_name"},
-	// Broker state and remote control (issue 3).
+	// Broker state and remote control.
 	"celery_queue_length":                     {"queue_name"},
 	"celery_queue_priority_length":            {"queue_name", "priority"},
 	"celery_queue_unacked":                    {"queue_name"},
@@ -61,7 +61,7 @@ var ContractMetrics = map[string][]string{
 	"celery_worker_tasks_accepted_total":                     {"hostname", "name"},
 	"celery_worker_ping_ok":                                  {"hostname"},
 	"celery_exporter_control_last_success_timestamp_seconds": {},
-	// App signals (issue 4).
+	// App signals.
 	"celery_breaker_open":                           {"breaker"},
 	"celery_breaker_info":                           {"breaker", "mode", "reason"},
 	"celery_breaker_open_until_timestamp_seconds":   {"breaker"},

@@ -1,6 +1,6 @@
 package integration
 
-// End to end for the rule bundle (issue 5): a real Prometheus (Debian's prometheus) loads the
+// End to end for the rule bundle: a real Prometheus (Debian's prometheus) loads the
 // rendered rules in a short-interval variant (bundle.Config.Shortened) and scrapes the real
 // exporter binary, which watches real Celery 5.2.6 workers shaped like the seed's (chat and default
 // on the threads pool, background+notifications+dlq on prefork; acks_late and

@@ -243,7 +243,7 @@ func TestDemoHeadless(t *testing.T) {
 	d.prom.WaitForQuery(t, `celery:workers_up:count{job="celery"}`, time.Minute, func(r []harness.QuerySample) bool {
 		return len(r) == 1 && r[0].Value == 3
 	})
-	// At rest no alert fires, in any state, for two minutes of evaluations: issue 9 saw
+	// At rest no alert fires, in any state, for two minutes of evaluations: earlier rules had
 	// PreferenceExtractionFailing fire and CeleryTaskFailureRateHigh flap with no button pressed.
 	d.prom.WaitForQuery(t, `up{job="celery"} offset 2m`, 4*time.Minute, func(r []harness.QuerySample) bool {
 		return len(r) == 1

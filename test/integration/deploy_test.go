@@ -25,7 +25,7 @@ import (
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
-// The port every deploy world uses (issue 2: the popular Python exporter's, so scrape configs
+// The port every deploy world uses (the popular Python exporter's, so scrape configs
 // carry over).
 const exporterPort = 9808
 

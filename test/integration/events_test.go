@@ -10,7 +10,7 @@ import (
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
-// The task counters of issue 2's contract.
+// The task counters of the metric contract (rules/bundle.ContractMetrics).
 var taskCounters = []string{
 	"celery_task_sent_total", "celery_task_received_total", "celery_task_started_total",
 	"celery_task_succeeded_total", "celery_task_failed_total", "celery_task_retried_total",

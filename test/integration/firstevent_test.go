@@ -1,6 +1,6 @@
 package integration
 
-// First events page (issue 9): with the SHIPPED rules file (rules/celery.rules.yml, unmodified:
+// First events page: with the SHIPPED rules file (rules/celery.rules.yml, unmodified:
 // 15m windows, `for: 0s` on the counter alerts), a Prometheus that has only just started, the real
 // exporter and a real prefork worker, the first hard time limit, the first WorkerLostError (a pool
 // child killed under its task) and the first configured log error event each fire their alert.
@@ -9,8 +9,8 @@ package integration
 // moments ago, whose every count is recent. B drops celery_exporter_start_time_seconds at scrape
 // time, so to its rules the exporter looks as if it had run for days: there the first events must
 // page through the counters themselves (pre-created at 0, or born after B's first scrapes), and a
-// failure counted before B started must NOT page. Before issue 9's rules, B paged none of them
-// (`up offset 15m` had no history) and A none either.
+// failure counted before B started must NOT page. Rules built on `up offset 15m` paged on
+// neither: B had no history, and A none either.
 
 import (
 	"os"
