@@ -8,11 +8,19 @@ PKG_VER   := github.com/prometheus/common/version
 LDFLAGS   := -s -w -X $(PKG_VER).Version=$(VERSION) -X $(PKG_VER).Revision=$(REVISION) \
              -X $(PKG_VER).Branch=$(BRANCH) -X $(PKG_VER).BuildUser=make \
              -X $(PKG_VER).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
+# golangci-lint (config: .golangci.yml), pinned; `make lint` builds it from the Go module proxy
+# into a cache outside the repository the first time (a few minutes), then reuses it.
+GOLANGCI_LINT_VERSION ?= v2.15.0
+TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/celery_exporter/tools
+GOLANGCI_LINT ?= $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # Integration tests start real redis-server, Celery workers and Prometheus; they share CPU, so run
 # packages one at a time.
 TEST_FLAGS ?= -count=1 -p 1 -timeout 20m
+# helm, kustomize and jsonnet, built into TOOLS_DIR by test/gotools.sh when missing.
+export CELERY_EXPORTER_TOOLS := $(TOOLS_DIR)
+export PATH := $(PATH):$(TOOLS_DIR)
 
-.PHONY: all build test unit lint deps bench rules rules-check demo demo-kill-worker demo-trip-breaker demo-flood demo-zep-error clean
+.PHONY: all build test unit lint deps bench rules rules-check demo demo-kill-worker demo-trip-breaker demo-flood demo-log-error clean
 
 all: build
 
@@ -21,11 +29,20 @@ build:
 
 deps:
 	@./test/deps.sh
+	@./test/gotools.sh
 
-lint:
+lint: $(GOLANGCI_LINT)
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GOLANGCI_LINT) run ./...
+
+$(GOLANGCI_LINT):
+	@mkdir -p $(TOOLS_DIR)
+	@tmp=$$(mktemp -d $(TOOLS_DIR)/install.XXXXXX) && \
+	  echo "installing golangci-lint $(GOLANGCI_LINT_VERSION) into $(TOOLS_DIR)" && \
+	  GOBIN=$$tmp $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) && \
+	  mv $$tmp/golangci-lint $@ && rmdir $$tmp
 
 unit:
 	$(GO) test -count=1 -short ./...
@@ -43,8 +60,10 @@ rules:
 rules-check:
 	$(GO) run ./rules/render -check
 
+# BROKER=rabbitmq runs the same stack on a local rabbitmq-server.
+BROKER ?= redis
 demo: deps build
-	./test/demo/run.sh
+	DEMO_BROKER=$(BROKER) ./test/demo/run.sh
 
 # Fault buttons for a running `make demo`, each making its alert fire.
 demo-kill-worker:
@@ -56,8 +75,8 @@ demo-trip-breaker:
 demo-flood:
 	./test/demo/fault.sh flood $(QUEUE)
 
-demo-zep-error:
-	./test/demo/fault.sh zep-error
+demo-log-error:
+	./test/demo/fault.sh log-error
 
 clean:
 	rm -f $(BIN)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/big"
 	"regexp"
@@ -175,9 +176,7 @@ func (s *BreakerScraper) ApplyConfig(cfg *config.Config) error {
 			delete(s.clients, u)
 		}
 	}
-	for u, c := range dialed {
-		s.clients[u] = c
-	}
+	maps.Copy(s.clients, dialed)
 	keep := map[string]bool{}
 	for _, b := range cfg.Breakers {
 		keep[b.Name] = true

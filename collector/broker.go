@@ -51,7 +51,7 @@ type BrokerOptions struct {
 	// bindings are pub/sub subscribers and reply lists, not task queues.
 	EventExchange, ControlExchange string
 	// DiscoveryInterval is how long the queue names found in the _kombu.binding.* sets are reused
-	// before the keyspace is scanned again (default 30s). SCAN walks the whole DB, which is costly
+	// before the keyspace is scanned again . SCAN walks the whole DB, which is costly
 	// when results or caches share it; depths are read on every scrape regardless.
 	DiscoveryInterval time.Duration
 }
@@ -79,7 +79,7 @@ type BrokerScraper struct {
 	mu           sync.Mutex
 	discoveredAt time.Time
 	discovered   *bindingTable
-	truncWarned  bool
+	queueCap     queueCap
 }
 
 // bindingTable is what the _kombu.binding.* sets say: the queues, and per exchange which routing
@@ -244,16 +244,7 @@ depths:
 		emitConst(emit, unackedScanTruncatedDesc, prometheus.GaugeValue, gaugeBool(truncated))
 	}
 
-	if qc, ok := b.dynamic.(queueConsumers); ok {
-		if use, ok := qc.QueueConsumers(); ok {
-			for _, q := range queues {
-				u := use[q]
-				emitConst(emit, queueConsumersDesc, prometheus.GaugeValue, float64(u.Workers), q)
-				emitConst(emit, activeWorkerCountDesc, prometheus.GaugeValue, float64(u.Workers), q)
-				emitConst(emit, activeProcessCountDesc, prometheus.GaugeValue, float64(u.Processes), q)
-			}
-		}
-	}
+	emitQueueUse(emit, b.dynamic, queues, true)
 	return nil
 }
 
@@ -343,17 +334,44 @@ func (b *BrokerScraper) queueSet(table *bindingTable) []string {
 			}
 		}
 	}
-	out := slices.Sorted(maps.Keys(set))
-	if len(out) > maxBrokerQueues {
-		b.mu.Lock()
-		if !b.truncWarned {
-			b.truncWarned = true
-			level.Warn(b.logger).Log("msg", "too many queues; reporting the first ones by name", "queues", len(out), "limit", maxBrokerQueues)
-		}
-		b.mu.Unlock()
-		out = out[:maxBrokerQueues]
+	return b.queueCap.apply(b.logger, slices.Sorted(maps.Keys(set)))
+}
+
+// emitQueueUse sends who consumes each queue, from remote control (dynamic, when it is the
+// ControlSource and its last round succeeded); withConsumers also sends celery_queue_consumers,
+// which an AMQP broker knows itself.
+func emitQueueUse(emit func(prometheus.Metric), dynamic QueueLister, queues []string, withConsumers bool) {
+	qc, ok := dynamic.(queueConsumers)
+	if !ok {
+		return
 	}
-	return out
+	use, ok := qc.QueueConsumers()
+	if !ok {
+		return
+	}
+	for _, q := range queues {
+		u := use[q]
+		if withConsumers {
+			emitConst(emit, queueConsumersDesc, prometheus.GaugeValue, float64(u.Workers), q)
+		}
+		emitConst(emit, activeWorkerCountDesc, prometheus.GaugeValue, float64(u.Workers), q)
+		emitConst(emit, activeProcessCountDesc, prometheus.GaugeValue, float64(u.Processes), q)
+	}
+}
+
+// queueCap keeps the first maxBrokerQueues queues by name, warning once.
+type queueCap struct {
+	once sync.Once
+}
+
+func (c *queueCap) apply(logger log.Logger, names []string) []string {
+	if len(names) <= maxBrokerQueues {
+		return names
+	}
+	c.once.Do(func() {
+		level.Warn(logger).Log("msg", "too many queues; reporting the first ones by name", "queues", len(names), "limit", maxBrokerQueues)
+	})
+	return names[:maxBrokerQueues]
 }
 
 // bindings returns the queues of the _kombu.binding.* sets, rescanning at most every
@@ -400,8 +418,8 @@ func (b *BrokerScraper) discover(ctx context.Context) (*bindingTable, error) {
 			break
 		}
 	}
-	sort.Strings(keys)
-	keys = dedupSorted(keys)
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
 	t := &bindingTable{routes: map[string]map[string][]string{}}
 	if len(keys) == 0 {
 		return t, nil
@@ -440,16 +458,6 @@ func (b *BrokerScraper) discover(ctx context.Context) (*bindingTable, error) {
 	}
 	sort.Strings(t.queues)
 	return t, nil
-}
-
-func dedupSorted(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }
 
 // scanUnacked counts unacked messages per queue by reading at most UnackedScanLimit entries. An

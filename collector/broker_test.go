@@ -2,10 +2,8 @@ package collector
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -36,49 +34,6 @@ type consumersLister struct {
 
 func (l consumersLister) Queues() []string                            { return l.queues }
 func (l consumersLister) QueueConsumers() (map[string]QueueUse, bool) { return l.use, l.ok }
-
-// taskMessage is a queued task message of protocol 2 (the id in the headers).
-func taskMessage(t *testing.T, id string) string {
-	t.Helper()
-	m, err := kombu.NewMessage([]byte(`[[], {}, {}]`), "", "celery", map[string]any{"id": id, "task": "tasks.add", "lang": "py"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(m)
-}
-
-func unackedEntry(t *testing.T, exchange, routingKey string) string {
-	t.Helper()
-	b, _ := json.Marshal([]any{json.RawMessage(taskMessage(t, "u")), exchange, routingKey})
-	return string(b)
-}
-
-func collectText(t *testing.T, s Scraper, names ...string) (string, error) {
-	t.Helper()
-	c := &errCapturingCollector{s: s}
-	got := gather(t, c)
-	var b strings.Builder
-	want := map[string]bool{}
-	for _, n := range names {
-		want[n] = true
-	}
-	for _, mf := range got {
-		if len(want) > 0 && !want[mf.GetName()] {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			fmt.Fprintf(&b, "%s{%s} %g\n", mf.GetName(), strings.Join(labels, ","), v)
-		}
-	}
-	lines := strings.SplitAfter(b.String(), "\n")
-	sort.Strings(lines)
-	return strings.Join(lines, ""), c.err
-}
 
 func TestBrokerQueueLengths(t *testing.T) {
 	custom := kombu.DefaultOptions()

@@ -43,16 +43,16 @@ var (
 
 // ControlOptions configure the remote-control source; DefaultControlOptions has the defaults.
 type ControlOptions struct {
-	// Interval between rounds (default 15s).
+	// Interval between rounds.
 	Interval time.Duration
-	// Timeout is the idle timeout between replies, as Celery's inspect --timeout (default 1s).
+	// Timeout is the idle timeout between replies, as Celery's inspect --timeout.
 	Timeout time.Duration
 	// Deadline bounds a whole round (default 10×Timeout).
 	Deadline time.Duration
 	// EnableEvents also casts enable_events every round, so task events come back after a worker
 	// restart.
 	EnableEvents bool
-	// ControlExchange is Celery's control_exchange setting (default "celery").
+	// ControlExchange is Celery's control_exchange setting.
 	ControlExchange string
 	// StaleAfter is how long the answers of the last successful round are still served while
 	// later rounds fail (default 3×Interval): one failed round leaves no gap in the series, and
@@ -62,7 +62,7 @@ type ControlOptions struct {
 
 // Bounds on what one round keeps, whatever the workers send.
 const (
-	maxControlReplies       = 30000 // 3 per worker: 10000 workers
+	maxControlReplies       = 40000 // 4 per worker: 10000 workers
 	maxTaskNamesPerWorker   = 2000
 	maxQueuesPerWorker      = 1000
 	controlRoundGracePeriod = 5 * time.Second
@@ -72,7 +72,7 @@ const (
 // inspect` does, and reports the last round's answers.
 type ControlSource struct {
 	logger  log.Logger
-	client  *pidbox.Client
+	client  ControlClient
 	opts    ControlOptions
 	workers WorkerDirectory
 	now     func() time.Time
@@ -91,6 +91,7 @@ type controlRound struct {
 	ping    map[string]bool // hostname -> answered pong
 	queues  map[string][]string
 	stats   map[string]*workerStats
+	active  map[string][]ActiveTask // workers whose `active` reply could be read
 	allQs   []string
 	replies int
 }
@@ -103,21 +104,35 @@ type workerStats struct {
 	rusageDarwin                     bool
 }
 
-// NewControlSource returns the remote-control source. workers may be nil (then every round waits
-// for the idle timeout, and only answering workers are reported).
+// ControlClient broadcasts remote-control commands and collects the replies: over Redis
+// (collector/pidbox) or AMQP (collector/amqp).
+type ControlClient interface {
+	Broadcast(ctx context.Context, calls []pidbox.Call, o pidbox.Options) (pidbox.Result, error)
+}
+
+// NewControlSource returns the remote-control source on a Redis broker. workers may be nil (then
+// every round waits for the idle timeout, and only answering workers are reported).
 func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts ControlOptions, workers WorkerDirectory) *ControlSource {
-	def := DefaultControlOptions()
+	exchange := opts.ControlExchange
+	if exchange == "" {
+		exchange = kombu.DefaultControlExchange
+	}
+	return NewControlSourceWith(logger, pidbox.New(client, ks, exchange), opts, workers)
+}
+
+// NewControlSourceWith returns the remote-control source on any broker's control client.
+func NewControlSourceWith(logger log.Logger, client ControlClient, opts ControlOptions, workers WorkerDirectory) *ControlSource {
 	if opts.Interval <= 0 {
-		opts.Interval = def.Interval
+		opts.Interval = DefaultControlOptions().Interval
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = def.Timeout
+		opts.Timeout = DefaultControlOptions().Timeout
 	}
 	if opts.Deadline <= 0 {
-		opts.Deadline = opts.Timeout * (def.Deadline / def.Timeout)
+		opts.Deadline = 10 * opts.Timeout
 	}
 	if opts.ControlExchange == "" {
-		opts.ControlExchange = def.ControlExchange
+		opts.ControlExchange = DefaultControlOptions().ControlExchange
 	}
 	if opts.StaleAfter <= 0 {
 		opts.StaleAfter = 3 * opts.Interval
@@ -127,7 +142,7 @@ func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.
 	}
 	return &ControlSource{
 		logger:     logger,
-		client:     pidbox.New(client, ks, opts.ControlExchange),
+		client:     client,
 		opts:       opts,
 		workers:    workers,
 		now:        time.Now,
@@ -140,7 +155,7 @@ func (c *ControlSource) Name() string { return "control" }
 
 // Run does a round now, then one every Interval, until ctx is done.
 func (c *ControlSource) Run(ctx context.Context) {
-	c.Round(ctx)
+	_ = c.Round(ctx) // the error is logged and reported by the round
 	t := time.NewTicker(c.opts.Interval)
 	defer t.Stop()
 	for {
@@ -148,7 +163,7 @@ func (c *ControlSource) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.Round(ctx)
+			_ = c.Round(ctx)
 		}
 	}
 }
@@ -161,7 +176,10 @@ func (c *ControlSource) Round(parent context.Context) error {
 	if c.workers != nil {
 		alive, known = c.workers.WorkerNames()
 	}
-	calls := []pidbox.Call{{Method: "ping"}, {Method: "active_queues"}, {Method: "stats"}}
+	// active with safe=true: the arguments come as their bounded repr, not in full.
+	calls := []pidbox.Call{{Method: "ping"}, {Method: "active_queues"}, {Method: "stats"},
+		{Method: "active", Arguments: map[string]any{"safe": true}}}
+	sent := c.now()
 	if c.opts.EnableEvents {
 		calls = append(calls, pidbox.Call{Method: "enable_events", Cast: true})
 	}
@@ -182,6 +200,9 @@ func (c *ControlSource) Round(parent context.Context) error {
 	}
 	c.store(r)
 	c.logTransition(r)
+	if sink, ok := c.workers.(ActiveSink); ok && r.err == nil {
+		sink.ApplyActive(ActiveSnapshot{Sent: sent, Hosts: r.active})
+	}
 	return err
 }
 
@@ -204,7 +225,9 @@ func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
 	r.ping = map[string]bool{}
 	r.queues = map[string][]string{}
 	r.stats = map[string]*workerStats{}
+	r.active = map[string][]ActiveTask{}
 	r.replies = len(res.Replies)
+	routingKeys := map[string][]string{}
 	sys, _ := c.workers.(workerSystems)
 	seen := map[string]bool{}
 	for _, rep := range res.Replies {
@@ -248,9 +271,59 @@ func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
 				}
 			}
 			r.stats[rep.Hostname] = st
+		case "active":
+			list, keys, ok := parseActive(rep.Result)
+			if ok {
+				r.active[rep.Hostname], routingKeys[rep.Hostname] = list, keys
+			}
 		}
 	}
 	sort.Strings(r.allQs)
+	// The queue of an active task: its routing key when the worker consumes a queue of that name
+	// (Celery's default routing), else the worker's only queue, else unknown.
+	for h, list := range r.active {
+		qs := r.queues[h]
+		for i := range list {
+			switch rk := routingKeys[h][i]; {
+			case slices.Contains(qs, rk):
+				list[i].Queue = rk
+			case len(qs) == 1:
+				list[i].Queue = qs[0]
+			}
+		}
+	}
+}
+
+// parseActive reads an `inspect active` reply: the tasks a worker runs now. Entries without an id
+// are skipped; keys are their delivery_info.routing_key, index for index.
+func parseActive(raw json.RawMessage) (list []ActiveTask, keys []string, ok bool) {
+	var reqs []json.RawMessage
+	if json.Unmarshal(raw, &reqs) != nil {
+		return nil, nil, false // {"error": ...} from a worker that cannot answer
+	}
+	for _, q := range reqs {
+		if len(list) >= maxActivePerWorker {
+			break
+		}
+		var a struct {
+			ID           string   `json:"id"`
+			Name         string   `json:"name"`
+			TimeStart    *float64 `json:"time_start"`
+			DeliveryInfo struct {
+				RoutingKey string `json:"routing_key"`
+			} `json:"delivery_info"`
+		}
+		if json.Unmarshal(q, &a) != nil || a.ID == "" {
+			continue
+		}
+		t := ActiveTask{ID: a.ID, Name: a.Name}
+		if a.TimeStart != nil && *a.TimeStart > 0 {
+			t.Started = *a.TimeStart
+		}
+		list = append(list, t)
+		keys = append(keys, a.DeliveryInfo.RoutingKey)
+	}
+	return list, keys, true
 }
 
 // parseStats reads the parts of a `stats` reply the metrics use. Every part is optional: pools
@@ -319,9 +392,7 @@ func (c *ControlSource) store(r *controlRound) {
 			delete(c.hostQueues, h)
 		}
 	}
-	for h, qs := range r.queues {
-		c.hostQueues[h] = qs
-	}
+	maps.Copy(c.hostQueues, r.queues)
 }
 
 // current is the last successful round while it is fresh (no older than StaleAfter), else nil:
@@ -413,12 +484,13 @@ var (
 		[]string{"hostname"}, nil)
 	workerPoolMaxConcurrencyDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "pool_max_concurrency"),
 		"The worker pool's maximum concurrency (stats.pool.max-concurrency).", []string{"hostname"}, nil)
-	workerPrefetchCountDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "prefetch_count"),
+	workerPrefetchDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "prefetch_messages"),
 		"How many messages the worker may hold unacknowledged (stats.prefetch_count).", []string{"hostname"}, nil)
 	workerUptimeDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "uptime_seconds"),
 		"The worker's uptime at the last remote-control round (stats.uptime).", []string{"hostname"}, nil)
 	workerMaxRSSDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "max_rss_bytes"),
-		"Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).", []string{"hostname"}, nil)
+		"Peak resident set size of the worker's main process only (stats.rusage.maxrss: getrusage(RUSAGE_SELF) of the process that answers remote control). "+
+			"Prefork pool children are excluded, so this is not the worker's total memory.", []string{"hostname"}, nil)
 	workerCPUDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "worker", "cpu_seconds_total"),
 		"CPU time of the worker's main process (stats.rusage utime/stime; pool children are not included).", []string{"hostname", "mode"}, nil)
 	controlLastSuccessDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "exporter", "control_last_success_timestamp_seconds"),
@@ -473,7 +545,7 @@ func (c *ControlSource) emitRound(ch chan<- prometheus.Metric, r *controlRound) 
 			emitConst(emit, workerPoolMaxConcurrencyDesc, prometheus.GaugeValue, *st.maxConcurrency, h)
 		}
 		if st.prefetch != nil {
-			emitConst(emit, workerPrefetchCountDesc, prometheus.GaugeValue, *st.prefetch, h)
+			emitConst(emit, workerPrefetchDesc, prometheus.GaugeValue, *st.prefetch, h)
 		}
 		if st.uptime != nil {
 			emitConst(emit, workerUptimeDesc, prometheus.GaugeValue, *st.uptime, h)

@@ -6,93 +6,17 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/go-kit/log"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector/clock"
 	"github.com/celery-exporter/celery_exporter/collector/kombu"
 	"github.com/celery-exporter/celery_exporter/collector/pidbox/pidboxtest"
 )
-
-// errCapturingCollector lets testutil read a Scraper.
-type errCapturingCollector struct {
-	s   Scraper
-	err error
-}
-
-func (c *errCapturingCollector) Describe(chan<- *prometheus.Desc) {}
-func (c *errCapturingCollector) Collect(ch chan<- prometheus.Metric) {
-	c.err = c.s.Scrape(context.Background(), ch)
-}
-
-type fakeDirectory struct {
-	mu           sync.Mutex
-	alive, known []string
-	systems      map[string]string
-}
-
-func (d *fakeDirectory) WorkerNames() (alive, known []string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.alive...), append([]string(nil), d.known...)
-}
-
-func (d *fakeDirectory) WorkerSystem(h string) (string, bool) {
-	s, ok := d.systems[h]
-	return s, ok
-}
-
-func (d *fakeDirectory) set(alive, known []string) {
-	d.mu.Lock()
-	d.alive, d.known = alive, known
-	d.mu.Unlock()
-}
-
-type miniBroker struct {
-	mr  *miniredis.Miniredis
-	rdb *redis.Client
-	ks  kombu.Keyspace
-}
-
-func newMiniBroker(t *testing.T, o kombu.Options) *miniBroker {
-	t.Helper()
-	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), Protocol: 2, DisableIdentity: true})
-	t.Cleanup(func() { rdb.Close() })
-	return &miniBroker{mr: mr, rdb: rdb, ks: kombu.NewKeyspace(&kombu.Broker{Scheme: "redis", Addrs: []string{mr.Addr()}}, o)}
-}
-
-// worker starts a fake worker on its own connection (a pub/sub connection cannot send commands).
-func (b *miniBroker) worker(t *testing.T, hostname string, h pidboxtest.Handler) *pidboxtest.Worker {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: b.mr.Addr(), Protocol: 2, DisableIdentity: true})
-	t.Cleanup(func() { c.Close() })
-	return pidboxtest.Start(t, c, b.ks, "celery", hostname, h)
-}
-
-// replies builds a Handler from JSON replies per method.
-func replies(t *testing.T, byMethod map[string]string) pidboxtest.Handler {
-	return func(method string, _ map[string]any) (any, bool) {
-		raw, ok := byMethod[method]
-		if !ok {
-			return nil, false
-		}
-		var v any
-		if err := json.Unmarshal([]byte(raw), &v); err != nil {
-			t.Errorf("bad test reply for %s: %v", method, err)
-			return nil, false
-		}
-		return v, true
-	}
-}
 
 // The stats reply of a prefork worker, as Celery 5.2.6 sends it (shape of the captured one).
 const preforkStats = `{"total": {"tasks.add": 3, "tasks.boom": 1}, "pid": 13410, "clock": "67", "uptime": 34,
@@ -108,15 +32,6 @@ const threadsStats = `{"total": {}, "pid": 2, "clock": "3", "uptime": 7,
 
 const macStats = `{"total": {"tasks.add": 1}, "uptime": 9, "pool": {"max-concurrency": 1, "processes": [5]},
  "prefetch_count": 4, "rusage": {"utime": 1.5, "stime": 0.5, "maxrss": 1048576}}`
-
-func queuesReply(names ...string) string {
-	qs := make([]map[string]any, len(names))
-	for i, n := range names {
-		qs[i] = map[string]any{"name": n, "exchange": map[string]any{"name": n, "type": "direct"}, "routing_key": n}
-	}
-	b, _ := json.Marshal(qs)
-	return string(b)
-}
 
 func TestControlRoundMetrics(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
@@ -150,7 +65,7 @@ celery_worker_cpu_seconds_total{hostname="celery@a",mode="system"} 0.045023
 celery_worker_cpu_seconds_total{hostname="celery@a",mode="user"} 0.163718
 celery_worker_cpu_seconds_total{hostname="celery@mac",mode="system"} 0.5
 celery_worker_cpu_seconds_total{hostname="celery@mac",mode="user"} 1.5
-# HELP celery_worker_max_rss_bytes Peak resident memory of the worker's main process (stats.rusage.maxrss; pool children are not included).
+# HELP celery_worker_max_rss_bytes Peak resident set size of the worker's main process only (stats.rusage.maxrss: getrusage(RUSAGE_SELF) of the process that answers remote control). Prefork pool children are excluded, so this is not the worker's total memory.
 # TYPE celery_worker_max_rss_bytes gauge
 celery_worker_max_rss_bytes{hostname="celery@a"} 4.6641152e+07
 celery_worker_max_rss_bytes{hostname="celery@mac"} 1.048576e+06
@@ -167,11 +82,11 @@ celery_worker_ping_ok{hostname="celery@stuck"} 0
 celery_worker_pool_max_concurrency{hostname="celery@a"} 2
 celery_worker_pool_max_concurrency{hostname="celery@b"} 4
 celery_worker_pool_max_concurrency{hostname="celery@mac"} 1
-# HELP celery_worker_prefetch_count How many messages the worker may hold unacknowledged (stats.prefetch_count).
-# TYPE celery_worker_prefetch_count gauge
-celery_worker_prefetch_count{hostname="celery@a"} 8
-celery_worker_prefetch_count{hostname="celery@b"} 16
-celery_worker_prefetch_count{hostname="celery@mac"} 4
+# HELP celery_worker_prefetch_messages How many messages the worker may hold unacknowledged (stats.prefetch_count).
+# TYPE celery_worker_prefetch_messages gauge
+celery_worker_prefetch_messages{hostname="celery@a"} 8
+celery_worker_prefetch_messages{hostname="celery@b"} 16
+celery_worker_prefetch_messages{hostname="celery@mac"} 4
 # HELP celery_worker_queue_info 1 for each queue a worker consumes, from its last active_queues reply.
 # TYPE celery_worker_queue_info gauge
 celery_worker_queue_info{hostname="celery@a",queue_name="celery"} 1
@@ -244,9 +159,9 @@ func TestControlEnableEventsIsACastEveryRound(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		want := "ping active_queues stats ping active_queues stats"
+		want := "ping active_queues stats active ping active_queues stats active"
 		if enable {
-			want = "ping active_queues stats enable_events(cast) ping active_queues stats enable_events(cast)"
+			want = "ping active_queues stats active enable_events(cast) ping active_queues stats active enable_events(cast)"
 		}
 		// A round ends when the replies are in; the worker may still be reading the last cast.
 		wantN := len(strings.Fields(want))
@@ -401,8 +316,8 @@ func TestControlRunRoundsUntilCancelled(t *testing.T) {
 			if elapsed, least := time.Since(start), time.Duration(whole)*tt.interval; whole > 0 && elapsed < least {
 				t.Errorf("%d rounds after %v: faster than one per %v", whole+1, elapsed, tt.interval)
 			}
-			if n := len(w.Requests()); n != 3*whole {
-				t.Errorf("worker got %d requests, want %d (%d rounds of ping, active_queues, stats)", n, 3*whole, whole)
+			if n := len(w.Requests()); n != 4*whole {
+				t.Errorf("worker got %d requests, want %d (%d rounds of ping, active_queues, stats, active)", n, 4*whole, whole)
 			}
 			if keys := b.mr.Keys(); len(keys) != 0 {
 				t.Errorf("keys left: %q", keys)
@@ -455,8 +370,10 @@ func TestControlRepliesAreBounded(t *testing.T) {
 	for i := range queues {
 		queues[i] = fmt.Sprintf("q%05d", i)
 	}
-	b.worker(t, "celery@big", replies(t, map[string]string{"active_queues": queuesReply(queues...), "stats": string(stats)}))
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond}, nil)
+	b.worker(t, "celery@big", replies(t, map[string]string{"ping": `{"ok": "pong"}`, "active_queues": queuesReply(queues...), "stats": string(stats)}))
+	// The round ends once the alive worker answered; the timeout only has to outlast a busy machine.
+	dir := &fakeDirectory{alive: []string{"celery@big"}, known: []string{"celery@big"}}
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 10 * time.Second}, dir)
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -473,15 +390,4 @@ func TestControlRepliesAreBounded(t *testing.T) {
 			t.Errorf("%s is past the cap but reported", dropped)
 		}
 	}
-}
-
-func scrapeCount(s Scraper) (int, error) {
-	ch := make(chan prometheus.Metric, 1000)
-	err := s.Scrape(context.Background(), ch)
-	close(ch)
-	n := 0
-	for range ch {
-		n++
-	}
-	return n, err
 }

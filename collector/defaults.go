@@ -54,6 +54,9 @@ func (o EventOptions) withDefaults() EventOptions {
 	if o.TaskTTL <= 0 {
 		o.TaskTTL = d.TaskTTL
 	}
+	if o.ActiveTTL <= 0 {
+		o.ActiveTTL = defaultActiveTTL // not a flag: how long a control-only running task is trusted
+	}
 	for _, c := range []struct{ v, def *int }{
 		{&o.MaxTracked, &d.MaxTracked}, {&o.MaxTaskNames, &d.MaxTaskNames}, {&o.MaxQueues, &d.MaxQueues},
 		{&o.MaxExceptionsPerTask, &d.MaxExceptionsPerTask}, {&o.MaxWorkers, &d.MaxWorkers},

@@ -15,7 +15,6 @@ import (
 	"github.com/celery-exporter/celery_exporter/collector/clock"
 	"github.com/celery-exporter/celery_exporter/collector/event"
 	"github.com/celery-exporter/celery_exporter/collector/kombu"
-	"github.com/celery-exporter/celery_exporter/collector/listener"
 	"github.com/celery-exporter/celery_exporter/collector/tasks"
 )
 
@@ -55,7 +54,29 @@ type EventOptions struct {
 	// created at 0 when a (name, hostname, queue_name) is first seen, so the first such failure
 	// is an increase (--task.initial-exceptions). They count against MaxExceptionsPerTask.
 	InitialExceptions []string
-	Clock             clock.Clock
+	// ActiveTTL is how long a running task that only remote control reported (no task-started
+	// arrived) is kept without a reply listing it again (default 5m).
+	ActiveTTL time.Duration
+	Clock     clock.Clock
+}
+
+// EventStream is where event messages come from: Redis pub/sub (collector/listener) or an AMQP
+// queue bound to the event exchange (collector/amqp). Out carries one broker message per string.
+type EventStream interface {
+	Run(ctx context.Context)
+	Out() <-chan string
+	// Up: established now; Ready: established at least once.
+	Up() bool
+	Ready() bool
+	// Reconnects counts lost subscriptions; Dropped, messages dropped on a full hand-off buffer.
+	Reconnects() uint64
+	Dropped() uint64
+}
+
+// rawBodies is implemented by streams whose messages are bare event bodies (AMQP carries the
+// content type in the message properties), not kombu's JSON envelope (Redis pub/sub).
+type rawBodies interface {
+	RawBodies() bool
 }
 
 // QueueHinter knows the queue of a worker that consumes exactly one (from remote control).
@@ -70,7 +91,8 @@ type EventSource struct {
 	opts   EventOptions
 	logger log.Logger
 	clk    clock.Clock
-	sub    *listener.Subscriber
+	sub    EventStream
+	raw    bool // payloads are event bodies, not kombu envelopes
 
 	env   kombu.EnvelopeDecoder
 	dec   *event.Decoder
@@ -101,8 +123,10 @@ type EventSource struct {
 	mu      sync.Mutex
 	workers map[string]*workerState
 
-	lastEvent    atomic.Int64
-	hostsEvicted atomic.Uint64 // task-only hostnames dropped for a worker at the cap // unix nanos on the exporter's clock
+	run runningSet
+
+	lastEvent    atomic.Int64  // unix nanos on the exporter's clock
+	hostsEvicted atomic.Uint64 // task-only hostnames dropped for a worker at the cap
 
 	sent, received, started, succeeded, rejected, failed, retried, revoked *prometheus.CounterVec
 	seen                                                                   *prometheus.CounterVec
@@ -207,7 +231,7 @@ type heartbeatMark struct {
 
 // NewEventSource returns an event source; sub may be nil when payloads are fed by HandlePayload
 // (tests, benchmarks).
-func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptions) *EventSource {
+func NewEventSource(logger log.Logger, sub EventStream, opts EventOptions) *EventSource {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real{}
 	}
@@ -231,6 +255,7 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		combos:        map[taskSeries]struct{}{},
 		observers:     map[seriesKey]prometheus.Observer{},
 		workers:       map[string]*workerState{},
+		run:           newRunningSet(),
 
 		sent:      counter("task_sent_total", "Tasks sent (task-sent events).", "name", "queue_name"),
 		received:  counter("task_received_total", "Tasks received by a worker.", task...),
@@ -267,14 +292,21 @@ func NewEventSource(logger log.Logger, sub *listener.Subscriber, opts EventOptio
 		s.overflow.WithLabelValues(l)
 	}
 	s.lastExpire = s.clk.Now()
+	if r, ok := sub.(rawBodies); ok {
+		s.raw = r.RawBodies()
+	}
 	return s
 }
+
+// CountEventError counts a message the stream itself skipped (an AMQP message of another content
+// type), under the same reasons as the envelope decoder's.
+func (s *EventSource) CountEventError(reason string) { s.eventErrors.WithLabelValues(reason).Inc() }
 
 // SetQueueHints gives the source the remote-control view of which worker consumes which queue.
 func (s *EventSource) SetQueueHints(h QueueHinter) { s.hints.Store(&h) }
 
-// Ready reports whether the event subscription was established at least once.
-func (s *EventSource) Ready() bool { return s.sub != nil && s.sub.Ready() }
+// Up reports whether the event subscription is established now.
+func (s *EventSource) Up() bool { return s.sub != nil && s.sub.Up() }
 
 // Run applies payloads from the subscriber until ctx is done.
 func (s *EventSource) Run(ctx context.Context) {
@@ -297,6 +329,13 @@ func (s *EventSource) Run(ctx context.Context) {
 
 // HandlePayload applies one pub/sub message. Bad input is counted by reason and skipped.
 func (s *EventSource) HandlePayload(payload string) {
+	if s.raw {
+		s.now = s.clk.Now()
+		if err := s.dec.Decode([]byte(payload), s.apply, s.badEvent); err != nil {
+			s.eventErrors.WithLabelValues(event.ReasonInvalidJSON).Inc()
+		}
+		return
+	}
 	body, err := s.env.DecodeString(payload)
 	if err != nil {
 		s.eventErrors.WithLabelValues(kombu.ReasonOf(err, kombu.ReasonInvalidEnvelope)).Inc()
@@ -314,6 +353,7 @@ func (s *EventSource) badEvent(err error) { s.eventErrors.WithLabelValues(event.
 // workers past their purge time. Run calls it periodically; tests call it after moving the clock.
 func (s *EventSource) Tick() {
 	now := s.clk.Now()
+	s.now = now // what released events are applied at
 	for len(s.holds) > 0 && !s.holds[0].HoldUntil.After(now) {
 		t := s.holds[0]
 		s.holds[0] = nil
@@ -322,11 +362,14 @@ func (s *EventSource) Tick() {
 			s.release(t)
 		}
 	}
+	s.mergeActive(now)
 	if now.Sub(s.lastExpire) >= 5*time.Second {
 		s.lastExpire = now
 		for _, t := range s.cache.Expire(now) {
 			s.release(t)
+			s.stopRunning(t.UUID)
 		}
+		s.expireActive(now)
 		s.purgeWorkers(now)
 	}
 }
@@ -349,6 +392,7 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 	t, _, evicted := s.cache.GetOrCreate(ev.UUID, now)
 	if evicted != nil {
 		s.release(evicted) // its held events still count, with a fallback queue
+		s.stopRunning(evicted.UUID)
 	}
 	if _, known := s.hosts[ev.Hostname]; known && ev.Type != event.TaskSent {
 		s.lastTaskEvent[ev.Hostname] = now
@@ -449,6 +493,7 @@ func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
 		s.inc(mReceived, name, host, q, "")
 	case event.TaskStarted:
 		s.inc(mStarted, name, host, q, "")
+		s.startRunning(t.UUID, name, q, ev.Hostname, ev.Timestamp)
 		// The worker sends task-started right after counting the task in processed
 		// (Request.on_accepted → state.task_accepted), so the two count the same tasks.
 		s.inc(mSeen, "", host, "", "")
@@ -486,6 +531,9 @@ func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
 		}
 		s.inc(mRevoked, name, host, q, reason)
 		finished = true
+	}
+	if ev.Type != event.TaskReceived && ev.Type != event.TaskStarted {
+		s.stopRunning(t.UUID) // ended, or back in a queue (retried, requeued)
 	}
 	if finished {
 		s.cache.Delete(t)
@@ -677,6 +725,9 @@ func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
 		return // past the worker cap: counted, not tracked
 	}
 	s.series(mSeen, "", ev.Hostname, "", "") // at 0 from the worker's first event, as processed
+	if ev.Type == event.WorkerHeartbeat && ev.HasCounts && ev.Active == 0 {
+		s.workerIdle(ev.Hostname, now)
+	}
 
 	lastTask := s.lastTaskEvent[ev.Hostname]
 	s.mu.Lock()
@@ -792,6 +843,7 @@ func (s *EventSource) dropHostSeries(gone []string) {
 		delete(s.hosts, h)
 		delete(s.hostSeen, h)
 		delete(s.lastTaskEvent, h)
+		s.forgetWorkerTasks(h)
 	}
 }
 
@@ -860,11 +912,14 @@ func (s *EventSource) Name() string { return "events" }
 // still reported.
 func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) error {
 	now := s.clk.Now()
+	down := map[string]bool{}
 	s.mu.Lock()
 	for h, w := range s.workers {
 		up := 0.0
 		if s.alive(w, now) {
 			up = 1
+		} else {
+			down[h] = true
 		}
 		ch <- prometheus.MustNewConstMetric(workerUpDesc, prometheus.GaugeValue, up, h)
 		ch <- prometheus.MustNewConstMetric(workerLastHBDesc, prometheus.GaugeValue, float64(w.lastSeen.UnixNano())/1e9, h)
@@ -887,6 +942,7 @@ func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) err
 		ch <- prometheus.MustNewConstMetric(workerEventsDesc, prometheus.GaugeValue, enabled, h)
 	}
 	s.mu.Unlock()
+	s.collectRunning(ch, now, down)
 
 	up, reconnects := 0.0, 0.0
 	if s.sub != nil {

@@ -2,11 +2,8 @@ package collector
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 	"reflect"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,132 +12,17 @@ import (
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/celery-exporter/celery_exporter/collector/clock"
 )
 
 var t0 = time.Unix(1795879460, 0)
 
-func newTestSource(opts EventOptions) (*EventSource, *clock.Fake) {
-	clk := clock.NewFake(t0)
-	opts.Clock = clk
-	// The constructor defaults the rest; these three keep a zero there.
-	d := DefaultEventOptions()
-	for _, p := range []struct{ v, def *time.Duration }{
-		{&opts.WorkerTimeout, &d.WorkerTimeout}, {&opts.PurgeAfter, &d.PurgeAfter}, {&opts.SentWait, &d.SentWait},
-	} {
-		if *p.v == 0 {
-			*p.v = *p.def
-		}
-	}
-	return NewEventSource(log.NewNopLogger(), nil, opts), clk
-}
-
-// payload wraps events the way a worker publishes them: a kombu envelope with a base64 body; one
-// event alone, several as a task.multi list.
-func payload(events ...map[string]any) string {
-	var body any = events
-	if len(events) == 1 {
-		body = events[0]
-	}
-	b, _ := json.Marshal(body)
-	return rawPayload(string(b))
-}
-
-type ev map[string]any
-
-// samples gathers the source's metrics as "name{k="v",...}" → value; histograms as their _count
-// and _sum.
-func samples(t *testing.T, c prometheus.Collector) map[string]float64 {
-	t.Helper()
-	mfs := gather(t, c)
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			var pairs []string
-			for _, l := range m.GetLabel() {
-				pairs = append(pairs, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			sort.Strings(pairs)
-			key := mf.GetName() + "{" + strings.Join(pairs, ",") + "}"
-			switch mf.GetType() {
-			case dto.MetricType_COUNTER:
-				out[key] = m.GetCounter().GetValue()
-			case dto.MetricType_GAUGE:
-				out[key] = m.GetGauge().GetValue()
-			case dto.MetricType_HISTOGRAM:
-				out[strings.Replace(key, "{", "_count{", 1)] = float64(m.GetHistogram().GetSampleCount())
-				out[strings.Replace(key, "{", "_sum{", 1)] = m.GetHistogram().GetSampleSum()
-			}
-		}
-	}
-	return out
-}
-
-func expectSamples(t *testing.T, got map[string]float64, want map[string]float64) {
-	t.Helper()
-	for k, v := range want {
-		g, ok := got[k]
-		switch {
-		case !ok && v >= 0:
-			t.Errorf("missing %s (want %v)", k, v)
-		case ok && v < 0:
-			t.Errorf("%s = %v, want no such series", k, g)
-		case ok && g != v:
-			t.Errorf("%s = %v, want %v", k, g, v)
-		}
-	}
-}
-
-// gather registers c alone in a pedantic registry (which checks every metric) and gathers it.
-func gather(t *testing.T, c prometheus.Collector) []*dto.MetricFamily {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(c); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	return mfs
-}
-
-// only returns the samples of the named metric.
-func only(got map[string]float64, name string) map[string]float64 {
-	out := map[string]float64{}
-	for k, v := range got {
-		if strings.HasPrefix(k, name+"{") {
-			out[k] = v
-		}
-	}
-	return out
-}
-
 // The real traffic of a Celery 5.2.6 worker (test/fixtures/capture-5.2.6/psubscribe_raw.txt)
 // produces exactly these task and event metrics.
 func TestEventSourceReplaysCapture(t *testing.T) {
-	raw, err := os.ReadFile("../test/fixtures/capture-5.2.6/psubscribe_raw.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
 	src, clk := newTestSource(EventOptions{})
-	lines := strings.Split(string(raw), "\n")
-	fed := 0
-	for i := 0; i+3 < len(lines); i++ {
-		if lines[i] != "pmessage" {
-			continue
-		}
-		if strings.Contains(lines[i+2], "celeryev") { // what the exporter's pattern receives
-			src.HandlePayload(lines[i+3])
-			fed++
-		}
-		clk.Add(10 * time.Millisecond)
-		i += 3
-	}
-	clk.Add(3 * time.Second)
-	src.Tick()
+	fed := replayCapture(t, src, clk)
 	if fed != 45 { // 8 task-sent, 7 task.multi batches, 30 worker events
 		t.Fatalf("fed %d messages", fed)
 	}
@@ -185,18 +67,6 @@ func TestEventSourceReplaysCapture(t *testing.T) {
 	if n := len(only(got, "celery_task_failed_total")); n != 1 {
 		t.Errorf("%d failed series", n)
 	}
-}
-
-func sent(uuid, name, queue string, ts float64) ev {
-	return ev{"type": "task-sent", "uuid": uuid, "name": name, "queue": queue, "hostname": "gen1@h", "timestamp": ts}
-}
-
-func taskEv(typ, uuid, host string, ts float64, extra ...any) ev {
-	e := ev{"type": typ, "uuid": uuid, "hostname": host, "timestamp": ts}
-	for i := 0; i+1 < len(extra); i += 2 {
-		e[extra[i].(string)] = extra[i+1]
-	}
-	return e
 }
 
 type staticHints map[string]string
@@ -326,11 +196,6 @@ func TestEventSourceTimesAndFailures(t *testing.T) {
 		`celery_task_rejected_total{hostname="celery@w1",name="t.lost",queue_name="q"}`:                            1,
 		`celery_exporter_tracked_tasks{}`:                                                                          2, // e2 runs, e3 was requeued
 	})
-}
-
-func heartbeat(host string, freq float64, active, processed int) ev {
-	return ev{"type": "worker-heartbeat", "hostname": host, "freq": freq, "active": active, "processed": processed,
-		"loadavg": []float64{0.5, 0.4, 0.3}, "sw_ident": "py-celery", "sw_ver": "5.2.6", "sw_sys": "Linux", "timestamp": 1.0}
 }
 
 func TestEventSourceWorkerLiveness(t *testing.T) {
@@ -541,8 +406,9 @@ func TestEventSourceConcurrentReaders(t *testing.T) {
 		defer close(done)
 		for i := 0; i < 2000; i++ {
 			id := fmt.Sprint(i)
-			src.HandlePayload(payload(sent(id, "t.a", "q", 1), taskEv("task-received", id, "celery@a", 1, "name", "t.a")))
-			src.HandlePayload(payload(heartbeat("celery@a", 2, 1, i)))
+			src.HandlePayload(payload(sent(id, "t.a", "q", 1), taskEv("task-received", id, "celery@a", 1, "name", "t.a"),
+				taskEv("task-started", id, "celery@a", 1)))
+			src.HandlePayload(payload(heartbeat("celery@a", 2, i%2, i)))
 			if i%100 == 0 {
 				clk.Add(6 * time.Second)
 				src.Tick()
@@ -562,6 +428,7 @@ func TestEventSourceConcurrentReaders(t *testing.T) {
 			src.WorkerNames()
 			src.TaskSentAt("7")
 			src.WorkerSystem("celery@a")
+			src.ApplyActive(ActiveSnapshot{Sent: t0, Hosts: map[string][]ActiveTask{"celery@a": {{ID: "x", Name: "t.b"}}}})
 		}
 	}
 }
@@ -604,6 +471,7 @@ func TestEventOptionsDefaults(t *testing.T) {
 	want := DefaultEventOptions()
 	want.WorkerTimeout, want.PurgeAfter, want.SentWait, want.MaxWorkers = 0, 0, 0, 7
 	want.InitialExceptions = nil
+	want.ActiveTTL = defaultActiveTTL
 	got := s.opts
 	got.Clock = nil
 	if !reflect.DeepEqual(got, want) {

@@ -27,7 +27,7 @@ func TestEventSourceHealthCountersStartAtZero(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want 0 before any event", k, v, ok)
 		}
 	}
-	// 11 reasons of skipped messages and events, 5 of refused values (issue 11).
+	// 11 reasons of skipped messages and events, 5 of refused values.
 	if n := len(only(got, "celery_exporter_event_errors_total")); n != 16 {
 		t.Errorf("%d reasons, want 16", n)
 	}

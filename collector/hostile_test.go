@@ -1,25 +1,13 @@
 package collector
 
 import (
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"math"
 	"testing"
 	"time"
 )
 
-// rawPayload wraps a JSON body as written by Python (NaN, Infinity) in a kombu envelope.
-func rawPayload(body string) string {
-	env, _ := json.Marshal(map[string]any{
-		"body": base64.StdEncoding.EncodeToString([]byte(body)), "content-encoding": "utf-8", "content-type": "application/json",
-		"headers":    map[string]any{"hostname": "celery@w1"},
-		"properties": map[string]any{"delivery_mode": 1, "body_encoding": "base64", "delivery_tag": "x", "priority": 0},
-	})
-	return string(env)
-}
-
-// Issue 11, findings 8 and 10: non-finite and absurd numbers never reach a histogram sum, a
+// Non-finite and absurd numbers never reach a histogram sum, a
 // task.multi with Python's Infinity still counts its events, wrong JSON types and task-failed
 // without exception are counted, each by reason.
 func TestEventSourceRefusesHostileNumbers(t *testing.T) {
@@ -48,11 +36,11 @@ func TestEventSourceRefusesHostileNumbers(t *testing.T) {
 	})
 }
 
-// Issue 11, finding 9: a heartbeat with a negative or lower processed count never makes the
+// A heartbeat with a negative or lower processed count never makes the
 // counter go down; an absurd freq is clamped, so a worker that stops is reported down within the
 // clamped interval and a huge freq does not overflow into "never down".
 func TestEventSourceWorkerCountersAndFreqStaySane(t *testing.T) {
-	src, clk := newTestSource(EventOptions{})
+	src, _ := newTestSource(EventOptions{})
 	src.HandlePayload(payload(heartbeat("celery@a", 2, 0, 100)))
 	src.HandlePayload(payload(heartbeat("celery@a", 2, 0, 110)))
 	src.HandlePayload(payload(heartbeat("celery@a", 2, 0, -1000)))
@@ -61,7 +49,7 @@ func TestEventSourceWorkerCountersAndFreqStaySane(t *testing.T) {
 		t.Errorf("processed_total = %v after a negative processed, want >= 10", v)
 	}
 	for _, freq := range []float64{1e9, 1e12} {
-		src, clk = newTestSource(EventOptions{})
+		src, clk := newTestSource(EventOptions{})
 		src.HandlePayload(payload(heartbeat("celery@b", freq, 0, 1)))
 		clk.Add(2*time.Hour + time.Minute) // past 2×3600s + timeout
 		expectSamples(t, samples(t, AsCollector(src)), map[string]float64{
@@ -71,7 +59,7 @@ func TestEventSourceWorkerCountersAndFreqStaySane(t *testing.T) {
 	}
 }
 
-// Issue 11, finding 4: hostnames only task events named (a producer's gen<pid>@host, a worker
+// Hostnames only task events named (a producer's gen<pid>@host, a worker
 // whose heartbeats never come) neither lock a heartbeating worker out at the cap nor stay for
 // ever: the worker takes the place of the least recently seen one, the rest age out after
 // --worker.purge-after.
@@ -112,7 +100,7 @@ func TestEventSourceTaskOnlyHostnamesAgeOutAndYield(t *testing.T) {
 	})
 }
 
-// Issue 11, finding 1: queue_name from task-sent is capped like task names, overflow counted.
+// Queue_name from task-sent is capped like task names, overflow counted.
 func TestEventSourceQueueNamesCapped(t *testing.T) {
 	src, _ := newTestSource(EventOptions{MaxQueues: 2, SentWait: -1})
 	for i := 0; i < 5; i++ {
@@ -130,7 +118,7 @@ func TestEventSourceQueueNamesCapped(t *testing.T) {
 	})
 }
 
-// Issue 11, finding 15: two worker processes sharing one nodename are flagged, and their
+// Two worker processes sharing one nodename are flagged, and their
 // processed counts never mix (before, the counter jumped by their difference at every
 // alternation).
 func TestEventSourceHostnameClaimedByTwoProcesses(t *testing.T) {
@@ -161,7 +149,7 @@ func TestEventSourceHostnameClaimedByTwoProcesses(t *testing.T) {
 	})
 }
 
-// Issue 11, finding 2: task events waiting for their task-sent are bounded in all, not only per
+// Task events waiting for their task-sent are bounded in all, not only per
 // task: past maxPendingEvents they are applied at once with the fallback queue.
 func TestEventSourcePendingEventsBounded(t *testing.T) {
 	src, _ := newTestSource(EventOptions{MaxTracked: 2 * maxPendingEvents})

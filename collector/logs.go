@@ -3,6 +3,7 @@ package collector
 import (
 	"bytes"
 	"context"
+	"maps"
 	"reflect"
 	"strconv"
 	"strings"
@@ -110,9 +111,7 @@ func (s *LogScraper) ApplyConfig(cfg *config.Config) error {
 			}
 		}
 		if !kept {
-			for id, p := range src.tailer.Stop() {
-				resume[id] = p
-			}
+			maps.Copy(resume, src.tailer.Stop())
 		}
 	}
 	for i, c := range cfg.Logs {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
@@ -227,6 +227,7 @@ func TestSuccessCriteriaStats(t *testing.T) {
 		"Exporter up":                           {"red", "green", 1},
 		"Worst task failure ratio":              {"green", "red", 0.05},
 		"Worst task p95 runtime":                {"green", "red", 120},
+		"Oldest running task":                   {"green", "red", 180},
 		"Lost or requeued tasks in 15m":         {"green", "red", 1},
 		"Time limits hit in 15m":                {"green", "red", 1},
 		"Seconds since last event":              {"green", "red", 300},
@@ -271,7 +272,7 @@ func TestSuccessCriteriaStats(t *testing.T) {
 	}
 }
 
-// TestContentOfTheDetailDashboards checks that each dashboard shows what issue 5 lists for it.
+// TestContentOfTheDetailDashboards checks that each dashboard shows the panels its purpose needs.
 func TestContentOfTheDetailDashboards(t *testing.T) {
 	ds := loadDashboards(t)
 	want := map[string][]string{

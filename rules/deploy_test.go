@@ -1,19 +1,17 @@
 package rules_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 	"github.com/celery-exporter/celery_exporter/test/harness"
@@ -66,7 +64,9 @@ func TestAlertmanagerRoutesEveryAlert(t *testing.T) {
 //   - one of two replicas down (CeleryExporterDown of its instance only): nothing is, the other
 //     replica still sees everything;
 //   - the broker unreachable: everything but CeleryExporterDown is;
-//   - a critical backlog: the warning of the same queue is, not the other queue's, not the reverse.
+//   - a critical backlog: the warning of the same queue is, not the other queue's, not the reverse;
+//   - a dead or stuck worker: the queues it left without consumers are, and their backlogs;
+//   - a queue without consumers while every worker is up: it pages, its backlogs do not.
 func TestAlertmanagerInhibitsBelowOutages(t *testing.T) {
 	harness.Require(t, harness.AlertmanagerBinary)
 	cfg, err := os.ReadFile(filepath.Join(root, alertmanagerFile))
@@ -99,7 +99,12 @@ func TestAlertmanagerInhibitsBelowOutages(t *testing.T) {
 			"CeleryQueueBacklogCritical":  {"queue_name", "default"},
 		}
 		for _, name := range bundle.AlertNames() {
-			if name != "CeleryExporterDown" && name != "CeleryBrokerUnreachable" {
+			switch name {
+			case "CeleryExporterDown", "CeleryBrokerUnreachable":
+			case "CeleryQueueWithoutConsumers":
+				// Always held back here: CeleryWorkersBelowExpected is among the others.
+				add(true, name, job, extra[name]...)
+			default:
 				add(suppressed, name, job, extra[name]...)
 			}
 		}
@@ -123,22 +128,29 @@ func TestAlertmanagerInhibitsBelowOutages(t *testing.T) {
 	add(true, "CeleryQueueBacklog", "backlog", "queue_name", "chat")
 	add(false, "CeleryQueueBacklog", "backlog", "queue_name", "default")
 
-	now := time.Now().UTC()
-	var body []map[string]any
+	// One dead worker (the background one): one page, its queues' alerts held back.
+	add(false, "CeleryWorkersBelowExpected", "dead-worker")
+	for _, q := range []string{"background", "notifications", "dlq"} {
+		add(true, "CeleryQueueWithoutConsumers", "dead-worker", "queue_name", q)
+	}
+	add(true, "CeleryQueueBacklog", "dead-worker", "queue_name", "background")
+	add(true, "CeleryQueueBacklogCritical", "dead-worker", "queue_name", "notifications")
+	add(false, "CeleryQueueBacklog", "dead-worker", "queue_name", "chat")
+
+	add(false, "CeleryWorkerUnresponsive", "stuck-worker", "hostname", "celery@chat")
+	add(true, "CeleryQueueWithoutConsumers", "stuck-worker", "queue_name", "chat")
+
+	add(false, "CeleryQueueWithoutConsumers", "no-consumer", "queue_name", "reports")
+	add(true, "CeleryQueueBacklog", "no-consumer", "queue_name", "reports")
+	add(true, "CeleryQueueBacklogCritical", "no-consumer", "queue_name", "reports")
+	add(false, "CeleryQueueBacklogCritical", "no-consumer", "queue_name", "default")
+
+	var labels []map[string]string
 	for _, a := range alerts {
-		body = append(body, map[string]any{"labels": a.labels, "startsAt": now, "endsAt": now.Add(time.Hour)})
+		labels = append(labels, a.labels)
 	}
-	js, err := json.Marshal(body)
-	if err != nil {
+	if err := am.PostAlerts(labels...); err != nil {
 		t.Fatal(err)
-	}
-	resp, err := http.Post(am.URL+"/api/v2/alerts", "application/json", bytes.NewReader(js))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("post alerts: %s", resp.Status)
 	}
 
 	key := func(l map[string]string) string {
@@ -202,8 +214,85 @@ func TestAlertmanagerSecretsAndGrouping(t *testing.T) {
 	if err := yaml.Unmarshal(b, &am); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(am.Route.GroupBy, []string{"alertname", "queue_name"}) {
-		t.Errorf("route groups by %v, want [alertname queue_name]", am.Route.GroupBy)
+	if !slices.Equal(am.Route.GroupBy, []string{"alertname", "job"}) {
+		t.Errorf("route groups by %v, want [alertname job]", am.Route.GroupBy)
+	}
+}
+
+// TestAlertmanagerOneDeadWorkerPagesOnce runs the shipped routing, grouping and inhibitions (the
+// receivers swapped for a webhook) against the alerts one killed prefork worker raises in
+// Prometheus, in the order they fire: the worker count, then its three queues without consumers,
+// then their backlogs. On-call gets one notification, of CeleryWorkersBelowExpected; chat gets
+// the backlog of a queue that still has its consumer and nothing else. Issue 9 saw four pages.
+func TestAlertmanagerOneDeadWorkerPagesOnce(t *testing.T) {
+	harness.Require(t, harness.AlertmanagerBinary)
+	shipped, err := os.ReadFile(filepath.Join(root, alertmanagerFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := harness.StartWebhook(t)
+	cfg, err := harness.WebhookAlertmanagerConfig(shipped, hook.URL, harness.AlertmanagerTimers{GroupWait: "1s", GroupInterval: "2s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	am := harness.StartAlertmanager(t, string(cfg))
+	rules := alertsByName(readRuleFile(t, filepath.Join(root, bundle.RulesFile)))
+	post := func(alerts ...[]string) {
+		t.Helper()
+		var labels []map[string]string
+		for _, a := range alerts {
+			l := map[string]string{"alertname": a[0], "job": "celery", "severity": rules[a[0]].Labels["severity"]}
+			if len(a) > 1 {
+				l["queue_name"] = a[1]
+			}
+			labels = append(labels, l)
+		}
+		if err := am.PostAlerts(labels...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	post([]string{"CeleryWorkersBelowExpected"})
+	am.WaitForAlert(t, "CeleryWorkersBelowExpected", "active", 15*time.Second)
+	post([]string{"CeleryQueueWithoutConsumers", "background"}, []string{"CeleryQueueWithoutConsumers", "notifications"},
+		[]string{"CeleryQueueWithoutConsumers", "dlq"})
+	post([]string{"CeleryQueueBacklog", "background"}, []string{"CeleryQueueBacklogCritical", "notifications"},
+		[]string{"CeleryQueueBacklog", "chat"})
+
+	// Every group is flushed group_wait (1s) after its first alert and then every 2s: once the
+	// chat notification is in and Alertmanager holds all of them suppressed or active, three more
+	// group intervals pass so that any notification that should not exist would have been sent.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var chat bool
+		for _, n := range hook.Notifications() {
+			chat = chat || n.Receiver == "chat"
+		}
+		if chat {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no chat notification within 30s: %+v", hook.Notifications())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(6 * time.Second) // a quiet period: what must not arrive cannot be polled for
+
+	var oncall, chat [][]string
+	for _, n := range hook.Notifications() {
+		switch n.Receiver {
+		case "oncall":
+			oncall = append(oncall, n.Firing())
+		case "chat":
+			chat = append(chat, n.Firing())
+		default:
+			t.Errorf("notification to receiver %q", n.Receiver)
+		}
+	}
+	if want := [][]string{{"CeleryWorkersBelowExpected"}}; !reflect.DeepEqual(oncall, want) {
+		t.Errorf("on-call got %v, want one page: %v", oncall, want)
+	}
+	if want := [][]string{{"CeleryQueueBacklog/chat"}}; !reflect.DeepEqual(chat, want) {
+		t.Errorf("chat got %v, want %v", chat, want)
 	}
 }
 
@@ -288,5 +377,56 @@ func readYAML(t *testing.T, path string, v any) {
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
 	if err := dec.Decode(v); err != nil {
 		t.Fatalf("decode %s: %v", path, err)
+	}
+}
+
+// TestWebhookAlertmanagerConfigKeepsRouting: the configuration the demo and the paging tests run
+// (harness.WebhookAlertmanagerConfig of the shipped file) differs from the shipped one only in its
+// receivers' integrations and the top route's group timers; amtool accepts it.
+func TestWebhookAlertmanagerConfigKeepsRouting(t *testing.T) {
+	shipped, err := os.ReadFile(filepath.Join(root, alertmanagerFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := harness.WebhookAlertmanagerConfig(shipped, "http://127.0.0.1:9099/alerts", harness.AlertmanagerTimers{GroupWait: "5s", GroupInterval: "10s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b map[string]any
+	if err := yaml.Unmarshal(shipped, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(out, &b); err != nil {
+		t.Fatal(err)
+	}
+	ra, rb := a["route"].(map[string]any), b["route"].(map[string]any)
+	if rb["group_wait"] != "5s" || rb["group_interval"] != "10s" {
+		t.Errorf("timers = %v %v, want 5s 10s", rb["group_wait"], rb["group_interval"])
+	}
+	for _, k := range []string{"group_wait", "group_interval"} {
+		delete(ra, k)
+		delete(rb, k)
+	}
+	if !reflect.DeepEqual(ra, rb) || !reflect.DeepEqual(a["inhibit_rules"], b["inhibit_rules"]) || !reflect.DeepEqual(a["global"], b["global"]) {
+		t.Errorf("routing or inhibitions differ from %s:\n%s", alertmanagerFile, out)
+	}
+	var names []string
+	for _, r := range b["receivers"].([]any) {
+		m := r.(map[string]any)
+		names = append(names, m["name"].(string))
+		if len(m) != 2 || m["webhook_configs"] == nil {
+			t.Errorf("receiver %v keeps more than its name and the webhook", m)
+		}
+	}
+	if !slices.Equal(names, []string{"oncall", "chat"}) {
+		t.Errorf("receivers %v, want oncall and chat", names)
+	}
+	harness.Require(t, "amtool")
+	f := filepath.Join(t.TempDir(), "alertmanager.yml")
+	if err := os.WriteFile(f, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := runTool(t, "amtool", "check-config", f); err != nil {
+		t.Errorf("amtool check-config: %v\n%s", err, res)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -117,7 +118,7 @@ func TestRenderVariantIntoTempDir(t *testing.T) {
 	if got := alerts["CeleryEventsStale"].Expr; !strings.Contains(got, "> 30\n") {
 		t.Errorf("CeleryEventsStale does not use the 30s threshold: %s", got)
 	}
-	if got := alerts["ZepCallErrors"].Expr; !strings.Contains(got, `up{job="celery-e2e"} offset 1m == 1`) || !strings.Contains(got, "[1m]") {
+	if got := alerts["ZepCallErrors"].Expr; !strings.Contains(got, `celery_exporter_start_time_seconds{job="celery-e2e"} < 60`) || !strings.Contains(got, "[1m]") {
 		t.Errorf("ZepCallErrors does not use the 1m window: %s", got)
 	}
 	if got := alerts["CeleryQueueBacklog"].Annotations["dashboard_url"]; !strings.HasPrefix(got, "http://grafana.test:3000/d/celery-workers-queues/") {
@@ -177,7 +178,7 @@ func TestConfigValidation(t *testing.T) {
 		name, from, to, wantErr string
 	}{
 		{"typo in a field", "backlog_warning: 5", "backlog_warnin: 5", "field backlog_warnin not found"},
-		{"bad duration", "stale_after: 5m", "stale_after: 5 minutes", `line 60: not a Prometheus duration: "5 minutes"`},
+		{"bad duration", "stale_after: 5m", "stale_after: 5 minutes", `not a Prometheus duration: "5 minutes"`},
 		{"unknown alert", "  ZepMemoryDegraded: 1m", "  ZepMemoryDegradedd: 1m", "field for.ZepMemoryDegraded: missing"},
 		{"unknown window", "  time_limit: 15m", "  time_limits: 15m", "field windows.time_limit: must be a positive duration"},
 		{"selector with braces", `selector: job="celery"`, `selector: '{job="celery"}'`, "field selector: label matchers without braces"},
@@ -188,6 +189,26 @@ func TestConfigValidation(t *testing.T) {
 		{"severity in alert labels", "alert_labels: {}", "alert_labels: {severity: page}", `field alert_labels: "severity" is set by the rules`},
 		{"instance in alert labels", "alert_labels: {}", "alert_labels: {instance: x}", `field alert_labels: "instance" is set by the rules`},
 		{"relative runbook URL", "runbooks: https://github.com", "runbooks: docs", `field urls.runbooks: must be an http(s) URL`},
+		{"override of an unknown alert", "alerts: {}", "alerts: {CeleryNope: {enabled: false}}", "field alerts.CeleryNope: not an alert of the bundle"},
+		{"empty override", "alerts: {}", "alerts: {CeleryTaskSlow: {}}", "field alerts.CeleryTaskSlow: set enabled or severity"},
+		{"bad severity", "alerts: {}", `alerts: {CeleryTaskSlow: {severity: "a b"}}`, "field alerts.CeleryTaskSlow.severity: must be a plain label value"},
+		{"unknown memory source", "source: exporter", "source: ps", `field workers.memory.source: must be exporter or cadvisor, got "ps"`},
+		{"stuck threshold", "stuck_seconds: 180", "stuck_seconds: 0", "field tasks.stuck_seconds: must be positive, got 0"},
+		{"lost share as percent", "events_lost_ratio: 0.1", "events_lost_ratio: 10", "field tasks.events_lost_ratio: must be in (0, 1), got 10"},
+	}
+	// The cAdvisor settings are only checked when they are used.
+	bad := bytes.Replace(seed, []byte("join_label: pod"), []byte("join_label: hostname"), 1)
+	if _, err := bundle.ParseConfig(bad); err != nil {
+		t.Errorf("cadvisor settings checked with source exporter: %v", err)
+	}
+	bad = bytes.Replace(bad, []byte("source: exporter"), []byte("source: cadvisor"), 1)
+	bad = bytes.Replace(bad, []byte(`hostname_regex: '[^@]*@(.+)'`), []byte(`hostname_regex: '[^@]*@.+'`), 1)
+	_, err = bundle.ParseConfig(bad)
+	for _, want := range []string{"field workers.memory.cadvisor.hostname_regex: must be a regular expression with a capture group",
+		"field workers.memory.cadvisor.join_label: must be a label name other than job and hostname"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("cadvisor config: error = %v, want one containing %q", err, want)
+		}
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -228,5 +249,111 @@ func TestDurations(t *testing.T) {
 		if !tc.err && d.String() != tc.out {
 			t.Errorf("ParseDuration(%q) = %s, want %s", tc.in, d, tc.out)
 		}
+	}
+}
+
+// TestMemoryFromCAdvisor renders the bundle with workers.memory.source cadvisor and runs
+// rules/tests/variants/memory_cadvisor.yml against it: the memory criterion then reads the worker
+// container's working set (pool children included), joined to the worker by pod name.
+func TestMemoryFromCAdvisor(t *testing.T) {
+	cfg := loadSeedConfig(t)
+	cfg.Workers.Memory.Source = bundle.MemoryCAdvisor
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	files, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "celery.rules.yml"), files[bundle.RulesFile], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rf := readRuleFile(t, filepath.Join(dir, "celery.rules.yml"))
+	for _, g := range rf.Groups {
+		for _, r := range g.Rules {
+			bundletest.CheckExpr(t, "cadvisor variant "+r.Record+r.Alert, r.Expr)
+		}
+	}
+	test, err := os.ReadFile(filepath.Join(root, "rules", "tests", "variants", "memory_cadvisor.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "test.yml"), test, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	harness.Require(t, "promtool")
+	cmd := exec.Command("promtool", "test", "rules", "test.yml")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "SUCCESS") {
+		t.Errorf("promtool test rules (cadvisor variant): %v\n%s", err, out)
+	}
+}
+
+// TestAlertOverrides: a built-in alert can be turned off (it leaves the render, and a group left
+// empty goes too) or given another severity; the render stays valid for promtool.
+func TestAlertOverrides(t *testing.T) {
+	cfg := loadSeedConfig(t)
+	off, on := false, true
+	groupOf := map[string]string{}
+	for _, g := range cfg.RuleGroups() {
+		for _, r := range g.Rules {
+			groupOf[r.Alert] = g.Name
+		}
+	}
+	var exporterGroup []string // every alert of CeleryExporterDown's group, all turned off
+	for a, g := range groupOf {
+		if g == groupOf["CeleryExporterDown"] && a != "" {
+			exporterGroup = append(exporterGroup, a)
+		}
+	}
+	cfg.Alerts = map[string]bundle.AlertOverride{
+		"CeleryTaskSlow":     {Enabled: &off},
+		"CeleryQueueBacklog": {Severity: "critical"},
+		"CeleryWorkerLost":   {Enabled: &on, Severity: "page"},
+	}
+	for _, a := range exporterGroup {
+		cfg.Alerts[a] = bundle.AlertOverride{Enabled: &off}
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bundle.Rule{}
+	groups := map[string]bool{}
+	for _, g := range cfg.RuleGroups() {
+		groups[g.Name] = true
+		for _, r := range g.Rules {
+			if r.Alert != "" {
+				got[r.Alert] = r
+			}
+		}
+	}
+	if _, ok := got["CeleryTaskSlow"]; ok {
+		t.Error("CeleryTaskSlow is turned off but rendered")
+	}
+	if groups[groupOf["CeleryExporterDown"]] {
+		t.Errorf("group %s has every alert turned off but is rendered", groupOf["CeleryExporterDown"])
+	}
+	if s := got["CeleryQueueBacklog"].Labels["severity"]; s != "critical" {
+		t.Errorf("CeleryQueueBacklog severity %q, want critical", s)
+	}
+	if s := got["CeleryWorkerLost"].Labels["severity"]; s != "page" {
+		t.Errorf("CeleryWorkerLost severity %q, want page", s)
+	}
+	if s := got["CeleryQueueBacklogCritical"].Labels["severity"]; s != "critical" || len(got) != len(bundle.AlertNames())-1-len(exporterGroup) {
+		t.Errorf("other alerts changed: %d rendered, backlog critical severity %q", len(got), s)
+	}
+
+	harness.Require(t, "promtool")
+	files, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "celery.rules.yml")
+	if err := os.WriteFile(path, files[bundle.RulesFile], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runTool(t, "promtool", "check", "rules", path); err != nil {
+		t.Errorf("promtool check rules: %v\n%s", err, out)
 	}
 }

@@ -11,15 +11,16 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
-// issueAlerts is issue 5's alert table with the seed's defaults: name, severity, `for`, and
+// issueAlerts is the alert table with the seed's defaults: name, severity, `for`, and
 // what the expression must contain (thresholds, selectors, windows).
 var issueAlerts = []struct {
 	name, severity, forDur string
@@ -34,14 +35,37 @@ var issueAlerts = []struct {
 	{"CeleryQueueBacklog", "warning", "10m", []string{"celery:queue_length:max >= 5"}},
 	{"CeleryQueueBacklogCritical", "critical", "15m", []string{"celery:queue_length:max >= 10"}},
 	{"CeleryTaskFailureRateHigh", "warning", "", []string{"celery:task_failure:ratio > 0.05"}},
-	{"CeleryTaskTimeLimitExceeded", "warning", "", []string{`exception=~"SoftTimeLimitExceeded|TimeLimitExceeded"`, "[15m]", "offset 15m"}},
-	{"CeleryWorkerLost", "warning", "", []string{`exception=~"WorkerLostError"`, "celery_task_rejected_total", "[15m]"}},
+	{"CeleryTaskTimeLimitExceeded", "warning", "", []string{`exception=~"SoftTimeLimitExceeded|TimeLimitExceeded"`, "[15m]",
+		`time() - celery_exporter_start_time_seconds{job="celery"} < 900`, `sum_over_time(up{job="celery"}[15m])`}},
+	{"CeleryWorkerLost", "warning", "", []string{`exception="WorkerLostError"`, "celery_task_rejected_total", "[15m]"}},
 	{"CeleryTaskSlow", "warning", "10m", []string{"celery:task_runtime_seconds:p95 > 120"}},
 	{"CeleryTaskEventsDisabled", "warning", "10m", []string{"celery_worker_task_events_enabled", ") == 0", "celery:worker_up:max == 1"}},
-	{"CeleryWorkerHighMemory", "warning", "15m", []string{"celery:worker_max_rss_bytes:max > 524288000"}},
+	{"CeleryWorkerHighMemory", "warning", "15m", []string{"celery:worker_memory_bytes:max > 524288000"}},
 	{"ZepCallErrors", "warning", "", []string{`event="zep_call_error"`, "[15m]"}},
 	{"ZepMemoryDegraded", "warning", "1m", []string{`celery:breaker_open:max{breaker="zep"} == 1`}},
 	{"PreferenceExtractionFailing", "warning", "", []string{`name=~"(.+[.])?extract_preferences_async"`, `event="preferences_extract_failed"`, "[15m]"}},
+	// Issue 9: watch the watchers, stuck tasks, lost task events.
+	{"CeleryExporterCollectorFailing", "warning", "5m", []string{`celery_exporter_collector_success{job="celery"} == 0`}},
+	{"CeleryExporterConfigReloadFailed", "warning", "", []string{`celery_exporter_config_last_reload_successful{job="celery"} == 0`}},
+	{"CeleryExporterEventsDropped", "warning", "", []string{`reason="buffer_full"`, "celery_exporter_label_overflow_total", "[15m]"}},
+	{"CeleryLogFilesMissing", "warning", "5m", []string{"celery_log_files_watched", ") == 0", "celery_log_events_total"}},
+	{"CeleryBreakerUnreadable", "warning", "5m", []string{`max by (job, breaker) (celery_breaker_read_ok{job="celery"}) == 0`}},
+	{"CeleryTaskEventsLost", "warning", "5m", []string{"celery:task_events_lost:ratio > 0.1", "celery_worker_task_events_enabled"}},
+	{"CeleryTaskStuck", "warning", "", []string{`max by (job, queue_name, name) (celery_task_running_oldest_age_seconds{job="celery"}) > 180`}},
+}
+
+// TestCountersNeedNoHistory: the first-event alerts may not depend on Prometheus having scraped
+// the same instance a whole window ago (with `up offset W`, the first events after a
+// Prometheus start or a pod restart never paged). Behaviour: rules/tests/first_events.yml.
+func TestCountersNeedNoHistory(t *testing.T) {
+	rf := readRuleFile(t, filepath.Join(root, bundle.RulesFile))
+	for _, g := range rf.Groups {
+		for _, r := range g.Rules {
+			if strings.Contains(r.Expr, " offset ") {
+				t.Errorf("%s%s reads history with offset:\n%s", r.Record, r.Alert, r.Expr)
+			}
+		}
+	}
 }
 
 func TestAlertsMatchTheIssueTable(t *testing.T) {
@@ -294,5 +318,61 @@ func TestEveryRuleIsCoveredByPromtoolTests(t *testing.T) {
 		if recorded[r] == 0 {
 			t.Errorf("recording rule %s: no promql_expr_test", r)
 		}
+	}
+}
+
+// pagesAfter is how long after its cause an alert pages with cfg: its `for`, plus the threshold
+// for alerts whose threshold is itself a duration (CeleryEventsStale was once documented as
+// 5m but pages after 6m).
+func pagesAfter(cfg *bundle.Config, alert string) string {
+	d := cfg.For[alert]
+	switch alert {
+	case "CeleryEventsStale":
+		d += cfg.Events.StaleAfter
+	case "CeleryTaskStuck":
+		d += bundle.Duration(time.Duration(cfg.Tasks.StuckSeconds * float64(time.Second)))
+	}
+	if d == 0 {
+		return "one evaluation"
+	}
+	return d.String()
+}
+
+// TestRunbookTableAgreesWithRules: docs/runbooks.md's table lists every alert once, with the
+// delay the rules really page after, and every alert's section says when it is blind.
+func TestRunbookTableAgreesWithRules(t *testing.T) {
+	cfg := loadSeedConfig(t)
+	b, err := os.ReadFile(filepath.Join(root, "docs", "runbooks.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	row := regexp.MustCompile("(?m)^\\| [^|]+ \\| `([A-Za-z]+)` \\| ([^|]+) \\| ([^|]+) \\| ([^|]+) \\|$")
+	seen := map[string]int{}
+	for _, m := range row.FindAllStringSubmatch(doc, -1) {
+		alert, after := m[1], strings.TrimSpace(m[2])
+		seen[alert]++
+		if want := pagesAfter(cfg, alert); after != want {
+			t.Errorf("runbook table: %s pages after %q, the rules say %q", alert, after, want)
+		}
+	}
+	for _, a := range bundle.AlertNames() {
+		if seen[a] != 1 {
+			t.Errorf("runbook table lists %s %d times, want once", a, seen[a])
+		}
+		start := strings.Index(doc, "\n## "+a+"\n")
+		if start < 0 {
+			continue // reported by TestEveryAlertHasLabelsAndAnnotations
+		}
+		section := doc[start+1:]
+		if end := strings.Index(section, "\n## "); end >= 0 {
+			section = section[:end]
+		}
+		if !strings.Contains(section, "**Blind when.**") {
+			t.Errorf("runbook of %s does not say when it is blind (**Blind when.**)", a)
+		}
+	}
+	if len(seen) != len(bundle.AlertNames()) {
+		t.Errorf("runbook table has %d alerts, the rules %d: %v", len(seen), len(bundle.AlertNames()), seen)
 	}
 }

@@ -20,6 +20,10 @@ have_cmd redis-server || want redis-server
 have_cmd redis-cli || want redis-tools
 have_py celery || want python3-celery
 have_py django_redis || want python3-django-redis
+# The RabbitMQ tests: a real server run as a local process, and Celery's AMQP client.
+have_cmd rabbitmq-server || want rabbitmq-server
+have_cmd rabbitmqctl || want rabbitmq-server
+have_py amqp || want python3-amqp
 have_cmd prometheus || want prometheus
 have_cmd promtool || want prometheus
 have_cmd prometheus-alertmanager || want prometheus-alertmanager
@@ -39,7 +43,7 @@ echo "test/deps.sh: installing missing Debian packages: ${need[*]}"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian's packages may start their services; the tests start their own instances on other ports.
-for svc in redis-server prometheus prometheus-alertmanager; do
+for svc in redis-server rabbitmq-server prometheus prometheus-alertmanager; do
   (service "$svc" stop >/dev/null 2>&1 || true)
 done
 echo "test/deps.sh: installed ${need[*]}"

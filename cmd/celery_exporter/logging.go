@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
-	"runtime"
-	"strconv"
-	"strings"
+	"time"
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
+	sloggokit "github.com/tjhop/slog-gokit"
 )
 
 // newLogger builds the exporter's go-kit logger: logfmt or json, filtered by level, with a UTC
@@ -45,69 +43,26 @@ func newLogger(w io.Writer, lvl, format string) (log.Logger, error) {
 
 func withCaller(l log.Logger) log.Logger { return log.With(l, "caller", log.DefaultCaller) }
 
-// slogBridge is a slog.Handler writing to the go-kit logger (one without a caller valuer), so what exporter-toolkit logs (it
-// takes a *slog.Logger) comes out in the same stream, format and level filter.
-type slogBridge struct {
-	logger log.Logger
-	attrs  []any
-	group  string
+// slogLogger gives exporter-toolkit (which takes a *slog.Logger) the exporter's go-kit logger, one
+// without a caller valuer: the same stream, format and level filter, and slog's own caller.
+func slogLogger(l log.Logger) *slog.Logger {
+	// Debug: every record goes through, and the go-kit logger's level filter decides.
+	return slog.New(untimed{sloggokit.NewGoKitHandler(l, slog.LevelDebug)})
 }
 
-func (h slogBridge) Enabled(context.Context, slog.Level) bool { return true } // go-kit filters
+// untimed drops the record's time: the go-kit logger stamps its own ts, in UTC.
+type untimed struct{ slog.Handler }
 
-func (h slogBridge) Handle(_ context.Context, r slog.Record) error {
-	kv := make([]any, 0, 6+len(h.attrs)+2*r.NumAttrs())
-	if r.PC != 0 {
-		// The go-kit caller valuer would name this file; slog knows the real caller.
-		f, _ := runtime.CallersFrames([]uintptr{r.PC}).Next()
-		kv = append(kv, "caller", filepath.Base(f.File)+":"+strconv.Itoa(f.Line))
-	}
-	kv = append(kv, "msg", r.Message)
-	kv = append(kv, h.attrs...)
-	r.Attrs(func(a slog.Attr) bool {
-		kv = append(kv, h.key(a.Key), a.Value.Resolve().Any())
-		return true
-	})
-	var l log.Logger
-	switch {
-	case r.Level >= slog.LevelError:
-		l = level.Error(h.logger)
-	case r.Level >= slog.LevelWarn:
-		l = level.Warn(h.logger)
-	case r.Level >= slog.LevelInfo:
-		l = level.Info(h.logger)
-	default:
-		l = level.Debug(h.logger)
-	}
-	return l.Log(kv...)
+func (h untimed) Handle(ctx context.Context, r slog.Record) error {
+	r.Time = time.Time{}
+	return h.Handler.Handle(ctx, r)
 }
 
-func (h slogBridge) key(k string) string {
-	if h.group == "" {
-		return k
-	}
-	return h.group + "." + k
+func (h untimed) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return untimed{h.Handler.WithAttrs(attrs)}
 }
 
-func (h slogBridge) WithAttrs(attrs []slog.Attr) slog.Handler {
-	n := h
-	n.attrs = append(append([]any{}, h.attrs...), nil)[:len(h.attrs)]
-	for _, a := range attrs {
-		n.attrs = append(n.attrs, h.key(a.Key), a.Value.Resolve().Any())
-	}
-	return n
-}
-
-func (h slogBridge) WithGroup(name string) slog.Handler {
-	if name == "" {
-		return h
-	}
-	n := h
-	n.group = strings.TrimPrefix(h.group+"."+name, ".")
-	return n
-}
-
-func slogLogger(l log.Logger) *slog.Logger { return slog.New(slogBridge{logger: l}) }
+func (h untimed) WithGroup(name string) slog.Handler { return untimed{h.Handler.WithGroup(name)} }
 
 // redisLogger sends go-redis' own messages (dial failures while the broker is down) to the
 // exporter's log at debug level: the sources already log each outage once, at warn.

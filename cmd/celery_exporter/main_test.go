@@ -2,43 +2,73 @@ package main
 
 import (
 	"bytes"
-	"log/slog"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/celery-exporter/celery_exporter/collector"
 )
 
+// The broker URL is required; the tests of other flags get one from the environment (those of the
+// broker URL itself set and clear it per case).
+func TestMain(m *testing.M) {
+	os.Setenv("CELERY_EXPORTER_BROKER_URL", "redis://test:6379/0")
+	os.Exit(m.Run())
+}
+
 func TestFlagsFromEnvironment(t *testing.T) {
+	const deprecatedCE = "broker URL taken from CE_BROKER_URL (danihodovic/celery-exporter's variable); use CELERY_EXPORTER_BROKER_URL or --broker.url"
 	tests := []struct {
-		name string
-		env  map[string]string
-		args []string
-		want string
+		name    string
+		env     map[string]string
+		args    []string
+		want    string
+		warning string
+		err     string
 	}{
-		{name: "default", want: "redis://localhost:6379/0"},
+		{name: "none anywhere is an error, never localhost", err: "no broker URL: set --broker.url"},
 		{name: "celery's variable when ours is unset", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1"}, want: "redis://app:6379/1"},
 		{name: "ours wins", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1", "CELERY_EXPORTER_BROKER_URL": "redis://ours:6379/2"}, want: "redis://ours:6379/2"},
 		{name: "the flag wins", env: map[string]string{"CELERY_BROKER_URL": "redis://app:6379/1"}, args: []string{"--broker.url=redis://flag/3"}, want: "redis://flag/3"},
+		{name: "the old exporter's variable, with a warning", env: map[string]string{"CE_BROKER_URL": "redis://old:6379/4"}, want: "redis://old:6379/4", warning: deprecatedCE},
+		{name: "celery's variable before the old exporter's", env: map[string]string{"CE_BROKER_URL": "redis://old:6379/4", "CELERY_BROKER_URL": "redis://app:6379/1"}, want: "redis://app:6379/1"},
+		{name: "the old exporter's flag, with a warning", env: map[string]string{"CE_BROKER_URL": "redis://old:6379/4"}, args: []string{"--broker-url=redis://oldflag/5"}, want: "redis://oldflag/5", warning: "--broker-url is deprecated, use --broker.url"},
+		{name: "the new flag before the old one", args: []string{"--broker-url=redis://oldflag/5", "--broker.url=redis://flag/3"}, want: "redis://flag/3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Setenv("CELERY_BROKER_URL", "")
-			t.Setenv("CELERY_EXPORTER_BROKER_URL", "")
+			for _, k := range []string{"CELERY_BROKER_URL", "CELERY_EXPORTER_BROKER_URL", "CE_BROKER_URL"} {
+				t.Setenv(k, "")
+			}
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
 			f, _, err := parseFlags(tt.args)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err %v, want one containing %q", err, tt.err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f.brokerURL != tt.want {
-				t.Fatalf("broker URL %q, want %q", f.brokerURL, tt.want)
+			if f.brokerURL != tt.want || f.brokerURLWarning != tt.warning {
+				t.Fatalf("broker URL %q, warning %q; want %q, %q", f.brokerURL, f.brokerURLWarning, tt.want, tt.warning)
 			}
 		})
 	}
+	t.Setenv("CELERY_BROKER_URL", "redis://app:6379/1")
 	t.Setenv("CELERY_EXPORTER_WORKER_TIMEOUT", "9s")
 	t.Setenv("CELERY_EXPORTER_BROKER_TRANSPORT_OPTION", "global_keyprefix=pfx:")
 	t.Setenv("CELERY_EXPORTER_CONTROL_DISABLED", "true")
@@ -87,7 +117,11 @@ func TestSlogBridge(t *testing.T) {
 	if strings.Contains(out, "hidden") {
 		t.Error("debug passed an info filter")
 	}
-	var _ slog.Handler = slogBridge{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.Count(line, "ts=") != 1 || strings.Contains(line, "time=") {
+			t.Errorf("want one timestamp, ts, on every line: %s", line)
+		}
+	}
 }
 
 func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {
@@ -106,7 +140,6 @@ func TestBadBrokerURLNeverLogsThePassword(t *testing.T) {
 
 // The flags show the collector's defaults, the one place they are written.
 func TestFlagDefaultsAreTheCollectors(t *testing.T) {
-	t.Setenv("CELERY_EXPORTER_BROKER_URL", "")
 	f, _, err := parseFlags(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -160,5 +193,73 @@ func TestInitialExceptionsFlag(t *testing.T) {
 		if got := strings.Join(splitList(f.initialExc), "|"); got != tt.want {
 			t.Errorf("%v: %q, want %q", tt.args, got, tt.want)
 		}
+	}
+}
+
+func TestReadyEndpoint(t *testing.T) {
+	tests := []struct {
+		name     string
+		err      error
+		wantCode int
+		wantBody string
+	}{
+		{"subscribed and the broker answers", nil, http.StatusOK, "Ready\n"},
+		{"subscription down", errors.New("the event subscription is down"), http.StatusServiceUnavailable, "Not ready: the event subscription is down\n"},
+		{"broker down", errors.New("the broker does not answer: dial tcp: connection refused"), http.StatusServiceUnavailable,
+			"Not ready: the broker does not answer: dial tcp: connection refused\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var hasDeadline bool
+			mux, err := routes(log.NewNopLogger(), "/metrics", prometheus.NewRegistry(), func(ctx context.Context) error {
+				_, hasDeadline = ctx.Deadline()
+				return tt.err
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/-/ready", nil))
+			if rec.Code != tt.wantCode || rec.Body.String() != tt.wantBody {
+				t.Errorf("%d %q, want %d %q", rec.Code, rec.Body.String(), tt.wantCode, tt.wantBody)
+			}
+			if !hasDeadline {
+				t.Error("the check runs without a deadline")
+			}
+		})
+	}
+}
+
+// Every link of the landing page leads somewhere (the pprof links of exporter-toolkit's default
+// page led to 404s).
+func TestLandingPageHasNoDeadLinks(t *testing.T) {
+	mux, err := routes(log.NewNopLogger(), "/metrics", prometheus.NewRegistry(), func(context.Context) error { return nil }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("landing page: %d", rec.Code)
+	}
+	links := regexp.MustCompile(`href="([^"]+)"`).FindAllStringSubmatch(rec.Body.String(), -1)
+	var local int
+	for _, m := range links {
+		href := m[1]
+		if strings.HasPrefix(href, "http") {
+			continue // external (prometheus.io, pprof.me)
+		}
+		local++
+		if !strings.HasPrefix(href, "/") {
+			href = "/" + href
+		}
+		r := httptest.NewRecorder()
+		mux.ServeHTTP(r, httptest.NewRequest(http.MethodGet, href, nil))
+		if r.Code != http.StatusOK {
+			t.Errorf("link %s: %d", m[1], r.Code)
+		}
+	}
+	if local < 3 {
+		t.Errorf("%d local links, want at least metrics, health and readiness: %s", local, rec.Body.String())
 	}
 }

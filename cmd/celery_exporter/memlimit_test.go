@@ -49,7 +49,7 @@ func TestCgroupMemoryLimit(t *testing.T) {
 	}
 }
 
-// Issue 11, finding 3: under the shipped 256Mi container limit the Go heap had no soft limit
+// Under the shipped 256Mi container limit the Go heap had no soft limit
 // and peaked past it; the runtime's limit now follows the container's.
 func TestSetMemoryLimitFromCgroup(t *testing.T) {
 	t.Setenv("GOMEMLIMIT", "")

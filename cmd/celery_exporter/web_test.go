@@ -103,9 +103,7 @@ func TestSlowReadersDoNotStarveScrapers(t *testing.T) {
 	// body and then the connection closes.
 	var wg sync.WaitGroup
 	for i, c := range slow {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			defer c.Close()
 			time.Sleep(time.Until(opened.Add(write + time.Second))) // past the write timeout: the condition under test
 			_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
@@ -116,7 +114,7 @@ func TestSlowReadersDoNotStarveScrapers(t *testing.T) {
 			if n >= int64(full) {
 				t.Errorf("slow reader %d got the whole body (%d bytes): no write timeout", i, n)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	t.Logf("took %v", time.Since(opened))

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/collector/kombu"
 )
@@ -75,8 +75,8 @@ type Breaker struct {
 	OpenValues []string `yaml:"open_values"`
 }
 
-// BreakerFields name where a structured value keeps each part of the flag. Defaults fit the
-// seed app's force_write_only(): mode, reason, until, forced_at. Set a field to "" to say the
+// BreakerFields name where a structured value keeps each part of the flag. The defaults are
+// mode, reason, until and forced_at (a Django-cache "forced mode" dict). Set a field to "" to say the
 // value has no such field.
 type BreakerFields struct {
 	Mode     *string `yaml:"mode"`

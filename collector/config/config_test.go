@@ -266,7 +266,7 @@ func names(c *Config) string {
 	return strings.Join(s, ",")
 }
 
-// Issue 11, finding 14: a config file over MaxFileBytes is refused before it is read whole (a
+// A config file over MaxFileBytes is refused before it is read whole (a
 // 100 MB file took 664 MiB to reload).
 func TestLoadRefusesHugeFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "huge.yml")
@@ -279,7 +279,7 @@ func TestLoadRefusesHugeFile(t *testing.T) {
 	}
 }
 
-// Issue 11, finding 15: every error of the file shows at once, the unknown field as well as the
+// Every error of the file shows at once, the unknown field as well as the
 // invalid values after it; at start the log does not claim a running configuration is kept.
 func TestAllErrorsAtOnceAndStartMessage(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bad.yml")

@@ -249,7 +249,7 @@ func checkBounded(t *testing.T, e *Event) {
 
 var long = strings.Repeat("é", MaxLabelBytes) // 2 bytes a rune: a cut may fall inside one
 
-// Hostile values seen in the field or in the campaign of issue 11: each is refused, clamped or
+// Hostile values seen in the field or in the campaign: each is refused, clamped or
 // cut, and counted by reason; the event itself still counts unless it cannot be used.
 var hostileValues = []struct {
 	payload string

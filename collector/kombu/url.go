@@ -145,9 +145,41 @@ func parseDB(s string) (int, error) {
 
 // applySSL reads the ssl_* query options kombu collects into Connection.ssl.
 func (b *Broker) applySSL(q url.Values) error {
+	if b.Scheme != "rediss" {
+		if len(q) > 0 {
+			if _, err := SSLConfig(q, ""); err != nil {
+				return err // an unknown option is named as such
+			}
+			return errURL("ssl_* options need the rediss:// scheme")
+		}
+		return nil
+	}
+	host := ""
+	if len(b.Addrs) > 0 {
+		host, _, _ = net.SplitHostPort(b.Addrs[0])
+	}
+	cfg, err := SSLConfig(q, host)
+	if err != nil {
+		return err
+	}
+	b.TLS, b.InsecureTLSDefault = cfg.Config, cfg.InsecureDefault
+	return nil
+}
+
+// TLS is a TLS client configuration read from ssl_* options.
+type TLS struct {
+	Config *tls.Config
+	// InsecureDefault: no ssl_cert_reqs was given, so the certificate is not verified, as in
+	// kombu (redis-py and py-amqp both default to CERT_NONE); the user should be told.
+	InsecureDefault bool
+}
+
+// SSLConfig reads the ssl_* options (ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile,
+// ssl_check_hostname) as kombu and Celery's broker_use_ssl take them. Unknown keys are errors.
+func SSLConfig(q url.Values, serverName string) (TLS, error) {
 	var (
 		reqs, ca, cert, key, check string
-		any                        bool
+		out                        TLS
 	)
 	for k, vs := range q {
 		v := vs[len(vs)-1]
@@ -164,47 +196,37 @@ func (b *Broker) applySSL(q url.Values) error {
 			check = v
 		default:
 			// kombu raises TypeError on unknown query keys; a silent ignore would hide a typo.
-			return errURL("unknown query option %q", k)
+			return out, errURL("unknown query option %q", k)
 		}
-		any = true
 	}
-	if b.Scheme != "rediss" {
-		if any {
-			return errURL("ssl_* options need the rediss:// scheme")
-		}
-		return nil
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if len(b.Addrs) > 0 {
-		cfg.ServerName, _, _ = net.SplitHostPort(b.Addrs[0])
-	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
 	verify := true
 	switch strings.ToLower(strings.TrimPrefix(strings.ToLower(reqs), "cert_")) {
 	case "":
 		verify = false
-		b.InsecureTLSDefault = true
+		out.InsecureDefault = true
 	case "required", "optional":
 	case "none":
 		verify = false
 	default:
-		return errURL("ssl_cert_reqs must be required, optional or none, got %q", reqs)
+		return out, errURL("ssl_cert_reqs must be required, optional or none, got %q", reqs)
 	}
 	checkHost := false // redis-py's default for ssl_check_hostname
 	if check != "" {
 		v, err := parseBool(check)
 		if err != nil {
-			return errURL("ssl_check_hostname: %v", err)
+			return out, errURL("ssl_check_hostname: %v", err)
 		}
 		checkHost = v
 	}
 	if ca != "" {
 		pem, err := os.ReadFile(ca)
 		if err != nil {
-			return errURL("ssl_ca_certs: %v", err)
+			return out, errURL("ssl_ca_certs: %v", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return errURL("ssl_ca_certs: no certificate found in %s", ca)
+			return out, errURL("ssl_ca_certs: no certificate found in %s", ca)
 		}
 		cfg.RootCAs = pool
 	}
@@ -214,7 +236,7 @@ func (b *Broker) applySSL(q url.Values) error {
 		}
 		pair, err := tls.LoadX509KeyPair(cert, key)
 		if err != nil {
-			return errURL("ssl_certfile/ssl_keyfile: %v", err)
+			return out, errURL("ssl_certfile/ssl_keyfile: %v", err)
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	}
@@ -229,8 +251,8 @@ func (b *Broker) applySSL(q url.Values) error {
 			return verifyChain(raw, roots)
 		}
 	}
-	b.TLS = cfg
-	return nil
+	out.Config = cfg
+	return out, nil
 }
 
 func verifyChain(raw [][]byte, roots *x509.CertPool) error {

@@ -83,7 +83,7 @@ func TestSubscriberDropsInsteadOfBlockingAndReconnects(t *testing.T) {
 }
 
 // The hand-off buffer is bounded in bytes as well as in payloads: with room for 1000 payloads
-// but 10 KiB, 100 payloads of 1 KiB that nobody reads keep 10 and drop 90 (issue 11, finding 3).
+// but 10 KiB, 100 payloads of 1 KiB that nobody reads keep 10 and drop 90 ().
 func TestSubscriberBufferBoundedInBytes(t *testing.T) {
 	srv := miniredis.RunT(t)
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), Protocol: 2, DisableIdentity: true})

@@ -185,11 +185,7 @@ var testHookBeforeOpen = func(string) {}
 // grace is how long a file that no longer matches the globs (rotated away, deleted) is kept
 // open after it last grew: the writer may not have reopened its log yet.
 func (t *Tailer) grace() time.Duration {
-	g := 5 * t.opts.PollInterval
-	if g < time.Second {
-		g = time.Second
-	}
-	return g
+	return max(5*t.opts.PollInterval, time.Second)
 }
 
 // Poll does one pass: find files, read what is new, drop what is gone. Start calls it on every

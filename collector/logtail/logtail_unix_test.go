@@ -10,8 +10,7 @@ import (
 	"time"
 )
 
-// A glob entry that turns into a FIFO between the scan's stat and the open (issue 11, finding
-// 7) must not block the tailer: before, open(2) waited for a writer for ever and the source
+// A glob entry that turns into a FIFO between the scan's stat and the open must not block the tailer: before, open(2) waited for a writer for ever and the source
 // stopped counting while its scrape still succeeded.
 func TestFIFOFlipDoesNotBlock(t *testing.T) {
 	dir := t.TempDir()

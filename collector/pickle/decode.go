@@ -61,8 +61,6 @@ func IsUnsafe(err error) bool {
 	return errors.As(err, &u)
 }
 
-type mark struct{}
-
 // Decode decodes one pickle from data. Bytes after STOP are ignored, as Python's pickle.loads does.
 func Decode(data []byte) (any, error) {
 	if len(data) > MaxInputBytes {

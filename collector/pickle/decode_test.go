@@ -107,7 +107,7 @@ func TestDecodeCommittedGolden(t *testing.T) {
 
 func TestDecodeForcedModeFixture(t *testing.T) {
 	// The bytes of the seed app's breaker as django-redis writes them (pickle protocol 4, from
-	// /work/shared/fixtures/capture-5.2.6/django_redis_forced_mode_simulated.txt).
+	// test/fixtures/capture-5.2.6/django_redis_forced_mode_simulated.txt).
 	raw := "\x80\x04\x95_\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x04mode\x94\x8c\nwrite_only\x94\x8c\x06reason\x94\x8c\x14consecutive_failures\x94\x8c\x05until\x94GA\xda\xc2\xbc\xe1v\xf0\t\x8c\tforced_at\x94GA\xda\xc2\xbc\x96v\xf0\tu."
 	v, err := Decode([]byte(raw))
 	if err != nil {

@@ -80,7 +80,7 @@ type Client struct {
 	rdb      redis.UniversalClient
 	ks       kombu.Keyspace
 	exchange string // control_exchange, "celery" by default
-	clock    atomic.Int64
+	clock    Clock
 	now      func() time.Time
 	newID    func() string
 	// intSecond is set once the server refused a fractional BRPOP timeout (Redis < 6): whole
@@ -112,46 +112,145 @@ type replyTo struct {
 	RoutingKey string `json:"routing_key"`
 }
 
-// Broadcast sends the calls in one round and collects the replies. The error is about Redis (or
-// ctx); replies collected before it are returned with it.
-func (c *Client) Broadcast(ctx context.Context, calls []Call, o Options) (Result, error) {
-	o = withDefaults(o)
-	oid := c.newID()
-	replyQueue := kombu.ReplyQueue(oid, c.exchange)
-	binding := c.ks.BindingMember(oid, "", replyQueue)
-	bindingKey := c.ks.BindingKey(kombu.ReplyExchange(c.exchange))
-	var replyKeys []string
-	for _, pk := range c.ks.QueueKeys(replyQueue) {
-		replyKeys = append(replyKeys, pk.Key)
-	}
+// Request is one encoded call: the JSON body and the headers kombu's Mailbox._publish sends.
+type Request struct {
+	Method  string
+	Body    []byte
+	Headers map[string]any
+}
 
-	tickets := map[string]string{} // ticket -> method
-	msgs := make([][]byte, 0, len(calls))
-	expires := float64(c.now().Add(o.Timeout).UnixNano()) / 1e9
+// Round is one broadcast, whatever the broker: the encoded requests, and the replies collected
+// against their tickets. The transport publishes Requests, routes replies for OID to its reply
+// queue and hands each reply's ticket and body to Add.
+type Round struct {
+	OID      string
+	Requests []Request
+	Options  Options
+
+	tickets map[string]string          // ticket -> method
+	pending map[string]map[string]bool // ticket -> expected hostnames not yet heard
+	res     Result
+	got     int
+}
+
+// NewRound encodes the calls of one round. replyExchange is where workers send replies (with OID
+// as routing key); clock is the caller's Lamport clock.
+func NewRound(calls []Call, o Options, replyExchange string, clock *Clock, now time.Time, newID func() string) (*Round, error) {
+	o = withDefaults(o)
+	r := &Round{OID: newID(), Options: o, tickets: map[string]string{}, pending: map[string]map[string]bool{}}
+	expires := float64(now.Add(o.Timeout).UnixNano()) / 1e9
 	for _, call := range calls {
 		req := request{Method: call.Method, Arguments: call.Arguments, Destination: o.Destination}
 		if req.Arguments == nil {
 			req.Arguments = map[string]any{}
 		}
 		if !call.Cast {
-			req.Ticket = c.newID()
-			req.ReplyTo = &replyTo{Exchange: kombu.ReplyExchange(c.exchange), RoutingKey: oid}
-			tickets[req.Ticket] = call.Method
+			req.Ticket = newID()
+			req.ReplyTo = &replyTo{Exchange: replyExchange, RoutingKey: r.OID}
+			r.tickets[req.Ticket] = call.Method
 		}
 		body, err := json.Marshal(req)
 		if err != nil {
-			return Result{}, fmt.Errorf("pidbox: encode %s: %w", call.Method, err)
+			return nil, fmt.Errorf("pidbox: encode %s: %w", call.Method, err)
 		}
-		headers := map[string]any{"clock": c.clock.Add(1), "expires": expires}
-		msg, err := kombu.NewMessage(body, kombu.PidboxExchange(c.exchange), "", headers)
+		r.Requests = append(r.Requests, Request{Method: call.Method, Body: body,
+			Headers: map[string]any{"clock": clock.Next(), "expires": expires}})
+	}
+	if len(o.Expect) > 0 {
+		for t := range r.tickets {
+			m := make(map[string]bool, len(o.Expect))
+			for _, h := range o.Expect {
+				m[h] = true
+			}
+			r.pending[t] = m
+		}
+	}
+	return r, nil
+}
+
+// WantsReplies reports whether any call asked for a reply.
+func (r *Round) WantsReplies() bool { return len(r.tickets) > 0 }
+
+// Malformed counts a reply that could not be decoded.
+func (r *Round) Malformed() { r.res.Malformed++ }
+
+// Add takes one reply message (body {"<nodename>": <result>}) and reports whether the round is
+// complete: the limit reached, or every expected worker answered every call.
+func (r *Round) Add(ticket string, body []byte) (done bool) {
+	method, ok := r.tickets[ticket]
+	if !ok {
+		r.res.Foreign++
+		return false
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil || len(m) == 0 {
+		r.res.Malformed++
+		return false
+	}
+	for host, res := range m {
+		if len(r.res.Replies) >= r.Options.MaxReplies {
+			r.res.Dropped++
+			continue
+		}
+		r.res.Replies = append(r.res.Replies, Reply{Method: method, Hostname: host, Result: res})
+		if p := r.pending[ticket]; p != nil {
+			delete(p, host)
+		}
+	}
+	// kombu counts one message as one reply towards the limit.
+	r.got++
+	if r.Options.Limit > 0 && r.got >= r.Options.Limit {
+		return true
+	}
+	return len(r.pending) > 0 && allHeard(r.pending)
+}
+
+// Result is what the round collected so far.
+func (r *Round) Result() Result { return r.res }
+
+// Clock is kombu's Lamport clock: every request carries the next value, and every clock seen in a
+// reply moves it forward.
+type Clock struct{ v atomic.Int64 }
+
+// Next returns the clock's next value.
+func (c *Clock) Next() int64 { return c.v.Add(1) }
+
+// Adjust keeps the clock ahead of a clock seen, as kombu's clock.adjust does.
+func (c *Clock) Adjust(other int64) {
+	for {
+		cur := c.v.Load()
+		if other <= cur || c.v.CompareAndSwap(cur, other) {
+			return
+		}
+	}
+}
+
+// Broadcast sends the calls in one round and collects the replies. The error is about Redis (or
+// ctx); replies collected before it are returned with it.
+func (c *Client) Broadcast(ctx context.Context, calls []Call, o Options) (Result, error) {
+	r, err := NewRound(calls, o, kombu.ReplyExchange(c.exchange), &c.clock, c.now(), c.newID)
+	if err != nil {
+		return Result{}, err
+	}
+	replyQueue := kombu.ReplyQueue(r.OID, c.exchange)
+	binding := c.ks.BindingMember(r.OID, "", replyQueue)
+	bindingKey := c.ks.BindingKey(kombu.ReplyExchange(c.exchange))
+	var replyKeys []string
+	for _, pk := range c.ks.QueueKeys(replyQueue) {
+		replyKeys = append(replyKeys, pk.Key)
+	}
+
+	msgs := make([][]byte, 0, len(r.Requests))
+	for _, req := range r.Requests {
+		msg, err := kombu.NewMessage(req.Body, kombu.PidboxExchange(c.exchange), "", req.Headers)
 		if err != nil {
-			return Result{}, fmt.Errorf("pidbox: envelope %s: %w", call.Method, err)
+			return Result{}, fmt.Errorf("pidbox: envelope %s: %w", req.Method, err)
 		}
 		msgs = append(msgs, msg)
 	}
 	channels := c.ks.FanoutChannels(kombu.PidboxExchange(c.exchange))
 
-	wantReplies := len(tickets) > 0
+	wantReplies := r.WantsReplies()
 	if wantReplies {
 		// Remove what this round created whatever happens next, with a context of its own: the
 		// caller's may be the reason we stop.
@@ -174,7 +273,7 @@ func (c *Client) Broadcast(ctx context.Context, calls []Call, o Options) (Result
 	if !wantReplies {
 		return Result{}, nil
 	}
-	return c.collect(ctx, replyKeys, tickets, o)
+	return c.collect(ctx, replyKeys, r)
 }
 
 // Cast sends commands that want no reply (enable_events, heartbeat, ...).
@@ -205,22 +304,10 @@ func withDefaults(o Options) Options {
 // for a plain Do, so a longer block would be cut as a network error. The idle timer is ours.
 const maxWait = time.Second
 
-func (c *Client) collect(ctx context.Context, keys []string, tickets map[string]string, o Options) (Result, error) {
-	var res Result
+func (c *Client) collect(ctx context.Context, keys []string, r *Round) (Result, error) {
 	start := c.now()
-	deadline := start.Add(o.Deadline)
-	idleUntil := start.Add(o.Timeout)
-	pending := map[string]map[string]bool{} // ticket -> expected hostnames not yet heard
-	if len(o.Expect) > 0 {
-		for t := range tickets {
-			m := make(map[string]bool, len(o.Expect))
-			for _, h := range o.Expect {
-				m[h] = true
-			}
-			pending[t] = m
-		}
-	}
-	got := 0
+	deadline := start.Add(r.Options.Deadline)
+	idleUntil := start.Add(r.Options.Timeout)
 	for {
 		now := c.now()
 		until := idleUntil
@@ -229,10 +316,10 @@ func (c *Client) collect(ctx context.Context, keys []string, tickets map[string]
 		}
 		wait := until.Sub(now)
 		if wait <= 0 {
-			return res, nil
+			return r.Result(), nil
 		}
 		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("pidbox: collect: %w", err)
+			return r.Result(), fmt.Errorf("pidbox: collect: %w", err)
 		}
 		if wait > maxWait {
 			wait = maxWait
@@ -242,15 +329,11 @@ func (c *Client) collect(ctx context.Context, keys []string, tickets map[string]
 			continue // the loop re-checks the idle timer and the deadline
 		}
 		if err != nil {
-			return res, fmt.Errorf("pidbox: collect: %w", err)
+			return r.Result(), fmt.Errorf("pidbox: collect: %w", err)
 		}
-		idleUntil = c.now().Add(o.Timeout)
-		got += c.decode(&res, val, tickets, pending, o.MaxReplies)
-		if o.Limit > 0 && got >= o.Limit {
-			return res, nil
-		}
-		if len(pending) > 0 && allHeard(pending) {
-			return res, nil
+		idleUntil = c.now().Add(r.Options.Timeout)
+		if c.decode(r, val) {
+			return r.Result(), nil
 		}
 	}
 }
@@ -264,54 +347,39 @@ func allHeard(pending map[string]map[string]bool) bool {
 	return true
 }
 
-// decode adds one reply message to res and returns how many replies it held (kombu counts one
-// message as one reply towards the limit).
-func (c *Client) decode(res *Result, val []byte, tickets map[string]string, pending map[string]map[string]bool, maxReplies int) int {
+// decode adds one reply message to the round and reports whether the round is complete.
+func (c *Client) decode(r *Round, val []byte) bool {
 	msg, err := kombu.ParseMessage(val)
 	if err != nil {
-		res.Malformed++
-		return 0
+		r.Malformed()
+		return false
 	}
-	if clk, ok := toInt(msg.Headers["clock"]); ok {
-		c.adjustClock(clk)
+	if clk, ok := ToInt(msg.Headers["clock"]); ok {
+		c.clock.Adjust(clk)
 	}
-	ticket := msg.HeaderString("ticket")
-	method, ok := tickets[ticket]
-	if !ok {
-		res.Foreign++
-		return 0
-	}
-	// {"<nodename>": <result>}
-	var body map[string]json.RawMessage
-	if err := json.Unmarshal(msg.Body, &body); err != nil || len(body) == 0 {
-		res.Malformed++
-		return 0
-	}
-	for host, r := range body {
-		if len(res.Replies) >= maxReplies {
-			res.Dropped++
-			continue
-		}
-		res.Replies = append(res.Replies, Reply{Method: method, Hostname: host, Result: r})
-		if p := pending[ticket]; p != nil {
-			delete(p, host)
-		}
-	}
-	return 1
+	return r.Add(msg.HeaderString("ticket"), msg.Body)
 }
 
-// adjustClock keeps the Lamport clock ahead of every clock seen, as kombu's clock.adjust does.
-func (c *Client) adjustClock(other int64) {
-	for {
-		cur := c.clock.Load()
-		if other <= cur || c.clock.CompareAndSwap(cur, other) {
-			return
-		}
-	}
-}
-
-func toInt(v any) (int64, bool) {
+// ToInt reads an integer header as kombu may have encoded it (JSON number, string, or an AMQP
+// table's integer types).
+func ToInt(v any) (int64, bool) {
 	switch x := v.(type) {
+	case int64:
+		return x, true
+	case int32:
+		return int64(x), true
+	case int16:
+		return int64(x), true
+	case int8:
+		return int64(x), true
+	case int:
+		return int64(x), true
+	case uint8:
+		return int64(x), true
+	case uint16:
+		return int64(x), true
+	case uint32:
+		return int64(x), true
 	case float64:
 		if x >= 0 && x < math.MaxInt64 {
 			return int64(x), true

@@ -435,7 +435,7 @@ func TestBroadcastMalformedAndForeignReplies(t *testing.T) {
 		t.Errorf("result = %+v, want 1 reply from a@h, 2 malformed, 1 foreign", res)
 	}
 	// The Lamport clock moved past the reply's.
-	if got := c.clock.Load(); got != 41 {
+	if got := c.clock.v.Load(); got != 41 {
 		t.Errorf("clock = %d, want 41", got)
 	}
 }

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/prometheus/common/model"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is the one place for selectors and thresholds. Field docs are in rules/config.yaml.
@@ -42,8 +42,9 @@ type Config struct {
 	} `yaml:"urls"`
 
 	Workers struct {
-		Expected  int     `yaml:"expected"`
-		MaxRSSMiB float64 `yaml:"max_rss_mib"`
+		Expected int `yaml:"expected"`
+		// Memory is the memory criterion: which figure CeleryWorkerHighMemory reads, and its limit.
+		Memory Memory `yaml:"memory"`
 		// CPURatio is the dashboard threshold of a worker's CPU (1 = one core).
 		CPURatio float64 `yaml:"cpu_ratio"`
 	} `yaml:"workers"`
@@ -60,6 +61,12 @@ type Config struct {
 		RuntimeP95Seconds    float64  `yaml:"runtime_p95_seconds"`
 		TimeLimitExceptions  []string `yaml:"time_limit_exceptions"`
 		WorkerLostExceptions []string `yaml:"worker_lost_exceptions"`
+		// StuckSeconds: CeleryTaskStuck fires when a task has been running longer.
+		StuckSeconds float64 `yaml:"stuck_seconds"`
+		// EventsLostRatio: CeleryTaskEventsLost fires when a larger share of a worker's tasks
+		// has no task event; EventsLostMinTasks is the fewest processed tasks judged.
+		EventsLostRatio    float64 `yaml:"events_lost_ratio"`
+		EventsLostMinTasks float64 `yaml:"events_lost_min_tasks"`
 	} `yaml:"tasks"`
 
 	Events struct {
@@ -78,6 +85,8 @@ type Config struct {
 	Windows map[string]Duration `yaml:"windows"`
 	// For holds each alert's `for`, by alert name; 0 fires on the first evaluation.
 	For map[string]Duration `yaml:"for"`
+	// Alerts turns built-in alerts off or changes their severity, by alert name.
+	Alerts map[string]AlertOverride `yaml:"alerts"`
 
 	Kubernetes struct {
 		Namespace                 string            `yaml:"namespace"`
@@ -90,6 +99,19 @@ type Config struct {
 	} `yaml:"kubernetes"`
 }
 
+// AlertOverride changes one built-in alert: Enabled false leaves it out of the render, Severity
+// replaces its severity label (the Alertmanager routes on it).
+type AlertOverride struct {
+	Enabled  *bool  `yaml:"enabled"`
+	Severity string `yaml:"severity"`
+}
+
+// AlertEnabled says whether the render holds the alert (every alert is, unless turned off).
+func (c *Config) AlertEnabled(name string) bool {
+	o, ok := c.Alerts[name]
+	return !ok || o.Enabled == nil || *o.Enabled
+}
+
 // Window names, the keys of Config.Windows.
 const (
 	WindowTaskFailureRatio  = "task_failure_ratio"
@@ -98,12 +120,39 @@ const (
 	WindowWorkerLost        = "worker_lost"
 	WindowZepCallErrors     = "zep_call_errors"
 	WindowPreferenceFailure = "preference_failures"
+	WindowTaskEventsLost    = "task_events_lost"
+	WindowEventsDropped     = "events_dropped"
 )
 
 // WindowNames lists every window the rules use.
 var WindowNames = []string{
 	WindowTaskFailureRatio, WindowTaskRuntime, WindowTimeLimit, WindowWorkerLost,
-	WindowZepCallErrors, WindowPreferenceFailure,
+	WindowZepCallErrors, WindowPreferenceFailure, WindowTaskEventsLost, WindowEventsDropped,
+}
+
+// Memory sources of the memory criterion (workers.memory.source).
+const (
+	// MemoryExporter is celery_worker_max_rss_bytes: the worker's main process only, from
+	// `inspect stats` (rusage.maxrss); prefork pool children are not included.
+	MemoryExporter = "exporter"
+	// MemoryCAdvisor is cAdvisor's container_memory_working_set_bytes of the worker's container,
+	// which holds the pool children too, joined to the worker by a label taken from its hostname.
+	MemoryCAdvisor = "cadvisor"
+)
+
+// Memory selects the figure of the memory criterion.
+type Memory struct {
+	Source string  `yaml:"source"`
+	MaxMiB float64 `yaml:"max_mib"`
+	// CAdvisor is read with source cadvisor only.
+	CAdvisor struct {
+		// Selector holds label matchers (no braces) selecting the worker containers' series.
+		Selector string `yaml:"selector"`
+		// JoinLabel is the label of the cAdvisor series that names the worker (pod); its value
+		// is taken from the worker's hostname with HostnameRegex (first capture group).
+		JoinLabel     string `yaml:"join_label"`
+		HostnameRegex string `yaml:"hostname_regex"`
+	} `yaml:"cadvisor"`
 }
 
 // LoadConfig reads and validates a config file. Unknown fields are errors, so a typo in a
@@ -136,6 +185,9 @@ func ParseConfig(b []byte) (*Config, error) {
 
 var labelName = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
 
+// labelValue is a severity an Alertmanager route can match without quoting trouble.
+var labelValue = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
+
 // Validate reports every invalid field at once.
 func (c *Config) Validate() error {
 	var errs []error
@@ -146,6 +198,16 @@ func (c *Config) Validate() error {
 		bad("selector", "must hold at least one label matcher, e.g. job=\"celery\"")
 	} else if strings.ContainsAny(c.Selector, "{}") {
 		bad("selector", "label matchers without braces, got %q", c.Selector)
+	}
+	for name, o := range c.Alerts {
+		switch {
+		case !slices.Contains(alertOrder, name):
+			bad("alerts."+name, "not an alert of the bundle (%s)", strings.Join(alertOrder, ", "))
+		case o.Enabled == nil && o.Severity == "":
+			bad("alerts."+name, "set enabled or severity")
+		case o.Severity != "" && !labelValue.MatchString(o.Severity):
+			bad("alerts."+name+".severity", "must be a plain label value, got %q", o.Severity)
+		}
 	}
 	for k := range c.AlertLabels {
 		if !labelName.MatchString(k) {
@@ -165,8 +227,23 @@ func (c *Config) Validate() error {
 	if c.Workers.Expected < 1 {
 		bad("workers.expected", "must be at least 1, got %d", c.Workers.Expected)
 	}
-	if c.Workers.MaxRSSMiB <= 0 {
-		bad("workers.max_rss_mib", "must be positive, got %v", c.Workers.MaxRSSMiB)
+	if c.Workers.Memory.MaxMiB <= 0 {
+		bad("workers.memory.max_mib", "must be positive, got %v", c.Workers.Memory.MaxMiB)
+	}
+	switch m := c.Workers.Memory; m.Source {
+	case MemoryExporter:
+	case MemoryCAdvisor:
+		if strings.TrimSpace(m.CAdvisor.Selector) == "" || strings.ContainsAny(m.CAdvisor.Selector, "{}") {
+			bad("workers.memory.cadvisor.selector", "label matchers without braces, e.g. container!=\"\", got %q", m.CAdvisor.Selector)
+		}
+		if !labelName.MatchString(m.CAdvisor.JoinLabel) || m.CAdvisor.JoinLabel == "job" || m.CAdvisor.JoinLabel == "hostname" {
+			bad("workers.memory.cadvisor.join_label", "must be a label name other than job and hostname, got %q", m.CAdvisor.JoinLabel)
+		}
+		if re, err := regexp.Compile(m.CAdvisor.HostnameRegex); err != nil || re.NumSubexp() < 1 {
+			bad("workers.memory.cadvisor.hostname_regex", "must be a regular expression with a capture group, got %q", m.CAdvisor.HostnameRegex)
+		}
+	default:
+		bad("workers.memory.source", "must be %s or %s, got %q", MemoryExporter, MemoryCAdvisor, m.Source)
 	}
 	if c.Workers.CPURatio <= 0 {
 		bad("workers.cpu_ratio", "must be positive, got %v", c.Workers.CPURatio)
@@ -191,6 +268,15 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Tasks.WorkerLostExceptions) == 0 {
 		bad("tasks.worker_lost_exceptions", "must list at least one exception class")
+	}
+	if c.Tasks.StuckSeconds <= 0 {
+		bad("tasks.stuck_seconds", "must be positive, got %v", c.Tasks.StuckSeconds)
+	}
+	if c.Tasks.EventsLostRatio <= 0 || c.Tasks.EventsLostRatio >= 1 {
+		bad("tasks.events_lost_ratio", "must be in (0, 1), got %v", c.Tasks.EventsLostRatio)
+	}
+	if c.Tasks.EventsLostMinTasks < 1 {
+		bad("tasks.events_lost_min_tasks", "must be at least 1, got %v", c.Tasks.EventsLostMinTasks)
 	}
 	if c.Events.StaleAfter <= 0 {
 		bad("events.stale_after", "must be a positive duration")

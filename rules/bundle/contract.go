@@ -1,10 +1,10 @@
 package bundle
 
-// ContractMetrics is the exporter's metric contract (issues 2, 3 and 4): every metric the rules
+// ContractMetrics is the exporter's metric contract: every metric the rules
 // and dashboards may read, with its labels (job and instance come from the scrape). Tests check
 // every selector against it, so a misspelt metric or label fails before it reaches a dashboard.
 var ContractMetrics = map[string][]string{
-	// Events (issue 2).
+	// Events.
 	"celery_task_sent_total":                         {"name", "queue_name"},
 	"celery_task_received_total":                     {"name", "hostname", "queue_name"},
 	"celery_task_started_total":                      {"name", "hostname", "queue_name"},
@@ -35,41 +35,51 @@ var ContractMetrics = map[string][]string{
 	"celery_exporter_tracked_tasks":                  {},
 	"celery_exporter_tracked_tasks_evicted_total":    {},
 	"celery_exporter_build_info":                     {"version", "revision", "goversion"},
-	// Broker state and remote control (issue 3).
+	"celery_exporter_label_overflow_total":           {"label"},
+	"celery_exporter_start_time_seconds":             {},
+	"celery_worker_tasks_seen_total":                 {"hostname"},
+	"celery_task_running":                            {"name", "queue_name"},
+	"celery_task_running_oldest_age_seconds":         {"name", "queue_name"},
+	// Broker state and remote control.
 	"celery_queue_length":                     {"queue_name"},
 	"celery_queue_priority_length":            {"queue_name", "priority"},
 	"celery_queue_unacked":                    {"queue_name"},
 	"celery_broker_unacked_messages":          {},
 	"celery_queue_oldest_message_age_seconds": {"queue_name"},
-	"celery_up":                                  {},
-	"celery_exporter_collector_success":          {"collector"},
-	"celery_exporter_collector_duration_seconds": {"collector"},
-	"celery_worker_queue_info":                   {"hostname", "queue_name"},
-	"celery_queue_consumers":                     {"queue_name"},
-	"celery_active_worker_count":                 {"queue_name"},
-	"celery_active_process_count":                {"queue_name"},
-	"celery_worker_pool_max_concurrency":         {"hostname"},
-	"celery_worker_prefetch_count":               {"hostname"},
-	"celery_worker_uptime_seconds":               {"hostname"},
-	"celery_worker_max_rss_bytes":                {"hostname"},
-	"celery_worker_cpu_seconds_total":            {"hostname", "mode"},
-	"celery_worker_tasks_accepted_total":         {"hostname", "name"},
-	"celery_worker_ping_ok":                      {"hostname"},
-	// App signals (issue 4).
-	"celery_breaker_open":                         {"breaker"},
-	"celery_breaker_info":                         {"breaker", "mode", "reason"},
-	"celery_breaker_open_until_timestamp_seconds": {"breaker"},
-	"celery_breaker_opened_timestamp_seconds":     {"breaker"},
-	"celery_breaker_trips_total":                  {"breaker", "reason"},
-	"celery_breaker_read_ok":                      {"breaker"},
-	"celery_app_value":                            {"name"},
-	"celery_log_events_total":                     {"event", "level"},
-	"celery_log_lines_total":                      {"level"},
-	"celery_log_lines_skipped_total":              {"reason"},
-	"celery_log_files_watched":                    {},
+	"celery_up":                                              {},
+	"celery_exporter_collector_success":                      {"collector"},
+	"celery_exporter_collector_duration_seconds":             {"collector"},
+	"celery_worker_queue_info":                               {"hostname", "queue_name"},
+	"celery_queue_consumers":                                 {"queue_name"},
+	"celery_active_worker_count":                             {"queue_name"},
+	"celery_active_process_count":                            {"queue_name"},
+	"celery_worker_pool_max_concurrency":                     {"hostname"},
+	"celery_worker_prefetch_messages":                        {"hostname"},
+	"celery_worker_uptime_seconds":                           {"hostname"},
+	"celery_worker_max_rss_bytes":                            {"hostname"},
+	"celery_worker_cpu_seconds_total":                        {"hostname", "mode"},
+	"celery_worker_tasks_accepted_total":                     {"hostname", "name"},
+	"celery_worker_ping_ok":                                  {"hostname"},
+	"celery_exporter_control_last_success_timestamp_seconds": {},
+	// App signals.
+	"celery_breaker_open":                           {"breaker"},
+	"celery_breaker_info":                           {"breaker", "mode", "reason"},
+	"celery_breaker_open_until_timestamp_seconds":   {"breaker"},
+	"celery_breaker_opened_timestamp_seconds":       {"breaker"},
+	"celery_breaker_trips_total":                    {"breaker", "reason"},
+	"celery_breaker_read_ok":                        {"breaker"},
+	"celery_app_value":                              {"name"},
+	"celery_log_events_total":                       {"event", "level"},
+	"celery_log_lines_total":                        {"level"},
+	"celery_log_lines_skipped_total":                {"reason"},
+	"celery_log_files_watched":                      {},
+	"celery_exporter_config_last_reload_successful": {},
 	// Prometheus' own series.
-	"up":     {},
-	"ALERTS": {"alertname", "alertstate", "severity", "queue_name", "hostname", "name", "exception", "event", "breaker"},
+	"up": {},
+	// cAdvisor (kubelet), for the memory criterion with workers.memory.source cadvisor; the
+	// join label comes from the config.
+	"container_memory_working_set_bytes": {"namespace", "pod", "container", "image", "name", "id"},
+	"ALERTS":                             {"alertname", "alertstate", "severity", "queue_name", "hostname", "name", "exception", "event", "breaker", "collector", "reason", "label"},
 }
 
 // RecordedMetrics are the series the recording rules produce, with their labels.
@@ -85,6 +95,8 @@ var RecordedMetrics = map[string][]string{
 	RecTaskRuntimeP95:   {"queue_name", "name"},
 	RecLastEventAge:     {"instance"},
 	RecBreakerOpen:      {"breaker"},
+	RecWorkerMemory:     {"hostname"},
+	RecTaskEventsLost:   {"hostname"},
 }
 
 // TargetLabels are attached by Prometheus to every scraped series.

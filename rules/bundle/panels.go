@@ -119,7 +119,22 @@ func (b *board) row(title string) {
 	b.y++
 }
 
+// instanceNote ends the description of a panel whose queries do not use the instance variable:
+// dashboard linters (and users) expect every panel to honour it or to say why not.
+const instanceNote = " All instances: reads series aggregated over the exporter replicas, so the instance variable does not apply."
+
 func (b *board) add(w, h int, p obj) {
+	if ts, ok := p["targets"].([]any); ok && len(ts) > 0 {
+		uses := false
+		for _, t := range ts {
+			if e, _ := t.(obj)["expr"].(string); strings.Contains(e, "$instance") {
+				uses = true
+			}
+		}
+		if d, _ := p["description"].(string); !uses && !strings.HasSuffix(d, instanceNote) {
+			p["description"] = d + instanceNote
+		}
+	}
 	b.id++
 	p["id"] = b.id
 	p["gridPos"] = b.place(w, h)
@@ -285,7 +300,7 @@ func variables(extra ...obj) []any {
 			"current": obj{}, "hide": 0, "includeAll": false, "multi": false, "options": []any{},
 			"refresh": 1, "regex": "", "skipUrlSync": false,
 		},
-		queryVar("job", "Job", "label_values(celery_up, job)", false),
+		queryVar("job", "Job", "label_values(celery_up, job)", true),
 		queryVar("instance", "Instance", `label_values(celery_up{job=~"$job"}, instance)`, true),
 		queryVar("queue", "Queue", `label_values(celery_queue_length{job=~"$job"}, queue_name)`, true),
 	}
@@ -295,7 +310,8 @@ func variables(extra ...obj) []any {
 	return vs
 }
 
-// queryVar is a label_values() variable; multi ones include "All" as `.*`.
+// queryVar is a label_values() variable; multi ones include "All" as `.+` (`.*` would also match
+// series without the label).
 func queryVar(name, label, query string, multi bool) obj {
 	v := obj{
 		"name": name, "label": label, "type": "query", "datasource": dsRef,
@@ -305,7 +321,7 @@ func queryVar(name, label, query string, multi bool) obj {
 		"includeAll": multi, "multi": multi, "options": []any{}, "current": obj{},
 	}
 	if multi {
-		v["allValue"] = ".*"
+		v["allValue"] = ".+"
 		v["current"] = obj{"selected": true, "text": []any{"All"}, "value": []any{"$__all"}}
 	}
 	return v

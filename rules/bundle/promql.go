@@ -20,8 +20,12 @@ func (c *Config) sel(extra ...string) string {
 // eq is a `label="value"` matcher with the value quoted as a PromQL string.
 func eq(label, value string) string { return label + "=" + strconv.Quote(value) }
 
-// anyOf is a `label=~"a|b"` matcher matching exactly the given literal values.
+// anyOf is a `label=~"a|b"` matcher matching exactly the given literal values; `label="a"` for
+// one value (a regexp on a static string costs more and linters flag it).
 func anyOf(label string, values []string) string {
+	if len(values) == 1 {
+		return eq(label, values[0])
+	}
 	quoted := make([]string, len(values))
 	for i, v := range values {
 		quoted[i] = regexp.QuoteMeta(v)
@@ -35,31 +39,35 @@ func taskName(name string) string {
 	return "name=~" + strconv.Quote("(.+[.])?"+regexp.QuoteMeta(name))
 }
 
-// increaseNew is the increase of counter series over window, counting series born inside the
-// window from zero.
+// increaseNew is the number of events a counter counted in the window: the first event of a
+// series pages at once, also right after Prometheus or the exporter (re)started.
 //
 // increase() alone needs two samples in the window and extrapolates from the first one, so a
-// labelled counter that appears at 1 (the first failure of a task, the first zep_call_error)
-// reads as no increase and the alert never fires. Series that did not exist one window ago
-// (`unless … offset`) therefore contribute their whole value, which is exact because the
-// exporter creates them at their first event. Older series go through increase() and its
-// counter-reset handling (an exporter restart keeps series identities).
+// series that appears at 1 (the first failure with an exception nobody expected) reads as no
+// increase. The exporter creates the series the alerts read at 0 beforehand (the configured
+// exception classes once a task/worker/queue is seen, every configured log event), so increase()
+// sees their first event; the two branches before it count the cases it cannot:
 //
-// "Did not exist one window ago" is only trusted when the target was scraped and up one window
-// ago (`up offset W == 1`): after a gap longer than the lookback (Prometheus or the network down
-// for more than 5m) every old counter would otherwise look newborn and fire with its lifetime
-// total. The cost is that a series born within one window after such a gap, or after
-// Prometheus starts, is counted by increase() only.
+//  1. The exporter started less than a window ago (celery_exporter_start_time_seconds; in
+//     Kubernetes a restarted pod is a new `instance` with no history at all): each of its
+//     counters started at 0 inside the window, so its whole value is the window's count.
+//  2. The series has fewer samples in the window than its target had successful scrapes
+//     (sum_over_time(up)): it was born inside the window while Prometheus was already scraping
+//     the exporter (at 0 or at 1), so again its whole value counts. Old counters seen by a
+//     Prometheus that just started, or after a scrape gap, have as many samples as `up` has
+//     successful scrapes and stay with increase(): they do not look newborn.
+//
+// The first branch wins over the second, the second over increase() (`or` keeps the left side).
 func (c *Config) increaseNew(series string, window Duration) string {
 	w := window.String()
-	return "((" + series + " unless " + series + " offset " + w + ")" +
-		" and on (job, instance) (up" + c.sel() + " offset " + w + " == 1))" +
-		" or increase(" + series + "[" + w + "])"
+	return "(" + series + " and on (job, instance) (time() - celery_exporter_start_time_seconds" + c.sel() + " < " + fmtFloat(window.Seconds()) + "))" +
+		"\n  or (" + series + " and (count_over_time(" + series + "[" + w + "]) < on (job, instance) group_left () sum_over_time(up" + c.sel() + "[" + w + "])))" +
+		"\n  or increase(" + series + "[" + w + "])"
 }
 
-// increaseNewInRange is increaseNew over Grafana's $__range for a table, without the `up offset`
-// guard: a range reaching before Prometheus' first scrape must still count the failures inside it,
-// and a table has no pager to wake if a gap makes old totals show.
+// increaseNewInRange is a simpler increaseNew over Grafana's $__range for a table: series born
+// inside the range count whole. A range reaching before Prometheus' first scrape may then show old
+// totals, but a table has no pager to wake.
 func increaseNewInRange(series string) string {
 	return "(" + series + " unless " + series + " offset $__range) or increase(" + series + "[$__range])"
 }

@@ -12,7 +12,7 @@ import (
 	"sort"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Paths of the rendered files, relative to the output (repository) root.
@@ -91,8 +91,13 @@ func (c *Config) Files() (map[string][]byte, error) {
 // carrying the dashboard label.
 func (c *Config) configMap(d Dashboard, js []byte) ([]byte, error) {
 	meta := obj{
-		"name":   "grafana-dashboard-" + d.UID,
-		"labels": map[string]string{c.Kubernetes.DashboardLabel: c.Kubernetes.DashboardLabelValue},
+		"name": "grafana-dashboard-" + d.UID,
+		"labels": map[string]string{
+			c.Kubernetes.DashboardLabel: c.Kubernetes.DashboardLabelValue,
+			// Kubernetes' recommended labels; the kustomization adds instance, version, part-of.
+			"app.kubernetes.io/name":      "celery-exporter",
+			"app.kubernetes.io/component": "dashboards",
+		},
 	}
 	if c.Kubernetes.Namespace != "" {
 		meta["namespace"] = c.Kubernetes.Namespace

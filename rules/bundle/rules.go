@@ -2,7 +2,9 @@ package bundle
 
 import (
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -36,16 +38,21 @@ const (
 	RecTaskRuntimeP95    = "celery:task_runtime_seconds:p95"
 	RecLastEventAge      = "celery:exporter_last_event_age:seconds"
 	RecBreakerOpen       = "celery:breaker_open:max"
+	RecWorkerMemory      = "celery:worker_memory_bytes:max"
+	RecTaskEventsLost    = "celery:task_events_lost:ratio"
 	recordingGroupSuffix = ".rules"
 )
 
 // alertOrder is every alert of the bundle, in the order of the rule file and the runbooks.
 var alertOrder = []string{
 	"CeleryExporterDown", "CeleryBrokerUnreachable", "CeleryEventsStale",
+	"CeleryExporterCollectorFailing", "CeleryExporterConfigReloadFailed", "CeleryExporterEventsDropped",
+	"CeleryLogFilesMissing", "CeleryBreakerUnreadable",
 	"CeleryWorkersBelowExpected", "CeleryWorkerUnresponsive", "CeleryTaskEventsDisabled",
-	"CeleryWorkerHighMemory",
+	"CeleryTaskEventsLost", "CeleryWorkerHighMemory",
 	"CeleryQueueWithoutConsumers", "CeleryQueueBacklog", "CeleryQueueBacklogCritical",
 	"CeleryTaskFailureRateHigh", "CeleryTaskTimeLimitExceeded", "CeleryWorkerLost", "CeleryTaskSlow",
+	"CeleryTaskStuck",
 	"ZepCallErrors", "ZepMemoryDegraded", "PreferenceExtractionFailing",
 }
 
@@ -81,9 +88,13 @@ func (c *Config) RuleGroups() []RuleGroup {
 	} {
 		rg := RuleGroup{Name: g.name}
 		for _, a := range g.alerts {
-			rg.Rules = append(rg.Rules, c.renderAlert(a))
+			if c.AlertEnabled(a.name) {
+				rg.Rules = append(rg.Rules, c.renderAlert(a))
+			}
 		}
-		groups = append(groups, rg)
+		if len(rg.Rules) > 0 { // a group without rules is an error for promtool
+			groups = append(groups, rg)
+		}
 	}
 	if c.Interval > 0 {
 		for i := range groups {
@@ -105,7 +116,9 @@ func (c *Config) recordingRules() []Rule {
 		// Falls back to 0 while the exporter's target exists, so the count does not vanish when
 		// the last worker's series are purged (or were never there).
 		{Record: RecWorkersUpCount, Expr: "count by (job) (" + RecWorkerUp + " == 1)\nor on (job)\n0 * max by (job) (up" + c.sel() + ")"},
+		// The main process' peak RSS only (prefork pool children are not in it).
 		{Record: RecWorkerMaxRSS, Expr: "max by (job, hostname) (celery_worker_max_rss_bytes" + c.sel() + ")\nand on (job, hostname)\n" + RecWorkerUp + " == 1"},
+		{Record: RecWorkerMemory, Expr: c.workerMemory()},
 		{Record: RecTaskFailures, Expr: "sum by (job, queue_name, name) (\n  " + c.increaseNew(failed, wf) + "\n)"},
 		{Record: RecTaskOutcomes, Expr: "sum by (job, queue_name, name) (\n  " + c.increaseNew(succeeded, wf) + "\n  or\n  " + c.increaseNew(failed, wf) + "\n)"},
 		// Tasks with no outcome in the window have no ratio rather than 0/0.
@@ -116,6 +129,7 @@ func (c *Config) recordingRules() []Rule {
 			c.increaseNew("celery_task_runtime_seconds_bucket"+c.sel(), wr) + "\n)) >= 0"},
 		{Record: RecLastEventAge, Expr: "time() - celery_exporter_last_event_timestamp_seconds" + c.sel()},
 		{Record: RecBreakerOpen, Expr: "max by (job, breaker) (celery_breaker_open" + c.sel() + ")"},
+		{Record: RecTaskEventsLost, Expr: c.taskEventsLost(true)},
 	}
 }
 
@@ -150,19 +164,62 @@ func (c *Config) exporterAlerts() []alert {
 			"(threshold " + c.Events.StaleAfter.String() + "). Workers send heartbeats every 2s, so either no worker is alive, " +
 			"workers run without events (-E / worker_send_task_events) or the exporter lost its subscription.",
 		dash: DashWorkers,
+	}, {
+		// Watch the watchers: each source reports its own health, and a failing one makes the
+		// alerts that read it blind (control: consumers, ping, memory; breakers; logs).
+		name: "CeleryExporterCollectorFailing", severity: "warning",
+		expr:    "celery_exporter_collector_success" + c.sel() + " == 0",
+		summary: "A source of the Celery exporter fails.",
+		descr: "Collector {{ $labels.collector }} of exporter {{ $labels.instance }} has failed for " + c.forText("CeleryExporterCollectorFailing") +
+			": its series are missing or stale, and the alerts reading them cannot fire (see the runbook's table).",
+		dash: DashSuccess,
+	}, {
+		name: "CeleryExporterConfigReloadFailed", severity: "warning",
+		expr:    "celery_exporter_config_last_reload_successful" + c.sel() + " == 0",
+		summary: "The Celery exporter rejected its configuration file.",
+		descr: "The last load or reload of --config.file by exporter {{ $labels.instance }} failed: the previous configuration stays in force " +
+			"(or none, if it never loaded), so changed breakers and log sources are not watched.",
+		dash: DashApp,
+	}, {
+		name: "CeleryExporterEventsDropped", severity: "warning",
+		expr: "sum by (job, instance, reason) (\n  " + c.eventsDropped() + "\n) > 0\nor\nsum by (job, instance, label) (\n  " +
+			c.increaseNew("celery_exporter_label_overflow_total"+c.sel(), c.Windows[WindowEventsDropped]) + "\n) > 0",
+		summary: "The Celery exporter drops events or label values.",
+		descr: "Exporter {{ $labels.instance }} dropped {{ $value | humanize }} {{ if $labels.reason }}events ({{ $labels.reason }}){{ else }}" +
+			"values of label {{ $labels.label }} (series cap reached){{ end }} in the last " + c.Windows[WindowEventsDropped].String() +
+			": task counts and the alerts on them are lower than the truth.",
+		dash: DashSuccess,
+	}, {
+		name: "CeleryLogFilesMissing", severity: "warning",
+		expr:    c.logFilesMissing(),
+		summary: "The Celery exporter watches no log file.",
+		descr: "Exporter {{ $labels.instance }} has log events configured but has followed no log file for " + c.forText("CeleryLogFilesMissing") +
+			": the paths globs match nothing (or cannot be read), so log-event alerts such as " + c.App.ZepErrorEvent + " cannot fire.",
+		dash: DashApp,
+	}, {
+		name: "CeleryBreakerUnreadable", severity: "warning",
+		expr:    "max by (job, breaker) (celery_breaker_read_ok" + c.sel() + ") == 0",
+		summary: "The Celery exporter cannot read a circuit breaker.",
+		descr: "No exporter of job {{ $labels.job }} could read breaker {{ $labels.breaker }} for " + c.forText("CeleryBreakerUnreadable") +
+			" (wrong Redis DB, key or value format): its open state is unknown and its alert cannot fire.",
+		dash: DashApp,
 	}}
 }
 
 func (c *Config) workerAlerts() []alert {
 	n := fmt.Sprint(c.Workers.Expected)
-	rss := fmtFloat(c.Workers.MaxRSSMiB * 1024 * 1024)
+	mem := c.Workers.Memory
 	return []alert{{
 		name: "CeleryWorkersBelowExpected", severity: "critical",
 		// absent(up) covers a target gone from discovery: no series at all is still too few workers.
 		expr:    RecWorkersUpCount + " < " + n + "\nor\n0 * absent(up" + c.sel() + ")",
 		summary: "Fewer Celery workers are up than expected.",
+		// Alertmanager holds CeleryQueueWithoutConsumers back while this fires (one dead worker,
+		// one page), so the page names the queues left without a consumer itself.
 		descr: "Only {{ $value }} of " + n + " expected Celery workers of job {{ $labels.job }} are up (for " +
-			c.forText("CeleryWorkersBelowExpected") + "). Queues served only by the missing workers are not processed.",
+			c.forText("CeleryWorkersBelowExpected") + "). Queues served only by the missing workers are not processed" +
+			`{{ with printf "` + RecQueueConsumers + `{job=%q} == 0" $labels.job | query | sortByLabel "queue_name" }}; without a live consumer now:` +
+			`{{ range . }} {{ .Labels.queue_name }}{{ end }}{{ end }}.`,
 		dash: DashWorkers,
 	}, {
 		name: "CeleryWorkerUnresponsive", severity: "critical",
@@ -179,11 +236,21 @@ func (c *Config) workerAlerts() []alert {
 			c.forText("CeleryTaskEventsDisabled") + "): task rates, failures and runtimes of this worker are not measured.",
 		dash: DashWorkers,
 	}, {
+		name: "CeleryTaskEventsLost", severity: "warning",
+		expr: RecTaskEventsLost + " > " + fmtFloat(c.Tasks.EventsLostRatio) +
+			"\nunless on (job, hostname)\nmax by (job, hostname) (celery_worker_task_events_enabled" + c.sel() + ") == 0",
+		summary: "Task events of a Celery worker get lost.",
+		descr: "{{ $value | humanizePercentage }} of the tasks worker {{ $labels.hostname }} processed in the last " +
+			c.Windows[WindowTaskEventsLost].String() + " reached the exporter without their task events (threshold " +
+			fmtFloat(c.Tasks.EventsLostRatio*100) + "%, for " + c.forText("CeleryTaskEventsLost") +
+			"): task rates, failures and runtimes of this worker are undercounted.",
+		dash: DashWorkers,
+	}, {
 		name: "CeleryWorkerHighMemory", severity: "warning",
-		expr:    RecWorkerMaxRSS + " > " + rss,
+		expr:    RecWorkerMemory + " > " + fmtFloat(mib(mem.MaxMiB)),
 		summary: "A Celery worker uses too much memory.",
-		descr: "Worker {{ $labels.hostname }} has a max RSS of {{ $value | humanize1024 }}B, above " +
-			fmtFloat(c.Workers.MaxRSSMiB) + " MiB for " + c.forText("CeleryWorkerHighMemory") + ".",
+		descr: "Worker {{ $labels.hostname }} uses {{ $value | humanize1024 }}B (" + c.memoryFigure() + "), above " +
+			fmtFloat(mem.MaxMiB) + " MiB for " + c.forText("CeleryWorkerHighMemory") + ".",
 		dash: DashWorkers,
 	}}
 }
@@ -244,6 +311,15 @@ func (c *Config) taskAlerts() []alert {
 		summary: "A Celery task runs too long.",
 		descr: "The p95 runtime of task {{ $labels.name }} (queue {{ $labels.queue_name }}) is {{ $value | humanizeDuration }}, " +
 			"above " + fmtFloat(c.Tasks.RuntimeP95Seconds) + "s for " + c.forText("CeleryTaskSlow") + ".",
+		dash: DashTasks, dashVars: taskVars,
+	}, {
+		// Running tasks, not finished ones: a hung task on the threads pool (no time limit there)
+		// never finishes, so CeleryTaskSlow never sees it.
+		name: "CeleryTaskStuck", severity: "warning",
+		expr:    "max by (job, queue_name, name) (celery_task_running_oldest_age_seconds" + c.sel() + ") > " + fmtFloat(c.Tasks.StuckSeconds),
+		summary: "A Celery task has been running too long.",
+		descr: "The oldest running {{ $labels.name }} task (queue {{ $labels.queue_name }}) has been running for {{ $value | humanizeDuration }}, " +
+			"above " + fmtFloat(c.Tasks.StuckSeconds) + "s: it is probably hung.",
 		dash: DashTasks, dashVars: taskVars,
 	}}
 }
@@ -318,6 +394,59 @@ func (c *Config) logEvents(event string, w Duration, extra ...string) string {
 	return c.increaseNew("celery_log_events_total"+c.sel(slices.Concat(extra, []string{eq("event", event)})...), w)
 }
 
+// eventsDropped: events the exporter dropped because its buffer was full, in the window.
+func (c *Config) eventsDropped(extra ...string) string {
+	return c.increaseNew("celery_exporter_event_errors_total"+c.sel(slices.Concat(extra, []string{eq("reason", "buffer_full")})...),
+		c.Windows[WindowEventsDropped])
+}
+
+// logFilesMissing: exporters with log events configured (their counters exist from the start,
+// at 0) that follow no log file.
+func (c *Config) logFilesMissing() string {
+	return "max by (job, instance) (celery_log_files_watched" + c.sel() + ") == 0\nand on (job, instance)\n" +
+		"count by (job, instance) (celery_log_events_total" + c.sel() + ")"
+}
+
+// taskEventsLost: per worker, the share of tasks processed (heartbeat count) whose task events
+// did not arrive. Max over exporter replicas: they count the same worker. A worker with task
+// events off has no seen counter (CeleryTaskEventsDisabled's case), nor has an exporter older
+// than the counter: no share. The alert's share (judged) counts only windows with at least
+// EventsLostMinTasks processed tasks, over seen counters that existed all through the window
+// (as many samples as their target had successful scrapes): a seen counter born inside it, at its
+// first task-started, misses the events before its first scrape. The dashboard shows it unjudged.
+func (c *Config) taskEventsLost(judged bool) string {
+	w := c.Windows[WindowTaskEventsLost].String()
+	seen := "increase(celery_worker_tasks_seen_total" + c.sel() + "[" + w + "])"
+	filter := " > 0"
+	if judged {
+		seen += "\n    and (count_over_time(celery_worker_tasks_seen_total" + c.sel() + "[" + w +
+			"]) >= on (job, instance) group_left () sum_over_time(up" + c.sel() + "[" + w + "]))"
+		filter = " >= " + fmtFloat(c.Tasks.EventsLostMinTasks)
+	}
+	return "clamp_min(1 - (\n  max by (job, hostname) (\n    " + seen + "\n  )\n" +
+		"  /\n  (max by (job, hostname) (increase(celery_worker_tasks_processed_total" + c.sel() + "[" + w + "]))" + filter + ")\n), 0)"
+}
+
+// workerMemory: the figure of the memory criterion per live worker, from the configured source.
+func (c *Config) workerMemory() string {
+	m := c.Workers.Memory
+	if m.Source != MemoryCAdvisor {
+		return "max by (job, hostname) (celery_worker_max_rss_bytes" + c.sel() + ")\nand on (job, hostname)\n" + RecWorkerUp + " == 1"
+	}
+	l := m.CAdvisor.JoinLabel
+	return "max by (job, hostname) (\n  label_replace(" + RecWorkerUp + " == 1, " + strconv.Quote(l) + ", \"$1\", \"hostname\", " +
+		strconv.Quote(m.CAdvisor.HostnameRegex) + ")\n  * on (" + l + ") group_left ()\n  sum by (" + l +
+		") (container_memory_working_set_bytes{" + strings.TrimSpace(m.CAdvisor.Selector) + "})\n)"
+}
+
+// memoryFigure says in words which figure the memory criterion reads.
+func (c *Config) memoryFigure() string {
+	if c.Workers.Memory.Source == MemoryCAdvisor {
+		return "working set of its container from cAdvisor, pool children included"
+	}
+	return "peak RSS of its main process from inspect stats; prefork pool children are not included"
+}
+
 // preferenceFailures: failures of the preference task plus its failure log events in the window.
 func (c *Config) preferenceFailures() string {
 	w := c.Windows[WindowPreferenceFailure]
@@ -335,9 +464,10 @@ func (c *Config) forText(alert string) string {
 
 func (c *Config) renderAlert(a alert) Rule {
 	labels := map[string]string{"severity": a.severity}
-	for k, v := range c.AlertLabels {
-		labels[k] = v
+	if o := c.Alerts[a.name]; o.Severity != "" {
+		labels["severity"] = o.Severity
 	}
+	maps.Copy(labels, c.AlertLabels)
 	url := c.DashboardURL(a.dash) + "?var-job={{ $labels.job | urlquery }}"
 	for _, v := range a.dashVars {
 		url += "&var-" + v[0] + "={{ $labels." + v[1] + " | urlquery }}"

@@ -104,14 +104,27 @@ func (c *bareConsumer) close() { c.cancel(); _ = c.ps.Close(); <-c.done }
 // metrics), with the binary's default options. Its counts are read from its own metrics.
 type exporterConsumer struct {
 	src    *collector.EventSource
-	sub    *listener.Subscriber
+	sub    eventStream
 	reg    *prometheus.Registry
 	cancel context.CancelFunc
 }
 
+// eventStream is the exporter's reader of either broker (listener.Subscriber, amqp.Consumer).
+type eventStream interface {
+	collector.EventStream
+	Received() uint64
+}
+
+func benchLogger() log.Logger {
+	return level.NewFilter(log.NewLogfmtLogger(log.NewSyncWriter(os.Stderr)), level.AllowWarn())
+}
+
 func newExporter(b *testing.B, client redis.UniversalClient, patterns []string) consumer {
-	logger := level.NewFilter(log.NewLogfmtLogger(log.NewSyncWriter(os.Stderr)), level.AllowWarn())
-	sub := listener.New(logger, client, patterns, 65536, 32<<20)
+	return startExporter(b, listener.New(benchLogger(), client, patterns, 65536, 32<<20))
+}
+
+func startExporter(b *testing.B, sub eventStream) consumer {
+	logger := benchLogger()
 	src := collector.NewEventSource(logger, sub, collector.DefaultEventOptions())
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector.AsCollector(src))
@@ -119,7 +132,7 @@ func newExporter(b *testing.B, client redis.UniversalClient, patterns []string) 
 	c := &exporterConsumer{src: src, sub: sub, reg: reg, cancel: cancel}
 	go src.Run(ctx)
 	deadline := time.Now().Add(10 * time.Second)
-	for !src.Ready() {
+	for !src.Up() {
 		if time.Now().After(deadline) {
 			b.Fatal("the exporter's subscriber did not subscribe within 10s")
 		}
@@ -219,15 +232,21 @@ func (s step) String() string {
 	case s.publisherBound():
 		verdict += " (publisher-bound)"
 	}
-	return fmt.Sprintf("target %7.0f ev/s: published %7.0f ev/s %7.0f msg/s in %v, drained in %5v, redis-server %3.0f%% cpu, bench process %3.0f%% cpu: %s",
+	return fmt.Sprintf("target %7.0f ev/s: published %7.0f ev/s %7.0f msg/s in %v, drained in %5v, broker %3.0f%% cpu, bench process %3.0f%% cpu: %s",
 		s.target, s.rate(), s.msgRate(), s.pub.Elapsed.Round(time.Millisecond), s.drain.Round(time.Millisecond),
 		s.redisCPU*100, s.benchCPU*100, verdict)
 }
 
 type bench struct {
 	b    *testing.B
-	pubs []*Publisher
-	info *redis.Client
+	pubs []publisher
+	// brokerCPU returns the broker's used CPU seconds; NaN when unknown.
+	brokerCPU func() float64
+}
+
+// publisher sends generated traffic to a broker at a paced rate.
+type publisher interface {
+	Run(ctx context.Context, rate float64, d time.Duration) (Published, error)
 }
 
 // logf prints a step as it ends, on stdout: the testing package keeps only ten lines of a
@@ -236,9 +255,11 @@ func (x *bench) logf(format string, args ...any) {
 	fmt.Printf("ingest: "+format+"\n", args...)
 }
 
+func noCPU() float64 { return math.NaN() }
+
 // redisCPU returns redis-server's used CPU seconds (user+sys) from INFO.
-func (x *bench) redisCPU() float64 {
-	s, err := x.info.Info(context.Background(), "cpu").Result()
+func redisCPU(info *redis.Client) float64 {
+	s, err := info.Info(context.Background(), "cpu").Result()
 	if err != nil {
 		return math.NaN()
 	}
@@ -324,13 +345,13 @@ func (x *bench) runStep(c consumer, rate float64) step {
 	quiesce(c)
 	p0 := c.problems()
 	m0, e0 := c.counts()
-	r0, s0 := x.redisCPU(), selfCPU()
+	r0, s0 := x.brokerCPU(), selfCPU()
 	t0 := time.Now()
 	pub := x.publish(rate, *flagStep)
 	s := step{target: rate, pub: pub, receivers: pub.Receivers}
 	s.drain = drain(c, m0+pub.Messages, e0+pub.Events, drainTimeout)
 	wall := time.Since(t0).Seconds()
-	s.redisCPU, s.benchCPU = (x.redisCPU()-r0)/wall, (selfCPU()-s0)/wall
+	s.redisCPU, s.benchCPU = (x.brokerCPU()-r0)/wall, (selfCPU()-s0)/wall
 	m1, e1 := c.counts()
 	if e1 < 0 {
 		s.lost = pub.Messages - (m1 - m0)
@@ -394,7 +415,7 @@ func BenchmarkIngest(b *testing.B) {
 	patterns := kombu.NewKeyspace(broker, opts).EventPatterns(kombu.DefaultEventExchange)
 	info := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	defer info.Close()
-	x := &bench{b: b, info: info}
+	x := &bench{b: b, brokerCPU: func() float64 { return redisCPU(info) }}
 	for i := range *flagPublishers {
 		p, err := Dial(r.Addr(), NewTraffic(uint32(i+1), 42, Options{Workers: 4}))
 		if err != nil {
@@ -411,15 +432,27 @@ func BenchmarkIngest(b *testing.B) {
 		return c
 	}
 
-	bareClient := newClient()
-	bare := newBare(b, bareClient, patterns)
+	var bareClient redis.UniversalClient
+	x.compare("go-redis subscriber", func() consumer {
+		bareClient = newClient()
+		return newBare(b, bareClient, patterns)
+	}, func() consumer {
+		expClient := newClient()
+		b.Cleanup(func() { _ = expClient.Close() })
+		return newExporter(b, expClient, patterns)
+	})
+	_ = bareClient.Close()
+}
+
+// compare ramps a bare consumer of the broker, then the exporter's event path, on the same
+// publishers, and reports both.
+func (x *bench) compare(bareName string, newBare, newExp func() consumer) {
+	b := x.b
+	bare := newBare()
 	bareBest, bareBound := x.ramp("bare", bare)
 	bare.close()
-	_ = bareClient.Close()
 
-	expClient := newClient()
-	defer expClient.Close()
-	exp := newExporter(b, expClient, patterns)
+	exp := newExp()
 	defer exp.close()
 	x.runStep(exp, 20000) // warm-up: the series exist, as in a running exporter
 	expBest, expBound := x.ramp("exporter", exp)
@@ -437,9 +470,9 @@ func BenchmarkIngest(b *testing.B) {
 	if expBest.rate() < target {
 		verdict = "BELOW"
 	}
-	b.Logf("exporter keeps up with %s%.0f events/s (%.0f messages/s, %.2f events/message); bare go-redis subscriber %s%.0f events/s (%.0f messages/s); %s the target of %d events/s",
+	b.Logf("exporter keeps up with %s%.0f events/s (%.0f messages/s, %.2f events/message); bare %s %s%.0f events/s (%.0f messages/s); %s the target of %d events/s",
 		atLeast(expBound), expBest.rate(), expBest.msgRate(), float64(expBest.pub.Events)/float64(max(expBest.pub.Messages, 1)),
-		atLeast(bareBound), bareBest.rate(), bareBest.msgRate(), verdict, target)
+		bareName, atLeast(bareBound), bareBest.rate(), bareBest.msgRate(), verdict, target)
 	// One run of the whole ramp: the built-in per-op metrics mean nothing here.
 	for _, unit := range []string{"ns/op", "B/op", "allocs/op"} {
 		b.ReportMetric(0, unit)

@@ -54,9 +54,36 @@ func (a Published) Add(b Published) Published {
 // Run publishes for d at rate events per second (paced on events, since a message holds 0-24),
 // or as fast as it can when the rate is out of its reach.
 func (p *Publisher) Run(ctx context.Context, rate float64, d time.Duration) (Published, error) {
+	_ = p.conn.SetDeadline(time.Now().Add(d + 10*time.Second))
+	return paced(ctx, rate, d, func(now float64, more func(*Published) bool, out *Published) error {
+		n := 0
+		for n < chunk && more(out) {
+			var m Message
+			p.payload, m = p.gen.Next(now, p.payload[:0])
+			p.writePublish(m.Channel, p.payload)
+			out.Messages++
+			out.Events += int64(m.Events)
+			n++
+		}
+		if err := p.w.Flush(); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		for range n {
+			k, err := p.readInt()
+			if err != nil {
+				return err
+			}
+			out.Receivers += k
+		}
+		return nil
+	})
+}
+
+// paced calls send until d is over, each time with the clock for event timestamps and more,
+// which says whether out is still behind rate; send adds what it published to out.
+func paced(ctx context.Context, rate float64, d time.Duration, send func(now float64, more func(*Published) bool, out *Published) error) (Published, error) {
 	var out Published
 	start := time.Now()
-	_ = p.conn.SetDeadline(start.Add(d + 10*time.Second))
 	for ctx.Err() == nil {
 		elapsed := time.Since(start)
 		if elapsed >= d {
@@ -67,25 +94,9 @@ func (p *Publisher) Run(ctx context.Context, rate float64, d time.Duration) (Pub
 			time.Sleep(max(time.Duration(ahead/rate*float64(time.Second)), 100*time.Microsecond))
 			continue
 		}
-		now := float64(time.Now().UnixNano()) / 1e9
-		n := 0
-		for n < chunk && float64(out.Events) < allowed {
-			var m Message
-			p.payload, m = p.gen.Next(now, p.payload[:0])
-			p.writePublish(m.Channel, p.payload)
-			out.Messages++
-			out.Events += int64(m.Events)
-			n++
-		}
-		if err := p.w.Flush(); err != nil {
-			return out, fmt.Errorf("publish: %w", err)
-		}
-		for range n {
-			k, err := p.readInt()
-			if err != nil {
-				return out, err
-			}
-			out.Receivers += k
+		more := func(o *Published) bool { return float64(o.Events) < allowed }
+		if err := send(float64(time.Now().UnixNano())/1e9, more, &out); err != nil {
+			return out, err
 		}
 	}
 	out.Elapsed = time.Since(start)

@@ -20,7 +20,7 @@ import (
 )
 
 // The RSS benchmarks run the real binary (CELERY_EXPORTER_BIN, as make bench sets it) against a
-// real redis-server under the loads of issue 11 and report its peak resident memory (VmHWM) as
+// real redis-server under the loads and report its peak resident memory (VmHWM) as
 // peak-RSS-MiB. They measure the whole process as deployed, so a figure is comparable between
 // binaries: run them with CELERY_EXPORTER_BIN pointing at an older build for "before".
 
@@ -97,7 +97,7 @@ func waitEvents(b *testing.B, exp *harness.Exporter, n, per float64) {
 }
 
 // BenchmarkRSSHostileFlood: 200,000 task lives, each on its own queue name, with 200-byte uuids
-// and 50 task names of over 1 KiB (issue 11, findings 1 and 2), then one scrape.
+// and 50 task names of over 1 KiB (), then one scrape.
 func BenchmarkRSSHostileFlood(b *testing.B) {
 	const tasks = 200000
 	for i := 0; i < b.N; i++ {
@@ -120,7 +120,7 @@ func BenchmarkRSSHostileFlood(b *testing.B) {
 }
 
 // BenchmarkRSSScrapeStorm: a legitimate large /metrics (1000 task names × 20 workers, a full
-// task life each) scraped by 20 clients at once, 5 times over (issue 11, findings 3 and 5).
+// task life each) scraped by 20 clients at once, 5 times over ().
 func BenchmarkRSSScrapeStorm(b *testing.B) {
 	const names, workers = 1000, 20
 	for i := 0; i < b.N; i++ {
@@ -143,9 +143,7 @@ func BenchmarkRSSScrapeStorm(b *testing.B) {
 		for round := 0; round < 5; round++ {
 			var wg sync.WaitGroup
 			for j := 0; j < 20; j++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				wg.Go(func() {
 					resp, err := (&http.Client{Timeout: 2 * time.Minute}).Get(exp.URL + "/metrics")
 					mu.Lock()
 					defer mu.Unlock()
@@ -160,7 +158,7 @@ func BenchmarkRSSScrapeStorm(b *testing.B) {
 						return
 					}
 					size = n
-				}()
+				})
 			}
 			wg.Wait()
 		}

@@ -39,12 +39,15 @@ type Traffic struct {
 	actions  []action // queued messages, from head on
 	head     int
 	body     []byte
+	raw      bool
 }
 
 // Options shape the traffic.
 type Options struct {
 	Names   int // distinct task names; default 100
 	Workers int // default 8
+	// Raw makes Next return bare event bodies, as AMQP carries them, not kombu's Redis envelope.
+	Raw bool
 }
 
 const (
@@ -101,7 +104,7 @@ func NewTraffic(id uint32, seed uint64, o Options) *Traffic {
 	if o.Workers <= 0 {
 		o.Workers = 8
 	}
-	g := &Traffic{rng: rand.New(rand.NewPCG(seed, uint64(id))), id: id, nextHB: hbEvery}
+	g := &Traffic{rng: rand.New(rand.NewPCG(seed, uint64(id))), id: id, nextHB: hbEvery, raw: o.Raw}
 	for i := range o.Names {
 		g.names = append(g.names, "app.tasks.task_"+strconv.Itoa(i))
 	}
@@ -328,6 +331,9 @@ func (g *Traffic) batchMessage(w *simWorker, events []simEvent, dst []byte) []by
 
 // envelope wraps g.body as kombu's Redis transport publishes it: base64 body, utf-8 JSON.
 func (g *Traffic) envelope(dst []byte, host, routingKey string) []byte {
+	if g.raw {
+		return append(dst, g.body...)
+	}
 	dst = append(dst, `{"body": "`...)
 	n := base64.StdEncoding.EncodedLen(len(g.body))
 	dst = slices.Grow(dst, n)[:len(dst)+n]

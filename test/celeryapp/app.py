@@ -8,6 +8,8 @@ Environment:
   CELERY_REJECT_ON_WORKER_LOST  1/true: task_reject_on_worker_lost (default off)
   CELERY_PREFETCH_MULTIPLIER    worker_prefetch_multiplier (default 4, Celery's default)
   CELERY_TASK_EVENTS            0/false: no task events from workers (default on)
+  CELERY_UNBUFFERED_TASK_EVENTS 1/true: workers publish each task event at once instead of
+                                buffering them (default off, Celery's behaviour; see below)
   CELERYAPP_LOG_FILE            where the seed-shaped tasks append their JSON log lines
                                 (default: the worker's real stdout)
 
@@ -49,6 +51,23 @@ SEED_ROUTES = {
     "assistant.tasks.process_incoming_media_task": {"queue": "background"},
     "assistant.tasks.dead_letter_queue": {"queue": "dlq"},
 }
+
+# Celery 5.2's worker buffers task events when it runs an event loop, the threads pool included;
+# EventDispatcher.send appends to that buffer without its lock while flush() publishes and then
+# clears it, so under a threads pool events appended in between are lost (celery/celery#10434:
+# 40-60% of the task events of a busy threads worker). Publishing each event at once (under the
+# dispatcher's lock) avoids the race. Opt-in: the integration tests observe Celery as it is.
+if _flag("CELERY_UNBUFFERED_TASK_EVENTS"):
+    from celery.events.dispatcher import EventDispatcher
+
+    _dispatcher_init = EventDispatcher.__init__
+
+    def _unbuffered_init(self, *args, **kwargs):
+        kwargs["buffer_group"] = None
+        kwargs["on_send_buffered"] = None
+        _dispatcher_init(self, *args, **kwargs)
+
+    EventDispatcher.__init__ = _unbuffered_init
 
 app = Celery("celeryapp")
 app.conf.update(

@@ -3,18 +3,20 @@
 # within about a minute (the demo renders the rules with short `for` durations).
 #
 #   fault.sh kill-worker [chat|default|background]  SIGKILL a worker, as an OOM kill would (default
-#                                                   background) -> CeleryWorkersBelowExpected, and
-#                                                   CeleryQueueWithoutConsumers for its queues
+#                                                   background) -> CeleryWorkersBelowExpected; its
+#                                                   queues' CeleryQueueWithoutConsumers (and backlogs)
+#                                                   fire but Alertmanager holds them back
 #   fault.sh heal                                   restart the workers that are down now
 #   fault.sh trip-breaker [TTL] [REASON]            open the Zep breaker, as force_write_only() does
 #                                                   (default 120s, consecutive_failures) -> ZepMemoryDegraded
 #   fault.sh close-breaker                          close it again
-#   fault.sh flood QUEUE [COUNT]                    COUNT tasks of DEMO_FLOOD_SECONDS (5) each on QUEUE
+#   fault.sh flood QUEUE [COUNT]                    COUNT tasks of DEMO_FLOOD_SECONDS (8) each on QUEUE
 #                                                   (default 80) -> CeleryQueueBacklog; a queue nobody
 #                                                   consumes also -> CeleryQueueWithoutConsumers
 #   fault.sh purge QUEUE                            drop QUEUE's waiting messages
-#   fault.sh zep-error [COUNT]                      chat messages whose Zep write fails and logs
+#   fault.sh log-error [COUNT]                      chat messages whose Zep write fails and logs
 #                                                   zep_call_error (default 1) -> ZepCallErrors
+#                                                   (the demo app's named log event)
 #   fault.sh alerts                                 the alerts Prometheus has pending or firing
 #   fault.sh celery ARGS...                         the celery CLI on the demo's app (inspect, ...)
 #
@@ -39,7 +41,7 @@ esac
 # shellcheck source=/dev/null
 . "$DEMO_DIR/env"
 # The ports of the running demo win over the defaults lib.sh chose.
-BROKER_URL=redis://127.0.0.1:$DEMO_REDIS_PORT/1
+BROKER_URL=$(broker_url)
 CACHE_URL=redis://127.0.0.1:$DEMO_REDIS_PORT/0
 PROM=http://127.0.0.1:$DEMO_PROMETHEUS_PORT
 
@@ -54,8 +56,9 @@ case $cmd in
     signal_group "worker-$w" KILL
     date +%s >"$RUN_DIR/worker-$w.down"
     say "killed worker $w (pid $(pid_of "worker-$w") and its pool) with SIGKILL: no worker-offline is sent"
-    say "expect celery_worker_up 0 within ~9s, then CeleryWorkersBelowExpected (critical) and"
-    say "CeleryQueueWithoutConsumers for its queues; run.sh restarts it after DEMO_HEAL_AFTER, or: fault.sh heal"
+    say "expect celery_worker_up 0 within ~9s, then one page: CeleryWorkersBelowExpected (critical), naming"
+    say "its queues; their CeleryQueueWithoutConsumers fires in Prometheus, held back by Alertmanager."
+    say "run.sh restarts it after DEMO_HEAL_AFTER, or: fault.sh heal"
     ;;
   heal)
     n=0
@@ -85,7 +88,7 @@ case $cmd in
     q=${1:-}
     [ -n "$q" ] || die "flood: which queue? (chat, default, background, notifications, dlq, or any name)"
     count=${2:-80}
-    secs=${DEMO_FLOOD_SECONDS:-5}
+    secs=${DEMO_FLOOD_SECONDS:-8}
     [[ $count =~ ^[0-9]+$ && $secs =~ ^[0-9.]+$ ]] || die "flood: COUNT and DEMO_FLOOD_SECONDS must be numbers"
     # The queue's own seed task where it takes a duration; the test app's sleep elsewhere. Slow
     # tasks, because the workers would drain quick ones faster than a backlog can build.
@@ -99,16 +102,16 @@ case $cmd in
     plan=""
     for ((i = 0; i < count; i++)); do plan="$plan${plan:+,}$entry"; done
     printf '[%s]' "$plan" | produce
-    say "sent $count tasks of ${secs}s to $q: expect CeleryQueueBacklog once its depth stays at 5 or more for 30s"
+    say "sent $count tasks of ${secs}s to $q: expect CeleryQueueBacklog once its depth stays at 5 or more for 75s"
     ;;
   purge)
     q=${1:-}
     [ -n "$q" ] || die "purge: which queue?"
     celery_run "$PY" -m celery -A celeryapp.app purge -f -Q "$q"
     ;;
-  zep-error)
+  log-error)
     count=${1:-1}
-    [[ $count =~ ^[0-9]+$ ]] || die "zep-error: COUNT must be a number"
+    [[ $count =~ ^[0-9]+$ ]] || die "log-error: COUNT must be a number"
     entry='{"task": "assistant.tasks.process_chat_message", "kwargs": {"message": "zep is down", "seconds": 0.1, "zep_error": true}}'
     plan=""
     for ((i = 0; i < count; i++)); do plan="$plan${plan:+,}$entry"; done

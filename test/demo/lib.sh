@@ -15,21 +15,35 @@ LOG_DIR=$DEMO_DIR/logs
 APP_LOG=$LOG_DIR/app/celery-app.log
 PY=/usr/bin/python3 # Debian's, which has celery; a pyenv python3 first on PATH does not
 
+say() { printf 'demo: %s\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
 # Ports: fixed defaults so bookmarks keep working, each overridable.
 DEMO_REDIS_PORT=${DEMO_REDIS_PORT:-6379}
 DEMO_EXPORTER_PORT=${DEMO_EXPORTER_PORT:-9808}
 DEMO_PROMETHEUS_PORT=${DEMO_PROMETHEUS_PORT:-9090}
 DEMO_ALERTMANAGER_PORT=${DEMO_ALERTMANAGER_PORT:-9093}
 DEMO_WEBHOOK_PORT=${DEMO_WEBHOOK_PORT:-9099}
+# DEMO_BROKER=rabbitmq (make demo BROKER=rabbitmq) runs the broker on a local rabbitmq-server;
+# Redis stays for the Django cache.
+DEMO_BROKER=${DEMO_BROKER:-redis}
+DEMO_AMQP_PORT=${DEMO_AMQP_PORT:-5672}
+DEMO_RABBITMQ_MGMT_PORT=${DEMO_RABBITMQ_MGMT_PORT:-15672}
+RABBITMQ_NODE=demo@localhost
 
 # The seed's layout: broker on DB 1, Django cache (the Zep breaker) on DB 0.
-BROKER_URL=redis://127.0.0.1:$DEMO_REDIS_PORT/1
+broker_url() {
+  case $DEMO_BROKER in
+    rabbitmq) echo "amqp://guest:guest@127.0.0.1:$DEMO_AMQP_PORT//" ;;
+    redis) echo "redis://127.0.0.1:$DEMO_REDIS_PORT/1" ;;
+    *) die "DEMO_BROKER (BROKER) must be redis or rabbitmq, not $DEMO_BROKER" ;;
+  esac
+}
+BROKER_URL=$(broker_url)
 CACHE_URL=redis://127.0.0.1:$DEMO_REDIS_PORT/0
 DEMO_QUEUES=chat,default,background,notifications,dlq
 WORKERS=(chat default background)
 
-say() { printf 'demo: %s\n' "$*"; }
-die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 # celery_env prints the environment of every Python process of the demo's Celery app.
 celery_env() {
@@ -38,6 +52,7 @@ celery_env() {
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     "CELERY_BROKER_URL=$BROKER_URL" \
     CELERY_DEFAULT_QUEUE=default CELERY_ACKS_LATE=1 CELERY_REJECT_ON_WORKER_LOST=1 \
+    CELERY_UNBUFFERED_TASK_EVENTS="${DEMO_UNBUFFERED_TASK_EVENTS:-1}" \
     "CELERYAPP_LOG_FILE=$APP_LOG" "DEMO_CACHE_URL=$CACHE_URL"
 }
 
@@ -143,4 +158,21 @@ wait_http() {
   say "$name did not answer $url within ${timeout}s; last lines of $LOG_DIR/$name.log:" >&2
   tail -n 30 "$LOG_DIR/$name.log" >&2 2>/dev/null || true
   return 1
+}
+
+# rabbitmq_env prints the environment of the demo's rabbitmq-server and rabbitmqctl: its own node
+# name, ports and data directory (test/harness/rabbitmq.go does the same for the tests).
+rabbitmq_env() {
+  local d=$DEMO_DIR/rabbitmq
+  printf '%s\n' "RABBITMQ_NODENAME=$RABBITMQ_NODE" "RABBITMQ_NODE_PORT=$DEMO_AMQP_PORT" \
+    "RABBITMQ_DIST_PORT=$((DEMO_AMQP_PORT + 20000))" "ERL_EPMD_PORT=$((DEMO_AMQP_PORT - 1000))" \
+    "RABBITMQ_MNESIA_BASE=$d/mnesia" "RABBITMQ_LOG_BASE=$d/log" "RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins" \
+    "RABBITMQ_PID_FILE=$d/pid" "RABBITMQ_CONFIG_FILE=$d/rabbitmq" "RABBITMQ_FEATURE_FLAGS_FILE=$d/feature_flags" \
+    "RABBITMQ_PLUGINS_EXPAND_DIR=$d/plugins-expand"
+}
+
+rabbitmqctl_demo() {
+  local -a envs
+  mapfile -t envs < <(rabbitmq_env)
+  env "${envs[@]}" rabbitmqctl -n "$RABBITMQ_NODE" "$@"
 }

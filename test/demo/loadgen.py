@@ -4,12 +4,16 @@ Per second, on average (all tunable by environment):
   DEMO_RATE              tasks per second (default 3), split as
                          chat 40%, preference extraction 25%, media 15%, WhatsApp 15%, dead letters 5%
   DEMO_LONG_CHAT         share of chat messages that run long, 20-45 s (default 0.02)
-  DEMO_PREF_FAIL         share of preference extractions that fail (default 0.03); each failure runs
+  DEMO_PREF_FAIL         share of preference extractions that fail (default 0); each failure runs
                          log_preference_extraction_failure, the seed's link_error callback
   DEMO_ZEP_ERROR_EVERY   mean seconds between chat messages whose Zep write fails and logs
-                         zep_call_error (default 900; 0 = never)
-  DEMO_BREAKER_EVERY     mean seconds between trips of the Zep breaker (default 1200; 0 = never),
+                         zep_call_error (default 0 = never)
+  DEMO_BREAKER_EVERY     mean seconds between trips of the Zep breaker (default 0 = never),
                          each open for DEMO_BREAKER_TTL seconds (default 60)
+By default the load is healthy and no alert fires: the seed's criteria allow no preference failure,
+no zep_call_error and no open breaker, so each of these pages (PreferenceExtractionFailing,
+ZepCallErrors, ZepMemoryDegraded); the fault buttons (fault.sh) cause them on purpose. Set the
+variables above for background noise, and expect those alerts.
 Everything is random but seeded with DEMO_SEED when set, so a run can be repeated.
 """
 
@@ -59,7 +63,7 @@ class Load:
         self.rnd = rnd
         self.producer = producer
         self.long_chat = env_float("DEMO_LONG_CHAT", 0.02)
-        self.pref_fail = env_float("DEMO_PREF_FAIL", 0.03)
+        self.pref_fail = env_float("DEMO_PREF_FAIL", 0)
         self.sent = 0
 
     def send(self, task, zep_error=False, **opts):
@@ -94,8 +98,8 @@ def main():
     seed = os.environ.get("DEMO_SEED")
     rnd = random.Random(int(seed) if seed else None)
     rate = env_float("DEMO_RATE", 3)
-    zep_every = env_float("DEMO_ZEP_ERROR_EVERY", 900)
-    breaker_every = env_float("DEMO_BREAKER_EVERY", 1200)
+    zep_every = env_float("DEMO_ZEP_ERROR_EVERY", 0)
+    breaker_every = env_float("DEMO_BREAKER_EVERY", 0)
     breaker_ttl = env_float("DEMO_BREAKER_TTL", 60)
     cache_url = os.environ.get("DEMO_CACHE_URL", "redis://127.0.0.1:6379/0")
     mix = [("chat", 40), ("prefs", 25), ("media", 15), ("whatsapp", 15), ("dead", 5)]

@@ -10,18 +10,23 @@
 #   test/demo/loadgen.py             the seed's task mix, zep_call_error and breaker trips now and then
 #   ./celery_exporter                with test/demo/celery_exporter.yml.in as its --config.file
 #   prometheus                       the rules rendered with test/demo/rules-overrides.yaml (short `for`)
-#   prometheus-alertmanager          routing everything to test/demo/webhook.py
+#   prometheus-alertmanager          the shipped deploy/alertmanager/alertmanager.yml (routing, grouping,
+#                                    inhibitions), every receiver replaced by test/demo/webhook.py
 #
 # Environment:
 #   DEMO_DIR                state directory (default .demo)
 #   DEMO_REDIS_PORT=6379 DEMO_EXPORTER_PORT=9808 DEMO_PROMETHEUS_PORT=9090
 #   DEMO_ALERTMANAGER_PORT=9093 DEMO_WEBHOOK_PORT=9099
+#   DEMO_BROKER=rabbitmq     the broker on a local rabbitmq-server (make demo BROKER=rabbitmq), on
+#                           DEMO_AMQP_PORT=5672 with its management API on DEMO_RABBITMQ_MGMT_PORT=15672
 #   HEADLESS=1              no live alert feed in the terminal (for tests and CI)
 #   DEMO_DURATION=N         stop by itself after N seconds of running (0: until Ctrl-C)
 #   DEMO_HEAL_AFTER=N       restart a worker N seconds after it died (default 180; 0: never)
 #   CELERY_EXPORTER_BIN     the exporter binary (default ./celery_exporter, built when missing)
 #   DEMO_RATE, DEMO_LONG_CHAT, DEMO_PREF_FAIL, DEMO_ZEP_ERROR_EVERY, DEMO_BREAKER_EVERY,
 #   DEMO_BREAKER_TTL, DEMO_SEED    the load (see test/demo/loadgen.py)
+#   DEMO_UNBUFFERED_TASK_EVENTS=0  Celery's own task-event buffering, which loses events on the threads
+#                           pool (celery/celery#10434): CeleryTaskEventsLost then fires
 # Fault buttons while it runs: test/demo/fault.sh (make demo-kill-worker, demo-trip-breaker, ...).
 set -euo pipefail
 
@@ -36,6 +41,9 @@ EXPORTER_BIN=${CELERY_EXPORTER_BIN:-$DEMO_ROOT/celery_exporter}
 # leftovers killed after STOP_GRACE seconds.
 SERVICES=(redis exporter worker-chat worker-default worker-background loadgen webhook alertmanager prometheus)
 STOP_GRACE=10
+if [ "$DEMO_BROKER" = rabbitmq ]; then
+  SERVICES=(rabbitmq "${SERVICES[@]}")
+fi
 
 # --- set-up -----------------------------------------------------------------------------------
 "$DEMO_ROOT/test/deps.sh"
@@ -56,14 +64,16 @@ for f in "$RUN_DIR"/*.pid; do
 done
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for var in DEMO_REDIS_PORT DEMO_EXPORTER_PORT DEMO_PROMETHEUS_PORT DEMO_ALERTMANAGER_PORT DEMO_WEBHOOK_PORT; do
+ports=(DEMO_REDIS_PORT DEMO_EXPORTER_PORT DEMO_PROMETHEUS_PORT DEMO_ALERTMANAGER_PORT DEMO_WEBHOOK_PORT)
+[ "$DEMO_BROKER" = rabbitmq ] && ports+=(DEMO_AMQP_PORT DEMO_RABBITMQ_MGMT_PORT)
+for var in "${ports[@]}"; do
   if port_busy "${!var}"; then
     die "port ${!var} on 127.0.0.1 is in use; pick another with $var=<port> (e.g. $var=$((${!var} + 10000)))"
   fi
 done
 
 # A fresh start: only the demo's own sub-directories are removed, never DEMO_DIR itself.
-rm -rf "${RUN_DIR:?}" "${LOG_DIR:?}" "$DEMO_DIR/redis" "$DEMO_DIR/prometheus" "$DEMO_DIR/alertmanager" "$DEMO_DIR/render"
+rm -rf "${RUN_DIR:?}" "${LOG_DIR:?}" "$DEMO_DIR/redis" "$DEMO_DIR/rabbitmq" "$DEMO_DIR/prometheus" "$DEMO_DIR/alertmanager" "$DEMO_DIR/render"
 mkdir -p "$RUN_DIR" "$LOG_DIR/app" "$DEMO_DIR/redis" "$DEMO_DIR/prometheus" "$DEMO_DIR/alertmanager"
 : >"$APP_LOG"
 
@@ -83,7 +93,12 @@ fill() {
 }
 fill celery_exporter.yml
 fill prometheus.yml
-fill alertmanager.yml
+say "Alertmanager: the shipped deploy/alertmanager/alertmanager.yml, its receivers replaced by the demo's webhook"
+(
+  cd "$DEMO_ROOT"
+  go run ./test/demo/amconfig -in deploy/alertmanager/alertmanager.yml \
+    -url "http://127.0.0.1:$DEMO_WEBHOOK_PORT/alerts" -out "$DEMO_DIR/alertmanager.yml"
+)
 promtool check config "$DEMO_DIR/prometheus.yml" >"$LOG_DIR/promtool.log" 2>&1 ||
   { cat "$LOG_DIR/promtool.log" >&2; die "promtool rejected $DEMO_DIR/prometheus.yml or its rules"; }
 amtool check-config "$DEMO_DIR/alertmanager.yml" >"$LOG_DIR/amtool.log" 2>&1 ||
@@ -91,6 +106,8 @@ amtool check-config "$DEMO_DIR/alertmanager.yml" >"$LOG_DIR/amtool.log" 2>&1 ||
 
 # What fault.sh needs to find this demo.
 cat >"$DEMO_DIR/env" <<EOF
+DEMO_BROKER=$DEMO_BROKER
+DEMO_AMQP_PORT=$DEMO_AMQP_PORT
 DEMO_REDIS_PORT=$DEMO_REDIS_PORT
 DEMO_EXPORTER_PORT=$DEMO_EXPORTER_PORT
 DEMO_PROMETHEUS_PORT=$DEMO_PROMETHEUS_PORT
@@ -113,6 +130,13 @@ stop_all() {
     case $name in
       # Celery's main process shuts its pool down itself and says worker-offline.
       worker-*) pid=$(pid_of "$name") && kill -TERM "$pid" 2>/dev/null || true ;;
+      # The node runs under su (Debian's wrapper): signalling our child would stop only su.
+      rabbitmq)
+        (
+          rabbitmqctl_demo shutdown >/dev/null 2>&1 || signal_group rabbitmq TERM
+          env ERL_EPMD_PORT=$((DEMO_AMQP_PORT - 1000)) epmd -kill >/dev/null 2>&1 || true # the node's own epmd
+        ) &
+        ;;
       *) signal_group "$name" TERM ;;
     esac
   done
@@ -159,12 +183,32 @@ for ((i = 0; ; i++)); do
   sleep 0.1
 done
 
+exporter_broker_flags=()
+if [ "$DEMO_BROKER" = rabbitmq ]; then
+  say "starting rabbitmq-server on 127.0.0.1:$DEMO_AMQP_PORT (management API on $DEMO_RABBITMQ_MGMT_PORT; boots in 5-30s)"
+  d=$DEMO_DIR/rabbitmq
+  mkdir -p "$d/mnesia" "$d/log" "$d/plugins-expand"
+  echo '[rabbitmq_management].' >"$d/enabled_plugins"
+  printf 'listeners.tcp.default = 127.0.0.1:%s\nmanagement.tcp.port = %s\nmanagement.tcp.ip = 127.0.0.1\n' \
+    "$DEMO_AMQP_PORT" "$DEMO_RABBITMQ_MGMT_PORT" >"$d/rabbitmq.conf"
+  # Debian's wrapper runs the node as the rabbitmq user when started as root.
+  [ "$(id -u)" = 0 ] && chown -R rabbitmq:rabbitmq "$d"
+  mapfile -t renv < <(rabbitmq_env)
+  start_proc rabbitmq env "${renv[@]}" rabbitmq-server
+  for ((i = 0; ; i++)); do
+    rabbitmqctl_demo await_startup --timeout 10 >/dev/null 2>&1 && break
+    alive rabbitmq && [ "$i" -lt 30 ] || { tail -n 20 "$LOG_DIR/rabbitmq.log" >&2; die "rabbitmq-server did not start"; }
+    sleep 1
+  done
+  exporter_broker_flags=(--broker.management-url="http://127.0.0.1:$DEMO_RABBITMQ_MGMT_PORT")
+fi
+
 say "starting celery_exporter on 127.0.0.1:$DEMO_EXPORTER_PORT"
 # Remote control every 5s rather than 15s so a killed worker's queues show sooner. The scrape
 # deadline stays below the demo Prometheus' scrape_timeout (4s).
 start_proc exporter "$EXPORTER_BIN" \
   --scrape.timeout=3s \
-  --broker.url="$BROKER_URL" \
+  --broker.url="$BROKER_URL" "${exporter_broker_flags[@]}" \
   --web.listen-address="127.0.0.1:$DEMO_EXPORTER_PORT" \
   --config.file="$DEMO_DIR/celery_exporter.yml" \
   --celery.default-queue=default \
@@ -202,14 +246,17 @@ cat <<EOF
   Exporter       http://127.0.0.1:$DEMO_EXPORTER_PORT/metrics
   Prometheus     http://127.0.0.1:$DEMO_PROMETHEUS_PORT/alerts    (rules: /rules, targets: /targets)
   Alertmanager   http://127.0.0.1:$DEMO_ALERTMANAGER_PORT/
-  Redis          redis-cli -p $DEMO_REDIS_PORT -n 1   (the broker; DB 0 is the Django cache with the Zep breaker)
+  Broker         $BROKER_URL   (RabbitMQ: rabbitmqctl -n $RABBITMQ_NODE list_queues, with test/demo/lib.sh's rabbitmq_env)
+  Redis          redis-cli -p $DEMO_REDIS_PORT   (DB 0 is the Django cache with the Zep breaker; DB 1 the broker on Redis)
   Celery         test/demo/fault.sh celery inspect active_queues
 
-  Fault buttons (in another terminal); each makes its alert fire within about a minute:
-    make demo-kill-worker          SIGKILL the background worker   -> CeleryWorkersBelowExpected, CeleryQueueWithoutConsumers
-    make demo-trip-breaker         open the Zep breaker for 120s   -> ZepMemoryDegraded
-    make demo-flood QUEUE=chat     80 slow tasks on one queue      -> CeleryQueueBacklog
-    make demo-zep-error            a chat message logs zep_call_error -> ZepCallErrors
+  At rest no alert fires. Fault buttons (in another terminal); each makes exactly the alerts after
+  its arrow fire within about two minutes; those in brackets fire in Prometheus but Alertmanager
+  holds them back (one incident, one page):
+    make demo-kill-worker          SIGKILL the background worker      -> CeleryWorkersBelowExpected [CeleryQueueWithoutConsumers CeleryQueueBacklog CeleryQueueBacklogCritical]
+    make demo-trip-breaker         open the Zep breaker for 120s      -> ZepMemoryDegraded
+    make demo-flood QUEUE=chat     80 slow tasks on one queue         -> CeleryQueueBacklog
+    make demo-log-error            a chat message logs zep_call_error -> ZepCallErrors
     test/demo/fault.sh help        all of them (heal, close-breaker, purge QUEUE, alerts, ...)
   A killed worker comes back by itself after ${DEMO_HEAL_AFTER}s (DEMO_HEAL_AFTER=0: never).
 
@@ -258,7 +305,7 @@ while :; do
       start_worker "$w"
     fi
   done
-  for name in redis webhook alertmanager prometheus exporter loadgen; do
+  for name in redis webhook alertmanager prometheus exporter loadgen $([ "$DEMO_BROKER" = rabbitmq ] && echo rabbitmq); do
     if ! alive "$name" && [ -z "${reported[$name]:-}" ]; then
       reported[$name]=1
       say "$name exited unexpectedly; last lines of $LOG_DIR/$name.log:"

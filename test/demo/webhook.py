@@ -25,9 +25,10 @@ class Handler(BaseHTTPRequestHandler):
             extra = " ".join("%s=%s" % (k, v) for k, v in sorted(labels.items())
                              if k not in ("alertname", "severity", "job", "instance"))
             summary = (a.get("annotations") or {}).get("summary", "")
-            print("%s alertmanager: %-8s %s [%s] %s %s" % (
-                time.strftime("%H:%M:%S"), (a.get("status") or "").upper(), labels.get("alertname"),
-                labels.get("severity", ""), extra, ("- " + summary) if summary else ""), flush=True)
+            print("%s alertmanager -> %s: %-8s %s [%s] %s %s" % (
+                time.strftime("%H:%M:%S"), body.get("receiver", "?"), (a.get("status") or "").upper(),
+                labels.get("alertname"), labels.get("severity", ""), extra, ("- " + summary) if summary else ""),
+                flush=True)
         self.send_response(200)
         self.end_headers()
 

@@ -232,6 +232,20 @@ func InspectWith(t testing.TB, brokerURL string, transportOptions map[string]any
 	return string(out)
 }
 
+// Control runs `celery control <command> [args]` with Celery's own client (enable_events,
+// disable_events, ...) and returns its output; it fails the test when no worker answered.
+func Control(t testing.TB, brokerURL, command string, args ...string) string {
+	t.Helper()
+	RequirePython(t, "celery")
+	argv := append([]string{"-m", "celery", "-A", "celeryapp.app", "control", command}, args...)
+	argv = append(argv, "--timeout", "2")
+	out, errOut, err := runPython(t, time.Minute, brokerURL, nil, nil, argv...)
+	if err != nil {
+		t.Fatalf("celery control %s: %v\nstdout: %s\nstderr: %s", command, err, out, errOut)
+	}
+	return string(out)
+}
+
 // InspectJSON is Inspect decoded: node name -> reply. No reply at all gives an empty map.
 func InspectJSON(t testing.TB, brokerURL, command string, args ...string) map[string]any {
 	t.Helper()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -378,9 +379,7 @@ func (m Metrics) Samples(name string) []Sample {
 
 func copyLabels(l map[string]string) map[string]string {
 	c := make(map[string]string, len(l)+1)
-	for k, v := range l {
-		c[k] = v
-	}
+	maps.Copy(c, l)
 	return c
 }
 

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // PromConfig is a small Prometheus configuration for tests (see PrometheusConfig).
@@ -23,6 +23,9 @@ type PromConfig struct {
 	Jobs               map[string][]string // job name -> host:port targets
 	Alertmanagers      []string            // host:port
 	ExternalLabels     map[string]string
+	// DropMetrics are metric names every job drops at scrape time (metric_relabel_configs), e.g.
+	// to show the rules a target without one of its series.
+	DropMetrics []string
 }
 
 // PrometheusConfig renders c as prometheus.yml text.
@@ -44,10 +47,16 @@ func PrometheusConfig(c PromConfig) string {
 	cfg := map[string]any{"global": global}
 	var scrapes []any
 	for job, targets := range c.Jobs {
-		scrapes = append(scrapes, map[string]any{
+		sc := map[string]any{
 			"job_name":       job,
 			"static_configs": []any{map[string]any{"targets": targets}},
-		})
+		}
+		if len(c.DropMetrics) > 0 {
+			sc["metric_relabel_configs"] = []any{map[string]any{
+				"source_labels": []string{"__name__"}, "regex": strings.Join(c.DropMetrics, "|"), "action": "drop",
+			}}
+		}
+		scrapes = append(scrapes, sc)
 	}
 	if scrapes != nil {
 		cfg["scrape_configs"] = scrapes

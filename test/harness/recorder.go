@@ -66,7 +66,7 @@ func (e Event) Bool(key string) bool {
 type Recorder struct {
 	Pattern string
 
-	conn net.Conn
+	stop func() // ends the read loop, which then closes done
 	done chan struct{}
 
 	mu      sync.Mutex
@@ -133,14 +133,14 @@ func NewRecorder(o RecorderOptions) (*Recorder, error) {
 		return nil, fmt.Errorf("PSUBSCRIBE %s: unexpected reply %#v", pattern, reply)
 	}
 	_ = c.SetDeadline(time.Time{})
-	rec := &Recorder{Pattern: pattern, conn: c, done: make(chan struct{})}
+	rec := &Recorder{Pattern: pattern, stop: func() { _ = c.Close() }, done: make(chan struct{})}
 	go rec.loop(rd)
 	return rec, nil
 }
 
 // Close disconnects and waits for the reader.
 func (r *Recorder) Close() {
-	_ = r.conn.Close()
+	r.stop()
 	<-r.done
 }
 
@@ -160,18 +160,23 @@ func (r *Recorder) loop(rd *bufio.Reader) {
 		}
 		channel, _ := a[2].(string)
 		payload, _ := a[3].(string)
-		now := time.Now()
 		evs, derr := DecodeEventMessage([]byte(payload))
-		r.mu.Lock()
-		if derr != nil {
-			r.errs = append(r.errs, fmt.Errorf("channel %s: %w", channel, derr))
-		}
-		for _, e := range evs {
-			e.Channel = channel
-			e.Received = now
-			r.events = append(r.events, e)
-		}
-		r.mu.Unlock()
+		r.add(channel, evs, derr)
+	}
+}
+
+// add keeps the events of one message (channel: the Redis channel or the AMQP routing key).
+func (r *Recorder) add(channel string, evs []Event, derr error) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if derr != nil {
+		r.errs = append(r.errs, fmt.Errorf("channel %s: %w", channel, derr))
+	}
+	for _, e := range evs {
+		e.Channel = channel
+		e.Received = now
+		r.events = append(r.events, e)
 	}
 }
 
@@ -205,6 +210,12 @@ func DecodeEventMessage(payload []byte) ([]Event, error) {
 	} else {
 		body = env.Body // an already-structured body
 	}
+	return DecodeEventBody(body)
+}
+
+// DecodeEventBody decodes an event message's body: one event dict or a list of them (task.multi),
+// possibly empty. On AMQP the message body is this JSON itself.
+func DecodeEventBody(body []byte) ([]Event, error) {
 	var raw any
 	if err := json.Unmarshal(body, &raw); err != nil {
 		return nil, fmt.Errorf("body: %w", err)
@@ -479,6 +490,54 @@ func (r *Recorder) ExpectedTaskCounters(defaultQueue string) []Sample {
 	out := make([]Sample, 0, len(counts))
 	for _, s := range counts {
 		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+// DefaultInitialExceptions is the exporter's --task.initial-exceptions default.
+var DefaultInitialExceptions = []string{"SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError"}
+
+// WithZeroSeries adds to expected task counters the series the exporter creates at 0 when a
+// (name, hostname, queue_name) first shows in a task event: succeeded, rejected, and failed for
+// each initial exception class.
+func WithZeroSeries(want []Sample, initialExceptions ...string) []Sample {
+	have := map[string]bool{}
+	type combo struct{ name, host, queue string }
+	var combos []combo
+	seen := map[combo]bool{}
+	for _, s := range want {
+		have[Sample{Name: s.Name, Labels: s.Labels}.String()] = true // the series, whatever its value
+		if s.Name == "celery_task_sent_total" {
+			continue
+		}
+		c := combo{s.Labels["name"], s.Labels["hostname"], s.Labels["queue_name"]}
+		if !seen[c] {
+			seen[c] = true
+			combos = append(combos, c)
+		}
+	}
+	out := append([]Sample(nil), want...)
+	add := func(name string, labels map[string]string) {
+		z := Sample{Name: name, Labels: labels}
+		if k := z.String(); !have[k] {
+			have[k] = true
+			out = append(out, z)
+		}
+	}
+	for _, c := range combos {
+		base := func(extra ...string) map[string]string {
+			l := map[string]string{"name": c.name, "hostname": c.host, "queue_name": c.queue}
+			for i := 0; i+1 < len(extra); i += 2 {
+				l[extra[i]] = extra[i+1]
+			}
+			return l
+		}
+		add("celery_task_succeeded_total", base())
+		add("celery_task_rejected_total", base())
+		for _, e := range initialExceptions {
+			add("celery_task_failed_total", base("exception", e))
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
 	return out

@@ -254,3 +254,35 @@ up 1
 		t.Errorf("diffs:\n%s", strings.Join(diffs, "\n"))
 	}
 }
+
+func TestWithZeroSeries(t *testing.T) {
+	l := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	w1 := []string{"name", "a", "hostname", "w1", "queue_name", "q"}
+	in := []Sample{
+		{Name: "celery_task_sent_total", Labels: l("name", "a", "queue_name", "q"), Value: 2},
+		{Name: "celery_task_received_total", Labels: l(w1...), Value: 2},
+		{Name: "celery_task_failed_total", Labels: l(append(w1, "exception", "WorkerLostError")...), Value: 1},
+		{Name: "celery_task_succeeded_total", Labels: l(w1...), Value: 1},
+	}
+	var got []string
+	for _, s := range WithZeroSeries(in, "TimeLimitExceeded", "WorkerLostError") {
+		got = append(got, s.String())
+	}
+	want := []string{
+		`celery_task_failed_total{exception="TimeLimitExceeded",hostname="w1",name="a",queue_name="q"} 0`,
+		`celery_task_failed_total{exception="WorkerLostError",hostname="w1",name="a",queue_name="q"} 1`,
+		`celery_task_received_total{hostname="w1",name="a",queue_name="q"} 2`,
+		`celery_task_rejected_total{hostname="w1",name="a",queue_name="q"} 0`,
+		`celery_task_sent_total{name="a",queue_name="q"} 2`,
+		`celery_task_succeeded_total{hostname="w1",name="a",queue_name="q"} 1`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

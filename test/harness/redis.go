@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -170,4 +171,30 @@ func (r *Redis) Do(args ...string) (string, error) {
 		return "", fmt.Errorf("redis: %s", line[1:])
 	}
 	return line, nil
+}
+
+// GoTool returns the path of a tool test/gotools.sh installs (helm, kustomize, jsonnet): from
+// PATH, else from its cache directory. Missing, it fails under CI=true and skips loudly elsewhere.
+func GoTool(t testing.TB, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	dir := os.Getenv("CELERY_EXPORTER_TOOLS")
+	if dir == "" {
+		if cache, err := os.UserCacheDir(); err == nil {
+			dir = filepath.Join(cache, "celery_exporter", "tools")
+		}
+	}
+	if p := filepath.Join(dir, name); dir != "" {
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p
+		}
+	}
+	msg := fmt.Sprintf("%s is not installed: run `make deps` (or test/gotools.sh) to build it from the Go module proxy", name)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip("SKIPPED, NOT TESTED: " + msg)
+	return ""
 }

@@ -1,6 +1,6 @@
 package integration
 
-// Application signals (issue 4): the seed app's circuit breaker written by the real library the
+// Application signals: the seed app's circuit breaker written by the real library the
 // app uses (Django's cache API over django-redis, Debian's python3-django-redis) into a real
 // redis-server, and log files written, rotated and truncated while they are read. The scrapers
 // run in-process behind collector.Exporter; expected values come from what the Python helper

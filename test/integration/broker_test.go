@@ -181,9 +181,9 @@ func TestBrokerUnackedPrefetch(t *testing.T) {
 	expectSeries(t, m, "celery_broker_unacked_messages", nil, mustAtoi(t, strings.TrimPrefix(hlen, ":")))
 	expectSeries(t, m, "celery_exporter_unacked_scan_truncated", nil, 0)
 	// The stats reply agrees on the window.
-	m = e.WaitFor(t, brokerScrapeTimeout, func(m harness.Metrics) bool { return m.Has("celery_worker_prefetch_count") })
+	m = e.WaitFor(t, brokerScrapeTimeout, func(m harness.Metrics) bool { return m.Has("celery_worker_prefetch_messages") })
 	for _, n := range []string{"late@harness", "early@harness"} {
-		expectSeries(t, m, "celery_worker_prefetch_count", map[string]string{"hostname": n}, 4)
+		expectSeries(t, m, "celery_worker_prefetch_messages", map[string]string{"hostname": n}, 4)
 	}
 }
 

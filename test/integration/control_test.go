@@ -93,7 +93,7 @@ func TestControlQueuesMatchInspect(t *testing.T) {
 		h := map[string]string{"hostname": node}
 		expectSeries(t, m, "celery_worker_ping_ok", h, 1)
 		expectSeries(t, m, "celery_worker_pool_max_concurrency", h, st["pool"].(map[string]any)["max-concurrency"].(float64))
-		expectSeries(t, m, "celery_worker_prefetch_count", h, st["prefetch_count"].(float64))
+		expectSeries(t, m, "celery_worker_prefetch_messages", h, st["prefetch_count"].(float64))
 		for name, n := range st["total"].(map[string]any) {
 			expectSeries(t, m, "celery_worker_tasks_accepted_total", map[string]string{"hostname": node, "name": name}, n.(float64))
 		}
@@ -147,7 +147,7 @@ type aliveWorkers []string
 
 func (a aliveWorkers) WorkerNames() (alive, known []string) { return a, a }
 
-// TestControlThousandRounds runs a thousand remote-control rounds (ping, active_queues, stats)
+// TestControlThousandRounds runs a thousand remote-control rounds (ping, active_queues, stats, active)
 // against real workers of each pool. Every round ends as soon as each worker answered every call,
 // so the thousand rounds take seconds. The workers must still be alive and answering, and nothing
 // may be left in Redis.
@@ -188,7 +188,7 @@ func TestControlThousandRounds(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d rounds of ping+active_queues+stats to %d workers in %v", rounds, len(ws), time.Since(start))
+	t.Logf("%d rounds of ping+active_queues+stats+active to %d workers in %v", rounds, len(ws), time.Since(start))
 
 	for _, w := range ws {
 		if w.Exited() {
@@ -475,7 +475,7 @@ func TestControlRoundOnTheWire(t *testing.T) {
 			seq = append(seq, e.name)
 		}
 	}
-	if got, want := strings.Join(seq, " "), "sadd publish publish publish brpop srem del"; got != want {
+	if got, want := strings.Join(seq, " "), "sadd publish publish publish publish brpop srem del"; got != want {
 		t.Fatalf("exporter's commands (repeated brpop folded) = %q, want %q", got, want)
 	}
 	sadd := regexp.MustCompile(`^"sadd" "_kombu\.binding\.reply\.celery\.pidbox" "([0-9a-f-]{36})\\x06\\x16\\x06\\x16([0-9a-f-]{36})\.reply\.celery\.pidbox"$`).
@@ -484,7 +484,7 @@ func TestControlRoundOnTheWire(t *testing.T) {
 		t.Fatalf("SADD = %s", mine[0].line)
 	}
 	oid := sadd[1]
-	for _, p := range mine[1:4] {
+	for _, p := range mine[1:5] {
 		if !strings.HasPrefix(monitorArgs(p.line), `"publish" "/3.celery.pidbox" "{`) {
 			t.Errorf("PUBLISH = %.120s, want to /3.celery.pidbox", p.line)
 		}
@@ -526,8 +526,8 @@ func TestControlRoundOnTheWire(t *testing.T) {
 			}
 		}
 	}
-	if lpush != 3 || lookups < 3 {
-		t.Errorf("the worker looked the binding up %d times and pushed %d replies to %s; want 3 and 3 (ping, active_queues, stats)", lookups, lpush, q)
+	if lpush != 4 || lookups < 4 {
+		t.Errorf("the worker looked the binding up %d times and pushed %d replies to %s; want 4 and 4 (ping, active_queues, stats, active)", lookups, lpush, q)
 	}
 }
 

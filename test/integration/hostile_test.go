@@ -127,7 +127,7 @@ func netOutput(t *testing.T, c *redis.Client) int64 {
 	return 0
 }
 
-// A breaker or app value of 20 MB (issue 11, finding 11: a 100 MB one was read whole at every
+// A breaker or app value of 20 MB (a 100 MB one was read whole at every
 // scrape, 2.1 GiB RSS under 10 scrapers) is refused after reading its first MiB: the real Redis
 // sends a bounded amount per scrape, the read is counted as oversize.
 func TestHostileOversizeAppValueIsNotFetched(t *testing.T) {
@@ -168,7 +168,7 @@ func TestHostileOversizeAppValueIsNotFetched(t *testing.T) {
 	}
 }
 
-// The broker back after an outage of 14s (issue 11, finding 13: the backoff had grown to 30s, so
+// The broker back after an outage of 14s (the backoff had grown to 30s, so
 // the exporter resubscribed 11s after the broker's return): subscribed again within seconds.
 // While down, /-/ready answers 503 and the gap is counted.
 func TestHostileResubscribesSoonAfterOutage(t *testing.T) {

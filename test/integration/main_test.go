@@ -13,5 +13,6 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	harness.CleanupBuilds()
+	harness.ShutdownShared()
 	os.Exit(code)
 }

@@ -76,3 +76,36 @@ func TestWebConfigBasicAuthAndLandingPage(t *testing.T) {
 		t.Errorf("--version: %v %s", err, out)
 	}
 }
+
+// An exporter set up for danihodovic/celery-exporter keeps working: its CE_BROKER_URL variable is
+// read (with a warning) and its probe path /health answers as /-/healthy does. With no broker URL
+// anywhere the exporter stops at start with a clear error instead of watching localhost.
+func TestOldExporterNamesAndNoBrokerURL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	redis := harness.StartRedis(t)
+	exp := harness.StartExporterEnv(t, []string{"CE_BROKER_URL=" + redis.URL(0)}, "--control.disabled")
+	exp.WaitReady(t, 30*time.Second) // subscribed to the events on the broker CE_BROKER_URL names
+	for _, path := range []string{"/health", "/-/healthy"} {
+		code, body, err := exp.Get(path)
+		if err != nil || code != http.StatusOK || body != "Healthy\n" {
+			t.Errorf("GET %s: %d %q %v, want 200 \"Healthy\\n\"", path, code, body, err)
+		}
+	}
+	if log := exp.Log(); !strings.Contains(log, "broker URL taken from CE_BROKER_URL") || !strings.Contains(log, "level=warn") {
+		t.Errorf("no warning about CE_BROKER_URL in the log:\n%s", harness.Tail(log, 20))
+	}
+
+	bare := harness.LaunchExporter(t, nil, "--control.disabled")
+	deadline := time.Now().Add(15 * time.Second)
+	for !bare.Exited() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the exporter without a broker URL still runs after 15s:\n%s", harness.Tail(bare.Log(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if log := bare.Log(); !strings.Contains(log, "no broker URL: set --broker.url") || strings.Contains(log, "starting celery_exporter") {
+		t.Errorf("want an exit before start with the broker URL error:\n%s", harness.Tail(log, 20))
+	}
+}

@@ -1,0 +1,161 @@
+package rules_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/celery-exporter/celery_exporter/test/harness"
+)
+
+type mixinOut struct {
+	Alerts     struct{ Groups []map[string]any } `json:"alerts"`
+	Rules      struct{ Groups []map[string]any } `json:"rules"`
+	Dashboards map[string]any                    `json:"dashboards"`
+	Selector   string                            `json:"selector"`
+}
+
+// evalMixin evaluates mixin.libsonnet with go-jsonnet, the _config overrides given as jsonnet.
+func evalMixin(t *testing.T, jsonnet, overrides string) mixinOut {
+	t.Helper()
+	code := `local m = (import "mixin.libsonnet") + { _config+:: ` + overrides + ` };
+{ alerts: m.prometheusAlerts, rules: m.prometheusRules, dashboards: m.grafanaDashboards, selector: m._config.renderedSelector }`
+	cmd := exec.Command(jsonnet, "-J", ".", "-e", code)
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("jsonnet: %v\n%s", err, out)
+	}
+	var m mixinOut
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("jsonnet output: %v", err)
+	}
+	return m
+}
+
+// asJSON normalises a YAML or JSON value to what encoding/json makes of it.
+func asJSON(t *testing.T, v any) any {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out any
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestMixinMatchesRenderedFiles evaluates the mixin with its default _config: its recording and
+// alerting groups are, in order, exactly the rendered rule file's, and its dashboards exactly
+// the rendered dashboards/*.json; its selector is rules/config.yaml's.
+func TestMixinMatchesRenderedFiles(t *testing.T) {
+	jsonnet := harness.GoTool(t, "jsonnet")
+	m := evalMixin(t, jsonnet, "{}")
+
+	b, err := os.ReadFile(filepath.Join(root, "rules/celery.rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rf struct{ Groups []any }
+	if err := yaml.Unmarshal(b, &rf); err != nil {
+		t.Fatal(err)
+	}
+	got := asJSON(t, append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...))
+	if want := asJSON(t, rf.Groups); !reflect.DeepEqual(got, want) {
+		t.Errorf("prometheusRules.groups + prometheusAlerts.groups differ from rules/celery.rules.yml")
+	}
+	files, _ := filepath.Glob(filepath.Join(root, "dashboards", "*.json"))
+	var names []string
+	for _, f := range files {
+		names = append(names, filepath.Base(f))
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want any
+		if err := json.Unmarshal(b, &want); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(asJSON(t, m.Dashboards[filepath.Base(f)]), want) {
+			t.Errorf("grafanaDashboards[%q] differs from dashboards/%s", filepath.Base(f), filepath.Base(f))
+		}
+	}
+	var keys []string
+	for k := range m.Dashboards {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	if len(names) == 0 || !slices.Equal(keys, names) {
+		t.Errorf("grafanaDashboards has %v, dashboards/ has %v", keys, names)
+	}
+	if cfg := loadSeedConfig(t); m.Selector != cfg.Selector {
+		t.Errorf("mixin renderedSelector %q, rules/config.yaml selector %q", m.Selector, cfg.Selector)
+	}
+}
+
+// TestMixinOverrides: _config's selector reaches every rule, an alert's severity, `for` and
+// labels are set, a disabled alert is gone, the others are untouched.
+func TestMixinOverrides(t *testing.T) {
+	jsonnet := harness.GoTool(t, "jsonnet")
+	def := evalMixin(t, jsonnet, "{}")
+	m := evalMixin(t, jsonnet, `{
+  selector: 'job="shop", namespace="prod"',
+  alertLabels: { team: 'payments' },
+  alerts+: {
+    CeleryTaskSlow: { severity: 'critical', 'for': '20m', labels: { tier: 'backend' } },
+    CeleryWorkerHighMemory: { enabled: false },
+  },
+}`)
+	const newSel = `job="shop", namespace="prod"`
+	// count returns the alerts by name and how many rules carry the default and the new selector.
+	count := func(o mixinOut) (alerts map[string]map[string]any, oldSel, withNew int) {
+		alerts = map[string]map[string]any{}
+		for _, g := range append(append([]map[string]any{}, o.Rules.Groups...), o.Alerts.Groups...) {
+			for _, r := range g["rules"].([]any) {
+				r := r.(map[string]any)
+				expr := r["expr"].(string)
+				if strings.Contains(expr, def.Selector) {
+					oldSel++
+				}
+				if strings.Contains(expr, newSel) {
+					withNew++
+				}
+				if a, ok := r["alert"].(string); ok {
+					alerts[a] = r
+				}
+			}
+		}
+		return alerts, oldSel, withNew
+	}
+	defAlerts, defSel, _ := count(def)
+	alerts, left, withNew := count(m)
+	if defSel == 0 || left != 0 || withNew != defSel {
+		t.Errorf("selector: %d rules carry the default; after the override %d still do and %d carry the new one", defSel, left, withNew)
+	}
+	if _, ok := alerts["CeleryWorkerHighMemory"]; ok || len(alerts) != len(defAlerts)-1 {
+		t.Errorf("disabled alert still there, or others gone: %d alerts, default %d", len(alerts), len(defAlerts))
+	}
+	slow := alerts["CeleryTaskSlow"]
+	labels := slow["labels"].(map[string]any)
+	if slow["for"] != "20m" || labels["severity"] != "critical" || labels["tier"] != "backend" || labels["team"] != "payments" {
+		t.Errorf("CeleryTaskSlow overrides not applied: for %v, labels %v", slow["for"], labels)
+	}
+	for name, a := range alerts {
+		if name == "CeleryTaskSlow" {
+			continue
+		}
+		d := defAlerts[name]
+		if a["for"] != d["for"] || a["labels"].(map[string]any)["severity"] != d["labels"].(map[string]any)["severity"] {
+			t.Errorf("%s changed without an override", name)
+		}
+	}
+}
