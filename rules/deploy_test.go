@@ -223,7 +223,7 @@ func TestAlertmanagerSecretsAndGrouping(t *testing.T) {
 // receivers swapped for a webhook) against the alerts one killed prefork worker raises in
 // Prometheus, in the order they fire: the worker count, then its three queues without consumers,
 // then their backlogs. On-call gets one notification, of CeleryWorkersBelowExpected; chat gets
-// the backlog of a queue that still has its consumer and nothing else. Issue 9 saw four pages.
+// the backlog of a queue that still has its consumer and nothing else. The old config sent four pages.
 func TestAlertmanagerOneDeadWorkerPagesOnce(t *testing.T) {
 	harness.Require(t, harness.AlertmanagerBinary)
 	shipped, err := os.ReadFile(filepath.Join(root, alertmanagerFile))

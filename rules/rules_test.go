@@ -44,7 +44,7 @@ var issueAlerts = []struct {
 	{"ZepCallErrors", "warning", "", []string{`event="zep_call_error"`, "[15m]"}},
 	{"ZepMemoryDegraded", "warning", "1m", []string{`celery:breaker_open:max{breaker="zep"} == 1`}},
 	{"PreferenceExtractionFailing", "warning", "", []string{`name=~"(.+[.])?extract_preferences_async"`, `event="preferences_extract_failed"`, "[15m]"}},
-	// Issue 9: watch the watchers, stuck tasks, lost task events.
+	// Watch the watchers, stuck tasks, lost task events.
 	{"CeleryExporterCollectorFailing", "warning", "5m", []string{`celery_exporter_collector_success{job="celery"} == 0`}},
 	{"CeleryExporterConfigReloadFailed", "warning", "", []string{`celery_exporter_config_last_reload_successful{job="celery"} == 0`}},
 	{"CeleryExporterEventsDropped", "warning", "", []string{`reason="buffer_full"`, "celery_exporter_label_overflow_total", "[15m]"}},

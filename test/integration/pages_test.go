@@ -9,7 +9,7 @@ import (
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
-// Issue 9: the series the alert rules need so that every first event pages, a hung task shows,
+// The series the alert rules need so that every first event pages, a hung task shows,
 // lost task events are measured, and a failed source is the one that reads unhealthy.
 
 func skipShort(t *testing.T) {
