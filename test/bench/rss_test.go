@@ -120,7 +120,7 @@ func BenchmarkRSSHostileFlood(b *testing.B) {
 }
 
 // BenchmarkRSSScrapeStorm: a legitimate large /metrics (1000 task names × 20 workers, a full
-// task life each) scraped by 20 clients at once, 5 times over ().
+// task life each) scraped by 20 clients at once, 5 times over.
 func BenchmarkRSSScrapeStorm(b *testing.B) {
 	const names, workers = 1000, 20
 	for i := 0; i < b.N; i++ {
