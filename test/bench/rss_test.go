@@ -97,7 +97,7 @@ func waitEvents(b *testing.B, exp *harness.Exporter, n, per float64) {
 }
 
 // BenchmarkRSSHostileFlood: 200,000 task lives, each on its own queue name, with 200-byte uuids
-// and 50 task names of over 1 KiB (), then one scrape.
+// and 50 task names of over 1 KiB, then one scrape.
 func BenchmarkRSSHostileFlood(b *testing.B) {
 	const tasks = 200000
 	for i := 0; i < b.N; i++ {
