@@ -179,7 +179,17 @@ func TestConfigValidation(t *testing.T) {
 	}{
 		{"typo in a field", "backlog_warning: 5", "backlog_warnin: 5", "field backlog_warnin not found"},
 		{"bad duration", "stale_after: 5m", "stale_after: 5 minutes", `not a Prometheus duration: "5 minutes"`},
-		{"unknown alert", "  ZepMemoryDegraded: 1m", "  ZepMemoryDegradedd: 1m", "field for.ZepMemoryDegraded: missing"},
+		{"unknown alert", "  CeleryTaskSlow: 10m", "  CeleryTaskSloww: 10m", "field for.CeleryTaskSlow: missing"},
+		{"unknown alert under for", "  CeleryTaskSlow: 10m", "  CeleryTaskSlow: 10m\n  NoSuchAlert: 1m", "field for.NoSuchAlert: unknown alert"},
+		{"unknown app alert kind", "kind: breaker_open", "kind: breaker_closed", "field app_alerts[1].kind: must be one of breaker_open, log_event, task_failures, app_value_above"},
+		{"app alert without its breaker", "    breaker: zep\n", "", "field app_alerts[1].breaker: must name the breaker"},
+		{"app alert without events", "    events: [zep_call_error]\n", "", "field app_alerts[0].events: must list at least one log event"},
+		{"app alert with a field its kind ignores", "    events: [zep_call_error]\n", "    events: [zep_call_error]\n    threshold: 3\n", "field app_alerts[0].threshold: not read by kind log_event"},
+		{"app alert without a task", "    task: extract_preferences_async\n", "", "field app_alerts[2].task: must name the task"},
+		{"duplicate app alert", "alert: ZepMemoryDegraded", "alert: ZepCallErrors", "field app_alerts[1].alert: duplicate alert name ZepCallErrors"},
+		{"app alert named like a built-in", "alert: ZepCallErrors", "alert: CeleryTaskSlow", "field app_alerts[0].alert: CeleryTaskSlow is a built-in alert"},
+		{"app alert without severity", "    severity: warning\n    summary: The app", "    summary: The app", `field app_alerts[0].severity: must be a plain label value, got ""`},
+		{"app alert without summary", "    summary: The app logged Zep call errors.\n", "", "field app_alerts[0]: summary and description must not be empty"},
 		{"unknown window", "  time_limit: 15m", "  time_limits: 15m", "field windows.time_limit: must be a positive duration"},
 		{"selector with braces", `selector: job="celery"`, `selector: '{job="celery"}'`, "field selector: label matchers without braces"},
 		{"empty selector", `selector: job="celery"`, `selector: ""`, "field selector: must hold at least one label matcher"},
@@ -340,7 +350,7 @@ func TestAlertOverrides(t *testing.T) {
 	if s := got["CeleryWorkerLost"].Labels["severity"]; s != "page" {
 		t.Errorf("CeleryWorkerLost severity %q, want page", s)
 	}
-	if s := got["CeleryQueueBacklogCritical"].Labels["severity"]; s != "critical" || len(got) != len(bundle.AlertNames())-1-len(exporterGroup) {
+	if s := got["CeleryQueueBacklogCritical"].Labels["severity"]; s != "critical" || len(got) != len(loadSeedConfig(t).AlertNames())-1-len(exporterGroup) {
 		t.Errorf("other alerts changed: %d rendered, backlog critical severity %q", len(got), s)
 	}
 

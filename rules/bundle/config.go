@@ -2,7 +2,8 @@
 // Kubernetes wrappers from one configuration of selectors and thresholds (rules/config.yaml).
 //
 // Everything application-specific (job selector, expected workers and queues, thresholds, the
-// breaker, log event and task names) comes from Config; nothing is hard-wired in the templates.
+// app alerts on breakers, log events, tasks and app values) comes from Config; the code knows
+// only the kinds of app alerts, never an app's names.
 // Render is deterministic: the same Config always gives byte-identical files, so the committed
 // files can be checked for staleness (Check) and a test can render a variant (short windows, short
 // `for`) into a temporary directory.
@@ -74,16 +75,18 @@ type Config struct {
 	} `yaml:"events"`
 
 	App struct {
-		Breaker               string   `yaml:"breaker"`
-		ZepErrorEvent         string   `yaml:"zep_error_event"`
-		PreferenceTask        string   `yaml:"preference_task"`
-		PreferenceFailedEvent string   `yaml:"preference_failed_event"`
-		LogEvents             []string `yaml:"log_events"`
+		// LogEvents are shown one stat each on the "Celery / App signals" dashboard.
+		LogEvents []string `yaml:"log_events"`
 	} `yaml:"app"`
+
+	// AppAlerts are the alerts on the application's own signals (breakers, log events, task
+	// failures, app values), each of a kind (see AppKinds).
+	AppAlerts []AppAlert `yaml:"app_alerts"`
 
 	// Windows are the ranges of the rate/increase based rules, by name (see WindowNames).
 	Windows map[string]Duration `yaml:"windows"`
-	// For holds each alert's `for`, by alert name; 0 fires on the first evaluation.
+	// For holds each built-in alert's `for`, by alert name; 0 fires on the first evaluation. An
+	// app alert's name here overrides the `for` of its entry.
 	For map[string]Duration `yaml:"for"`
 	// Alerts turns built-in alerts off or changes their severity, by alert name.
 	Alerts map[string]AlertOverride `yaml:"alerts"`
@@ -114,20 +117,19 @@ func (c *Config) AlertEnabled(name string) bool {
 
 // Window names, the keys of Config.Windows.
 const (
-	WindowTaskFailureRatio  = "task_failure_ratio"
-	WindowTaskRuntime       = "task_runtime"
-	WindowTimeLimit         = "time_limit"
-	WindowWorkerLost        = "worker_lost"
-	WindowZepCallErrors     = "zep_call_errors"
-	WindowPreferenceFailure = "preference_failures"
-	WindowTaskEventsLost    = "task_events_lost"
-	WindowEventsDropped     = "events_dropped"
+	WindowTaskFailureRatio = "task_failure_ratio"
+	WindowTaskRuntime      = "task_runtime"
+	WindowTimeLimit        = "time_limit"
+	WindowWorkerLost       = "worker_lost"
+	WindowAppEvents        = "app_events"
+	WindowTaskEventsLost   = "task_events_lost"
+	WindowEventsDropped    = "events_dropped"
 )
 
 // WindowNames lists every window the rules use.
 var WindowNames = []string{
 	WindowTaskFailureRatio, WindowTaskRuntime, WindowTimeLimit, WindowWorkerLost,
-	WindowZepCallErrors, WindowPreferenceFailure, WindowTaskEventsLost, WindowEventsDropped,
+	WindowAppEvents, WindowTaskEventsLost, WindowEventsDropped,
 }
 
 // Memory sources of the memory criterion (workers.memory.source).
@@ -281,14 +283,7 @@ func (c *Config) Validate() error {
 	if c.Events.StaleAfter <= 0 {
 		bad("events.stale_after", "must be a positive duration")
 	}
-	for field, v := range map[string]string{
-		"app.breaker": c.App.Breaker, "app.zep_error_event": c.App.ZepErrorEvent,
-		"app.preference_task": c.App.PreferenceTask, "app.preference_failed_event": c.App.PreferenceFailedEvent,
-	} {
-		if v == "" {
-			bad(field, "must not be empty")
-		}
-	}
+	c.validateAppAlerts(bad)
 	for _, w := range WindowNames {
 		if c.Windows[w] <= 0 {
 			bad("windows."+w, "must be a positive duration")
@@ -304,6 +299,9 @@ func (c *Config) Validate() error {
 		if _, ok := c.For[a]; !ok {
 			bad("for."+a, "missing (use 0s to fire on the first evaluation)")
 		}
+	}
+	for _, a := range c.AppAlerts {
+		names = append(names, a.Alert)
 	}
 	for a, d := range c.For {
 		if !slices.Contains(names, a) {
@@ -363,8 +361,8 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 
 // Shortened returns a copy for end-to-end tests that cannot wait production durations: rule
-// groups evaluated every interval, every non-zero `for` set to forDur, every window set to
-// window and events.stale_after to staleAfter. Selectors and thresholds are kept.
+// groups evaluated every interval, every non-zero `for` set to forDur (app alerts' too), every
+// window set to window (app alerts' too) and events.stale_after to staleAfter. Selectors and thresholds are kept.
 func (c *Config) Shortened(interval, forDur, window, staleAfter Duration) *Config {
 	s := *c
 	s.Interval = interval
@@ -380,5 +378,14 @@ func (c *Config) Shortened(interval, forDur, window, staleAfter Duration) *Confi
 		s.Windows[w] = window
 	}
 	s.Events.StaleAfter = staleAfter
+	s.AppAlerts = slices.Clone(c.AppAlerts)
+	for i, a := range s.AppAlerts {
+		if a.For > 0 {
+			s.AppAlerts[i].For = forDur
+		}
+		if a.Window > 0 {
+			s.AppAlerts[i].Window = window
+		}
+	}
 	return &s
 }

@@ -53,10 +53,10 @@ var alertOrder = []string{
 	"CeleryQueueWithoutConsumers", "CeleryQueueBacklog", "CeleryQueueBacklogCritical",
 	"CeleryTaskFailureRateHigh", "CeleryTaskTimeLimitExceeded", "CeleryWorkerLost", "CeleryTaskSlow",
 	"CeleryTaskStuck",
-	"ZepCallErrors", "ZepMemoryDegraded", "PreferenceExtractionFailing",
 }
 
-// AlertNames lists every alert the bundle defines.
+// AlertNames lists every built-in alert of the bundle (app alerts come from the config, see
+// Config.AlertNames).
 func AlertNames() []string { return append([]string(nil), alertOrder...) }
 
 // RunbookAnchor is the anchor of an alert's section in docs/runbooks.md (GitHub's heading slug).
@@ -68,6 +68,10 @@ type alert struct {
 	expr           string
 	summary, descr string
 	dash           Dashboard
+	// runbook is the anchor of the alert's section; empty uses RunbookAnchor(name).
+	runbook string
+	// forDur is the alert's `for`; built-ins take it from Config.For.
+	forDur Duration
 	// dashVars are extra Grafana variables filled from the alert's labels (var name → label).
 	dashVars [][2]string
 }
@@ -89,6 +93,9 @@ func (c *Config) RuleGroups() []RuleGroup {
 		rg := RuleGroup{Name: g.name}
 		for _, a := range g.alerts {
 			if c.AlertEnabled(a.name) {
+				if slices.Contains(alertOrder, a.name) {
+					a.forDur = c.For[a.name]
+				}
 				rg.Rules = append(rg.Rules, c.renderAlert(a))
 			}
 		}
@@ -194,7 +201,7 @@ func (c *Config) exporterAlerts() []alert {
 		expr:    c.logFilesMissing(),
 		summary: "The Celery exporter watches no log file.",
 		descr: "Exporter {{ $labels.instance }} has log events configured but has followed no log file for " + c.forText("CeleryLogFilesMissing") +
-			": the paths globs match nothing (or cannot be read), so log-event alerts such as " + c.App.ZepErrorEvent + " cannot fire.",
+			": the paths globs match nothing (or cannot be read), so the alerts on log events cannot fire.",
 		dash: DashApp,
 	}, {
 		name: "CeleryBreakerUnreadable", severity: "warning",
@@ -324,33 +331,6 @@ func (c *Config) taskAlerts() []alert {
 	}}
 }
 
-func (c *Config) appAlerts() []alert {
-	return []alert{{
-		name: "ZepCallErrors", severity: "warning",
-		expr:    "sum by (job, event) (\n  " + c.logEvents(c.App.ZepErrorEvent, c.Windows[WindowZepCallErrors]) + "\n) > 0",
-		summary: "The app logged Zep call errors.",
-		descr: "{{ $value | humanize }} {{ $labels.event }} log events in the last " + c.Windows[WindowZepCallErrors].String() +
-			": Zep memory writes failed with an unexpected exception (swallowed, so tasks still succeed).",
-		dash: DashApp,
-	}, {
-		name: "ZepMemoryDegraded", severity: "warning",
-		expr:    RecBreakerOpen + "{" + eq("breaker", c.App.Breaker) + "} == 1",
-		summary: "The Zep circuit breaker is open: memory runs degraded.",
-		// The reason lives on celery_breaker_info, which the alert itself must not depend on.
-		descr: "Breaker {{ $labels.breaker }} has been open for " + c.forText("ZepMemoryDegraded") +
-			`{{ range printf "celery_breaker_info{job=%q,breaker=%q} == 1" $labels.job $labels.breaker | query }}` +
-			` (mode {{ .Labels.mode }}, reason {{ .Labels.reason }}){{ end }}: Zep writes are skipped.`,
-		dash: DashApp,
-	}, {
-		name: "PreferenceExtractionFailing", severity: "warning",
-		expr:    "sum by (job) (\n  " + c.preferenceFailures() + "\n) > 0",
-		summary: "Preference extraction is failing.",
-		descr: "{{ $value | humanize }} " + c.App.PreferenceTask + " failures (task failures plus " + c.App.PreferenceFailedEvent +
-			" log events) in the last " + c.Windows[WindowPreferenceFailure].String() + ".",
-		dash: DashApp,
-	}}
-}
-
 // The conditions below are shared by an alert and its stat on the success criteria dashboard, so
 // the two cannot drift apart. The dashboards call them on dashConfig (raw series selected by
 // $job) and pass matchers for the recorded series and the panel's filters (mJob, mQueue); the
@@ -447,13 +427,6 @@ func (c *Config) memoryFigure() string {
 	return "peak RSS of its main process from inspect stats; prefork pool children are not included"
 }
 
-// preferenceFailures: failures of the preference task plus its failure log events in the window.
-func (c *Config) preferenceFailures() string {
-	w := c.Windows[WindowPreferenceFailure]
-	return c.increaseNew("celery_task_failed_total"+c.sel(taskName(c.App.PreferenceTask)), w) +
-		"\n  or\n  " + c.logEvents(c.App.PreferenceFailedEvent, w)
-}
-
 // forText is an alert's `for` in words for its description.
 func (c *Config) forText(alert string) string {
 	if d := c.For[alert]; d > 0 {
@@ -472,6 +445,10 @@ func (c *Config) renderAlert(a alert) Rule {
 	for _, v := range a.dashVars {
 		url += "&var-" + v[0] + "={{ $labels." + v[1] + " | urlquery }}"
 	}
+	runbook := a.runbook
+	if runbook == "" {
+		runbook = RunbookAnchor(a.name)
+	}
 	r := Rule{
 		Alert:  a.name,
 		Expr:   a.expr,
@@ -479,11 +456,11 @@ func (c *Config) renderAlert(a alert) Rule {
 		Annotations: map[string]string{
 			"summary":       a.summary,
 			"description":   a.descr,
-			"runbook_url":   c.URLs.Runbooks + "#" + RunbookAnchor(a.name),
+			"runbook_url":   c.URLs.Runbooks + "#" + runbook,
 			"dashboard_url": url,
 		},
 	}
-	if d := c.For[a.name]; d > 0 {
+	if d := a.forDur; d > 0 {
 		r.For = d.String()
 	}
 	return r
