@@ -181,6 +181,8 @@ func TestConfigValidation(t *testing.T) {
 		{"bad duration", "stale_after: 5m", "stale_after: 5 minutes", `not a Prometheus duration: "5 minutes"`},
 		{"unknown alert", "  CeleryTaskSlow: 10m", "  CeleryTaskSloww: 10m", "field for.CeleryTaskSlow: missing"},
 		{"unknown alert under for", "  CeleryTaskSlow: 10m", "  CeleryTaskSlow: 10m\n  NoSuchAlert: 1m", "field for.NoSuchAlert: unknown alert"},
+		{"expected queue ignored", "not an expected one.\n  ignore: []", "not an expected one.\n  ignore: [dlq]", `field queues.ignore: "dlq" is also expected`},
+		{"empty ignored task", "Dashboards still show them.\n  ignore: []", "Dashboards still show them.\n  ignore: [\"\"]", "field tasks.ignore: empty task name"},
 		{"unknown app alert kind", "kind: breaker_open", "kind: breaker_closed", "field app_alerts[1].kind: must be one of breaker_open, log_event, task_failures, app_value_above"},
 		{"app alert without its breaker", "    breaker: zep\n", "", "field app_alerts[1].breaker: must name the breaker"},
 		{"app alert without events", "    events: [zep_call_error]\n", "", "field app_alerts[0].events: must list at least one log event"},

@@ -55,6 +55,8 @@ type Config struct {
 		Expected        []string `yaml:"expected"`
 		BacklogWarning  float64  `yaml:"backlog_warning"`
 		BacklogCritical float64  `yaml:"backlog_critical"`
+		// Ignore lists queues the queue alerts leave out (noisy or someone else's).
+		Ignore []string `yaml:"ignore"`
 	} `yaml:"queues"`
 
 	Tasks struct {
@@ -68,6 +70,9 @@ type Config struct {
 		// has no task event; EventsLostMinTasks is the fewest processed tasks judged.
 		EventsLostRatio    float64 `yaml:"events_lost_ratio"`
 		EventsLostMinTasks float64 `yaml:"events_lost_min_tasks"`
+		// Ignore lists tasks (short names; any dotted module prefix matches) the task alerts
+		// leave out.
+		Ignore []string `yaml:"ignore"`
 	} `yaml:"tasks"`
 
 	Events struct {
@@ -253,6 +258,18 @@ func (c *Config) Validate() error {
 	for _, q := range c.Queues.Expected {
 		if q == "" {
 			bad("queues.expected", "empty queue name")
+		}
+	}
+	for _, q := range c.Queues.Ignore {
+		if q == "" {
+			bad("queues.ignore", "empty queue name")
+		} else if slices.Contains(c.Queues.Expected, q) {
+			bad("queues.ignore", "%q is also expected: an expected queue cannot be ignored", q)
+		}
+	}
+	for _, n := range c.Tasks.Ignore {
+		if n == "" {
+			bad("tasks.ignore", "empty task name")
 		}
 	}
 	if c.Queues.BacklogWarning <= 0 || c.Queues.BacklogCritical < c.Queues.BacklogWarning {

@@ -39,6 +39,30 @@ func taskName(name string) string {
 	return "name=~" + strconv.Quote("(.+[.])?"+regexp.QuoteMeta(name))
 }
 
+// notTasks excludes tasks by short name (any dotted module prefix), nil for none.
+func notTasks(names []string) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = regexp.QuoteMeta(n)
+	}
+	return []string{"name!~" + strconv.Quote("(.+[.])?("+strings.Join(quoted, "|")+")")}
+}
+
+// notQueues excludes queues by name, nil for none.
+func notQueues(names []string) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = regexp.QuoteMeta(n)
+	}
+	return []string{"queue_name!~" + strconv.Quote(strings.Join(quoted, "|"))}
+}
+
 // increaseNew is the number of events a counter counted in the window: the first event of a
 // series pages at once, also right after Prometheus or the exporter (re)started.
 //

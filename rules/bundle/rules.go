@@ -264,10 +264,11 @@ func (c *Config) workerAlerts() []alert {
 
 func (c *Config) queueAlerts() []alert {
 	queueVars := [][2]string{{"queue", "queue_name"}}
+	ign := notQueues(c.Queues.Ignore)
 	backlog := func(name, severity string, limit float64) alert {
 		return alert{
 			name: name, severity: severity,
-			expr:    RecQueueLength + " >= " + fmtFloat(limit),
+			expr:    RecQueueLength + matchers(ign...) + " >= " + fmtFloat(limit),
 			summary: "A Celery queue is backing up.",
 			descr: "Queue {{ $labels.queue_name }} holds {{ $value }} messages, at or above " + fmtFloat(limit) +
 				" for " + c.forText(name) + ".",
@@ -276,7 +277,7 @@ func (c *Config) queueAlerts() []alert {
 	}
 	return []alert{{
 		name: "CeleryQueueWithoutConsumers", severity: "critical",
-		expr:    c.queuesWithoutConsumers(),
+		expr:    c.queuesWithoutConsumers(ign...),
 		summary: "A Celery queue has no live consumer.",
 		descr: "Queue {{ $labels.queue_name }} ({{ $value }} messages) has had no live consumer for " +
 			c.forText("CeleryQueueWithoutConsumers") + ": its tasks are not processed.",
@@ -289,9 +290,10 @@ func (c *Config) queueAlerts() []alert {
 
 func (c *Config) taskAlerts() []alert {
 	taskVars := [][2]string{{"queue", "queue_name"}, {"task", "name"}}
+	ign := notTasks(c.Tasks.Ignore)
 	return []alert{{
 		name: "CeleryTaskFailureRateHigh", severity: "warning",
-		expr:    RecTaskFailureRatio + " > " + fmtFloat(c.Tasks.FailureRatio),
+		expr:    RecTaskFailureRatio + matchers(ign...) + " > " + fmtFloat(c.Tasks.FailureRatio),
 		summary: "A Celery task fails too often.",
 		descr: "{{ $value | humanizePercentage }} of the outcomes of task {{ $labels.name }} (queue {{ $labels.queue_name }}) " +
 			"in the last " + c.Windows[WindowTaskFailureRatio].String() + " were failures (threshold " +
@@ -299,14 +301,14 @@ func (c *Config) taskAlerts() []alert {
 		dash: DashTasks, dashVars: taskVars,
 	}, {
 		name: "CeleryTaskTimeLimitExceeded", severity: "warning",
-		expr:    "sum by (job, queue_name, name, exception) (\n  " + c.timeLimitsHit() + "\n) > 0",
+		expr:    "sum by (job, queue_name, name, exception) (\n  " + c.timeLimitsHit(ign...) + "\n) > 0",
 		summary: "Celery tasks hit their time limit.",
 		descr: "Task {{ $labels.name }} (queue {{ $labels.queue_name }}) failed {{ $value | humanize }} times with " +
 			"{{ $labels.exception }} in the last " + c.Windows[WindowTimeLimit].String() + ".",
 		dash: DashTasks, dashVars: taskVars,
 	}, {
 		name: "CeleryWorkerLost", severity: "warning",
-		expr:    "sum by (job, queue_name, name) (\n  " + c.tasksLost() + "\n) > 0",
+		expr:    "sum by (job, queue_name, name) (\n  " + c.tasksLost(ign...) + "\n) > 0",
 		summary: "Celery worker processes died while running tasks.",
 		descr: "Task {{ $labels.name }} (queue {{ $labels.queue_name }}) was lost or requeued {{ $value | humanize }} times " +
 			"in the last " + c.Windows[WindowWorkerLost].String() + " (WorkerLostError or task-rejected): a pool process was " +
@@ -314,7 +316,7 @@ func (c *Config) taskAlerts() []alert {
 		dash: DashTasks, dashVars: taskVars,
 	}, {
 		name: "CeleryTaskSlow", severity: "warning",
-		expr:    RecTaskRuntimeP95 + " > " + fmtFloat(c.Tasks.RuntimeP95Seconds),
+		expr:    RecTaskRuntimeP95 + matchers(ign...) + " > " + fmtFloat(c.Tasks.RuntimeP95Seconds),
 		summary: "A Celery task runs too long.",
 		descr: "The p95 runtime of task {{ $labels.name }} (queue {{ $labels.queue_name }}) is {{ $value | humanizeDuration }}, " +
 			"above " + fmtFloat(c.Tasks.RuntimeP95Seconds) + "s for " + c.forText("CeleryTaskSlow") + ".",
@@ -323,7 +325,7 @@ func (c *Config) taskAlerts() []alert {
 		// Running tasks, not finished ones: a hung task on the threads pool (no time limit there)
 		// never finishes, so CeleryTaskSlow never sees it.
 		name: "CeleryTaskStuck", severity: "warning",
-		expr:    "max by (job, queue_name, name) (celery_task_running_oldest_age_seconds" + c.sel() + ") > " + fmtFloat(c.Tasks.StuckSeconds),
+		expr:    "max by (job, queue_name, name) (celery_task_running_oldest_age_seconds" + c.sel(ign...) + ") > " + fmtFloat(c.Tasks.StuckSeconds),
 		summary: "A Celery task has been running too long.",
 		descr: "The oldest running {{ $labels.name }} task (queue {{ $labels.queue_name }}) has been running for {{ $value | humanizeDuration }}, " +
 			"above " + fmtFloat(c.Tasks.StuckSeconds) + "s: it is probably hung.",
