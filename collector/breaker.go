@@ -21,8 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/celery-exporter/celery_exporter/collector/config"
-	"github.com/celery-exporter/celery_exporter/collector/pickle"
+	"github.com/celery-exporter/celery_exporter/internal/config"
+	"github.com/celery-exporter/celery_exporter/internal/pickle"
 )
 
 var (

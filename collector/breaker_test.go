@@ -12,8 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/celery-exporter/celery_exporter/collector/config"
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/config"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
 )
 
 // The seed app's breaker as django-redis writes it (pickle protocol 4), from

@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
-	"github.com/celery-exporter/celery_exporter/collector/pidbox"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/pidbox"
 )
 
 // WorkerDirectory is what the event stream knows about workers.
@@ -105,7 +105,7 @@ type workerStats struct {
 }
 
 // ControlClient broadcasts remote-control commands and collects the replies: over Redis
-// (collector/pidbox) or AMQP (collector/amqp).
+// (internal/pidbox) or AMQP (internal/amqp).
 type ControlClient interface {
 	Broadcast(ctx context.Context, calls []pidbox.Call, o pidbox.Options) (pidbox.Result, error)
 }

@@ -13,9 +13,9 @@ import (
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/celery-exporter/celery_exporter/collector/clock"
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
-	"github.com/celery-exporter/celery_exporter/collector/pidbox/pidboxtest"
+	"github.com/celery-exporter/celery_exporter/internal/clock"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/pidbox/pidboxtest"
 )
 
 // The stats reply of a prefork worker, as Celery 5.2.6 sends it (shape of the captured one).

@@ -4,7 +4,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
 )
 
 // The defaults of every source's options live here, and only here: the command's flags show them

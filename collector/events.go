@@ -12,10 +12,10 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/celery-exporter/celery_exporter/collector/clock"
-	"github.com/celery-exporter/celery_exporter/collector/event"
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
-	"github.com/celery-exporter/celery_exporter/collector/tasks"
+	"github.com/celery-exporter/celery_exporter/internal/clock"
+	"github.com/celery-exporter/celery_exporter/internal/event"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/tasks"
 )
 
 // maxPendingEvents bounds the task events waiting for their task-sent, all tasks together
@@ -60,8 +60,8 @@ type EventOptions struct {
 	Clock     clock.Clock
 }
 
-// EventStream is where event messages come from: Redis pub/sub (collector/listener) or an AMQP
-// queue bound to the event exchange (collector/amqp). Out carries one broker message per string.
+// EventStream is where event messages come from: Redis pub/sub (internal/listener) or an AMQP
+// queue bound to the event exchange (internal/amqp). Out carries one broker message per string.
 type EventStream interface {
 	Run(ctx context.Context)
 	Out() <-chan string

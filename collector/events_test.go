@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/celery-exporter/celery_exporter/collector/clock"
+	"github.com/celery-exporter/celery_exporter/internal/clock"
 )
 
 var t0 = time.Unix(1795879460, 0)

@@ -19,8 +19,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/celery-exporter/celery_exporter/collector/config"
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/config"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
 )
 
@@ -124,7 +124,7 @@ func TestGoldenCoversRulesContract(t *testing.T) {
 		}
 	}
 	// Not from collector/'s sources: Prometheus' own series, build_info from client_golang's
-	// version collector and the config reloader's metrics (collector/config, tested there), both
+	// version collector and the config reloader's metrics (internal/config, tested there), both
 	// registered by the command, and cAdvisor's container memory.
 	elsewhere := map[string]bool{
 		"up": true, "ALERTS": true, "celery_exporter_build_info": true,

@@ -18,9 +18,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/celery-exporter/celery_exporter/collector/clock"
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
-	"github.com/celery-exporter/celery_exporter/collector/pidbox/pidboxtest"
+	"github.com/celery-exporter/celery_exporter/internal/clock"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/pidbox/pidboxtest"
 )
 
 // Helpers shared by the package's tests: building sources on fakes, feeding them, and reading

@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fastjson"
 
-	"github.com/celery-exporter/celery_exporter/collector/config"
-	"github.com/celery-exporter/celery_exporter/collector/logtail"
+	"github.com/celery-exporter/celery_exporter/internal/config"
+	"github.com/celery-exporter/celery_exporter/internal/logtail"
 )
 
 // Normalized levels: every line is counted under one of these.

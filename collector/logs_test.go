@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/celery-exporter/celery_exporter/collector/config"
-	"github.com/celery-exporter/celery_exporter/collector/logtail"
+	"github.com/celery-exporter/celery_exporter/internal/config"
+	"github.com/celery-exporter/celery_exporter/internal/logtail"
 )
 
 var seedEvents = []string{"zep_call_error", "zep_call_failure", "zep_call_skipped_circuit", "preferences_extract_failed",

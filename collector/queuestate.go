@@ -8,8 +8,8 @@ import (
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/celery-exporter/celery_exporter/collector/amqp"
-	"github.com/celery-exporter/celery_exporter/collector/clock"
+	"github.com/celery-exporter/celery_exporter/internal/amqp"
+	"github.com/celery-exporter/celery_exporter/internal/clock"
 )
 
 // QueueStateReader reads queue state from a broker that keeps it itself (RabbitMQ).

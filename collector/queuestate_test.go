@@ -10,8 +10,8 @@ import (
 
 	"github.com/go-kit/log"
 
-	"github.com/celery-exporter/celery_exporter/collector/amqp"
-	"github.com/celery-exporter/celery_exporter/collector/clock"
+	"github.com/celery-exporter/celery_exporter/internal/amqp"
+	"github.com/celery-exporter/celery_exporter/internal/clock"
 )
 
 type fakeQueueReader struct {

@@ -3,7 +3,7 @@ package collector
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/celery-exporter/celery_exporter/collector/listener"
+	"github.com/celery-exporter/celery_exporter/internal/listener"
 )
 
 var (

@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/common/version"
 
 	"github.com/celery-exporter/celery_exporter/collector"
-	amqpbroker "github.com/celery-exporter/celery_exporter/collector/amqp"
+	amqpbroker "github.com/celery-exporter/celery_exporter/internal/amqp"
 )
 
 // startAMQP starts the sources of an AMQP (RabbitMQ) broker. What it declares on the broker:

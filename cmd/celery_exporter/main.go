@@ -28,11 +28,11 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector"
-	amqpbroker "github.com/celery-exporter/celery_exporter/collector/amqp"
-	"github.com/celery-exporter/celery_exporter/collector/config"
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
-	"github.com/celery-exporter/celery_exporter/collector/listener"
-	"github.com/celery-exporter/celery_exporter/collector/pidbox"
+	amqpbroker "github.com/celery-exporter/celery_exporter/internal/amqp"
+	"github.com/celery-exporter/celery_exporter/internal/config"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/listener"
+	"github.com/celery-exporter/celery_exporter/internal/pidbox"
 )
 
 const name = "celery_exporter"

@@ -10,7 +10,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	amqpbroker "github.com/celery-exporter/celery_exporter/collector/amqp"
+	amqpbroker "github.com/celery-exporter/celery_exporter/internal/amqp"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 

@@ -8,8 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/celery-exporter/celery_exporter/collector"
-	"github.com/celery-exporter/celery_exporter/collector/event"
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/event"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
 )
 
 // The generated traffic is what the documentation says it is, and the exporter counts every event

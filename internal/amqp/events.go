@@ -11,7 +11,7 @@ import (
 	"github.com/go-kit/log/level"
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
 )
 
 // Celery's event receiver defaults (celery/app/defaults.py, event_queue_*; the same from 5.2 to

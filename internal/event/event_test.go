@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
 )
 
 type sample struct {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/celery-exporter/celery_exporter/collector/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/kombu"
 )
 
 // Handler answers one command; ok=false sends no reply (a stuck or unaware worker).

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/celery-exporter/celery_exporter/collector/event"
+	"github.com/celery-exporter/celery_exporter/internal/event"
 )
 
 // Task is the state of one task uuid. One goroutine (the event pipeline) owns a task and may read
