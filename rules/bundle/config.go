@@ -30,6 +30,10 @@ type Config struct {
 	// metric the rules read. Recorded series keep the `job` label, so alerts and dashboards
 	// can tell several selected jobs apart.
 	Selector string `yaml:"selector"`
+	// AggregationLabels are the labels every recording rule and alert keeps apart (tenants):
+	// [job] by default; in Kubernetes [namespace, job] keeps two apps with the same job in two
+	// namespaces apart ([cluster, namespace, job] across clusters). Must hold job.
+	AggregationLabels []string `yaml:"aggregation_labels"`
 	// Interval is the evaluation interval of every rule group; empty uses Prometheus' global one.
 	Interval Duration `yaml:"interval"`
 	// AlertLabels are added to every alert (e.g. team: payments).
@@ -216,12 +220,23 @@ func (c *Config) Validate() error {
 			bad("alerts."+name+".severity", "must be a plain label value, got %q", o.Severity)
 		}
 	}
+	if len(c.AggregationLabels) > 0 && !slices.Contains(c.AggregationLabels, "job") {
+		bad("aggregation_labels", "must hold job, got %v", c.AggregationLabels)
+	}
+	for i, l := range c.AggregationLabels {
+		if !labelName.MatchString(l) || slices.Contains(c.AggregationLabels[:i], l) {
+			bad("aggregation_labels", "%q is not a label name or is listed twice", l)
+		}
+		if l == "instance" || l == "hostname" || l == "queue_name" || l == "name" {
+			bad("aggregation_labels", "%q is a label the rules aggregate by themselves", l)
+		}
+	}
 	for k := range c.AlertLabels {
 		if !labelName.MatchString(k) {
 			bad("alert_labels", "%q is not a label name", k)
 		}
 		// job and instance come from the series: the inhibitions and dashboard links match on them.
-		if k == "severity" || k == "alertname" || k == "job" || k == "instance" {
+		if k == "severity" || k == "alertname" || k == "job" || k == "instance" || slices.Contains(c.AggregationLabels, k) {
 			bad("alert_labels", "%q is set by the rules", k)
 		}
 	}

@@ -3,6 +3,7 @@ package bundle
 import (
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -103,12 +104,30 @@ func (c *Config) RuleGroups() []RuleGroup {
 			groups = append(groups, rg)
 		}
 	}
+	for i := range groups {
+		for j := range groups[i].Rules {
+			groups[i].Rules[j].Expr = c.aggregate(groups[i].Rules[j].Expr)
+		}
+	}
 	if c.Interval > 0 {
 		for i := range groups {
 			groups[i].Interval = c.Interval.String()
 		}
 	}
 	return groups
+}
+
+// byJob is every grouping of the rules: they all start with job.
+var byJob = regexp.MustCompile(`\b(by|on) \(job\b`)
+
+// aggregate makes every grouping of a rule's expression keep the aggregation labels, where the
+// rules are written with job alone: `by (job, queue_name)` becomes `by (namespace, job,
+// queue_name)` with aggregation_labels [namespace, job]. One place, so no rule can forget it.
+func (c *Config) aggregate(expr string) string {
+	if len(c.AggregationLabels) == 0 || slices.Equal(c.AggregationLabels, []string{"job"}) {
+		return expr
+	}
+	return byJob.ReplaceAllString(expr, "$1 ("+strings.Join(c.AggregationLabels, ", "))
 }
 
 func (c *Config) recordingRules() []Rule {
