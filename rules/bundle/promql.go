@@ -26,11 +26,16 @@ func anyOf(label string, values []string) string {
 	if len(values) == 1 {
 		return eq(label, values[0])
 	}
+	return label + "=~" + strconv.Quote(alternatives(values))
+}
+
+// alternatives is a regexp matching exactly one of the literal values.
+func alternatives(values []string) string {
 	quoted := make([]string, len(values))
 	for i, v := range values {
 		quoted[i] = regexp.QuoteMeta(v)
 	}
-	return label + "=~" + strconv.Quote(strings.Join(quoted, "|"))
+	return strings.Join(quoted, "|")
 }
 
 // taskName matches a task by its short name or any dotted module path ending in it
@@ -44,11 +49,7 @@ func notTasks(names []string) []string {
 	if len(names) == 0 {
 		return nil
 	}
-	quoted := make([]string, len(names))
-	for i, n := range names {
-		quoted[i] = regexp.QuoteMeta(n)
-	}
-	return []string{"name!~" + strconv.Quote("(.+[.])?("+strings.Join(quoted, "|")+")")}
+	return []string{"name!~" + strconv.Quote("(.+[.])?("+alternatives(names)+")")}
 }
 
 // notQueues excludes queues by name, nil for none.
@@ -56,11 +57,7 @@ func notQueues(names []string) []string {
 	if len(names) == 0 {
 		return nil
 	}
-	quoted := make([]string, len(names))
-	for i, n := range names {
-		quoted[i] = regexp.QuoteMeta(n)
-	}
-	return []string{"queue_name!~" + strconv.Quote(strings.Join(quoted, "|"))}
+	return []string{"queue_name!~" + strconv.Quote(alternatives(names))}
 }
 
 // increaseNew is the number of events a counter counted in the window: the first event of a
