@@ -15,7 +15,7 @@ TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/celery_exporter/tools
 GOLANGCI_LINT ?= $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # Integration tests start real redis-server, Celery workers and Prometheus; they share CPU, so run
 # packages one at a time.
-TEST_FLAGS ?= -count=1 -p 1 -timeout 20m
+TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 # helm, kustomize and jsonnet, built into TOOLS_DIR by test/gotools.sh when missing.
 export CELERY_EXPORTER_TOOLS := $(TOOLS_DIR)
 export PATH := $(PATH):$(TOOLS_DIR)

@@ -97,7 +97,9 @@ type EventSource struct {
 	env   kombu.EnvelopeDecoder
 	dec   *event.Decoder
 	cache *tasks.Cache
-	holds []*tasks.Task // tasks waiting for task-sent, oldest first
+	// finished remembers the labels of tasks that just finished, for events that come late.
+	finished finishedTasks
+	holds    []*tasks.Task // tasks waiting for task-sent, oldest first
 	// pending counts the events held in holds' tasks, bounded by maxPendingEvents.
 	pending int
 
@@ -389,10 +391,15 @@ func (s *EventSource) apply(ev *event.Event) {
 }
 
 func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
-	t, _, evicted := s.cache.GetOrCreate(ev.UUID, now)
+	t, created, evicted := s.cache.GetOrCreate(ev.UUID, now)
 	if evicted != nil {
 		s.release(evicted) // its held events still count, with a fallback queue
 		s.stopRunning(evicted.UUID)
+	}
+	if created && ev.Type != event.TaskSent {
+		if f, ok := s.finished.get(ev.UUID, now); ok {
+			t.Name, t.Queue = f.name, f.queue // an event after the task's final one
+		}
 	}
 	if _, known := s.hosts[ev.Hostname]; known && ev.Type != event.TaskSent {
 		s.lastTaskEvent[ev.Hostname] = now
@@ -536,6 +543,7 @@ func (s *EventSource) applyTask(ev *event.Event, t *tasks.Task) {
 		s.stopRunning(t.UUID) // ended, or back in a queue (retried, requeued)
 	}
 	if finished {
+		s.finished.add(t.UUID, t.Name, t.Queue, s.now)
 		s.cache.Delete(t)
 	}
 }
