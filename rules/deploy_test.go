@@ -37,7 +37,7 @@ func TestAlertmanagerRoutesEveryAlert(t *testing.T) {
 	want := map[string]string{"critical": "oncall", "warning": "chat"}
 	rf := readRuleFile(t, filepath.Join(root, bundle.RulesFile))
 	alerts := alertsByName(rf)
-	for _, name := range bundle.AlertNames() {
+	for _, name := range loadSeedConfig(t).AlertNames() {
 		r := alerts[name]
 		sev := r.Labels["severity"]
 		t.Run(name, func(t *testing.T) {
@@ -98,7 +98,7 @@ func TestAlertmanagerInhibitsBelowOutages(t *testing.T) {
 			"CeleryQueueBacklog":          {"queue_name", "chat"},
 			"CeleryQueueBacklogCritical":  {"queue_name", "default"},
 		}
-		for _, name := range bundle.AlertNames() {
+		for _, name := range loadSeedConfig(t).AlertNames() {
 			switch name {
 			case "CeleryExporterDown", "CeleryBrokerUnreachable":
 			case "CeleryQueueWithoutConsumers":

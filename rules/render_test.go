@@ -179,7 +179,21 @@ func TestConfigValidation(t *testing.T) {
 	}{
 		{"typo in a field", "backlog_warning: 5", "backlog_warnin: 5", "field backlog_warnin not found"},
 		{"bad duration", "stale_after: 5m", "stale_after: 5 minutes", `not a Prometheus duration: "5 minutes"`},
-		{"unknown alert", "  ZepMemoryDegraded: 1m", "  ZepMemoryDegradedd: 1m", "field for.ZepMemoryDegraded: missing"},
+		{"unknown alert", "  CeleryTaskSlow: 10m", "  CeleryTaskSloww: 10m", "field for.CeleryTaskSlow: missing"},
+		{"unknown alert under for", "  CeleryTaskSlow: 10m", "  CeleryTaskSlow: 10m\n  NoSuchAlert: 1m", "field for.NoSuchAlert: unknown alert"},
+		{"expected queue ignored", "not an expected one.\n  ignore: []", "not an expected one.\n  ignore: [dlq]", `field queues.ignore: "dlq" is also expected`},
+		{"empty ignored task", "Dashboards still show them.\n  ignore: []", "Dashboards still show them.\n  ignore: [\"\"]", "field tasks.ignore: empty task name"},
+		{"aggregation without job", "aggregation_labels: [job]", "aggregation_labels: [namespace]", "field aggregation_labels: must hold job"},
+		{"aggregation by instance", "aggregation_labels: [job]", "aggregation_labels: [job, instance]", `field aggregation_labels: "instance" is a label the rules aggregate by themselves`},
+		{"unknown app alert kind", "kind: breaker_open", "kind: breaker_closed", "field app_alerts[1].kind: must be one of breaker_open, log_event, task_failures, app_value_above"},
+		{"app alert without its breaker", "    breaker: zep\n", "", "field app_alerts[1].breaker: must name the breaker"},
+		{"app alert without events", "    events: [zep_call_error]\n", "", "field app_alerts[0].events: must list at least one log event"},
+		{"app alert with a field its kind ignores", "    events: [zep_call_error]\n", "    events: [zep_call_error]\n    threshold: 3\n", "field app_alerts[0].threshold: not read by kind log_event"},
+		{"app alert without a task", "    task: extract_preferences_async\n", "", "field app_alerts[2].task: must name the task"},
+		{"duplicate app alert", "alert: ZepMemoryDegraded", "alert: ZepCallErrors", "field app_alerts[1].alert: duplicate alert name ZepCallErrors"},
+		{"app alert named like a built-in", "alert: ZepCallErrors", "alert: CeleryTaskSlow", "field app_alerts[0].alert: CeleryTaskSlow is a built-in alert"},
+		{"app alert without severity", "    severity: warning\n    summary: The app", "    summary: The app", `field app_alerts[0].severity: must be a plain label value, got ""`},
+		{"app alert without summary", "    summary: The app logged Zep call errors.\n", "", "field app_alerts[0]: summary and description must not be empty"},
 		{"unknown window", "  time_limit: 15m", "  time_limits: 15m", "field windows.time_limit: must be a positive duration"},
 		{"selector with braces", `selector: job="celery"`, `selector: '{job="celery"}'`, "field selector: label matchers without braces"},
 		{"empty selector", `selector: job="celery"`, `selector: ""`, "field selector: must hold at least one label matcher"},
@@ -258,6 +272,22 @@ func TestDurations(t *testing.T) {
 func TestMemoryFromCAdvisor(t *testing.T) {
 	cfg := loadSeedConfig(t)
 	cfg.Workers.Memory.Source = bundle.MemoryCAdvisor
+	promtoolVariant(t, cfg, filepath.Join(root, "rules", "tests", "variants", "memory_cadvisor.yml"))
+}
+
+// TestNamespacesStayApart renders the bundle with aggregation_labels [namespace, job] and runs
+// rules/tests/variants/namespaces.yml: two apps with the same job in two namespaces keep their
+// own recorded series and alerts.
+func TestNamespacesStayApart(t *testing.T) {
+	cfg := loadSeedConfig(t)
+	cfg.AggregationLabels = []string{"namespace", "job"}
+	promtoolVariant(t, cfg, filepath.Join(root, "rules", "tests", "variants", "namespaces.yml"))
+}
+
+// promtoolVariant validates cfg, renders its rule file into a temporary directory as
+// celery.rules.yml, checks every expression and runs promtool test rules with the test file.
+func promtoolVariant(t *testing.T, cfg *bundle.Config, testFile string) {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -272,10 +302,10 @@ func TestMemoryFromCAdvisor(t *testing.T) {
 	rf := readRuleFile(t, filepath.Join(dir, "celery.rules.yml"))
 	for _, g := range rf.Groups {
 		for _, r := range g.Rules {
-			bundletest.CheckExpr(t, "cadvisor variant "+r.Record+r.Alert, r.Expr)
+			bundletest.CheckExpr(t, filepath.Base(testFile)+" variant "+r.Record+r.Alert, r.Expr)
 		}
 	}
-	test, err := os.ReadFile(filepath.Join(root, "rules", "tests", "variants", "memory_cadvisor.yml"))
+	test, err := os.ReadFile(testFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +316,7 @@ func TestMemoryFromCAdvisor(t *testing.T) {
 	cmd := exec.Command("promtool", "test", "rules", "test.yml")
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "SUCCESS") {
-		t.Errorf("promtool test rules (cadvisor variant): %v\n%s", err, out)
+		t.Errorf("promtool test rules (%s): %v\n%s", filepath.Base(testFile), err, out)
 	}
 }
 
@@ -340,7 +370,7 @@ func TestAlertOverrides(t *testing.T) {
 	if s := got["CeleryWorkerLost"].Labels["severity"]; s != "page" {
 		t.Errorf("CeleryWorkerLost severity %q, want page", s)
 	}
-	if s := got["CeleryQueueBacklogCritical"].Labels["severity"]; s != "critical" || len(got) != len(bundle.AlertNames())-1-len(exporterGroup) {
+	if s := got["CeleryQueueBacklogCritical"].Labels["severity"]; s != "critical" || len(got) != len(loadSeedConfig(t).AlertNames())-1-len(exporterGroup) {
 		t.Errorf("other alerts changed: %d rendered, backlog critical severity %q", len(got), s)
 	}
 

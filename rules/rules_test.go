@@ -169,8 +169,8 @@ func TestEveryExpressionParsesAndFollowsTheContract(t *testing.T) {
 				n++
 			}
 		}
-		if n != len(bundle.AlertNames())+len(bundle.RecordedMetrics) {
-			t.Errorf("%s: %d rules, want %d alerts and %d recording rules", path, n, len(bundle.AlertNames()), len(bundle.RecordedMetrics))
+		if n != len(loadSeedConfig(t).AlertNames())+len(bundle.RecordedMetrics) {
+			t.Errorf("%s: %d rules, want %d alerts and %d recording rules", path, n, len(loadSeedConfig(t).AlertNames()), len(bundle.RecordedMetrics))
 		}
 	}
 }
@@ -229,7 +229,7 @@ func TestPromtoolCheckRules(t *testing.T) {
 	if err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
-	want := len(bundle.AlertNames()) + len(bundle.RecordedMetrics)
+	want := len(loadSeedConfig(t).AlertNames()) + len(bundle.RecordedMetrics)
 	if !strings.Contains(out, "SUCCESS: "+strconv.Itoa(want)+" rules found") {
 		t.Errorf("promtool found a different number of rules than %d:\n%s", want, out)
 	}
@@ -306,7 +306,7 @@ func TestEveryRuleIsCoveredByPromtoolTests(t *testing.T) {
 			}
 		}
 	}
-	for _, a := range bundle.AlertNames() {
+	for _, a := range loadSeedConfig(t).AlertNames() {
 		if firing[a] == 0 {
 			t.Errorf("%s: no promtool case where it fires", a)
 		}
@@ -325,7 +325,7 @@ func TestEveryRuleIsCoveredByPromtoolTests(t *testing.T) {
 // for alerts whose threshold is itself a duration (CeleryEventsStale was once documented as
 // 5m but pages after 6m).
 func pagesAfter(cfg *bundle.Config, alert string) string {
-	d := cfg.For[alert]
+	d := cfg.AlertFor(alert)
 	switch alert {
 	case "CeleryEventsStale":
 		d += cfg.Events.StaleAfter
@@ -356,7 +356,7 @@ func TestRunbookTableAgreesWithRules(t *testing.T) {
 			t.Errorf("runbook table: %s pages after %q, the rules say %q", alert, after, want)
 		}
 	}
-	for _, a := range bundle.AlertNames() {
+	for _, a := range loadSeedConfig(t).AlertNames() {
 		if seen[a] != 1 {
 			t.Errorf("runbook table lists %s %d times, want once", a, seen[a])
 		}
@@ -372,7 +372,7 @@ func TestRunbookTableAgreesWithRules(t *testing.T) {
 			t.Errorf("runbook of %s does not say when it is blind (**Blind when.**)", a)
 		}
 	}
-	if len(seen) != len(bundle.AlertNames()) {
-		t.Errorf("runbook table has %d alerts, the rules %d: %v", len(seen), len(bundle.AlertNames()), seen)
+	if len(seen) != len(loadSeedConfig(t).AlertNames()) {
+		t.Errorf("runbook table has %d alerts, the rules %d: %v", len(seen), len(loadSeedConfig(t).AlertNames()), seen)
 	}
 }

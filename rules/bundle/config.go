@@ -2,7 +2,8 @@
 // Kubernetes wrappers from one configuration of selectors and thresholds (rules/config.yaml).
 //
 // Everything application-specific (job selector, expected workers and queues, thresholds, the
-// breaker, log event and task names) comes from Config; nothing is hard-wired in the templates.
+// app alerts on breakers, log events, tasks and app values) comes from Config; the code knows
+// only the kinds of app alerts, never an app's names.
 // Render is deterministic: the same Config always gives byte-identical files, so the committed
 // files can be checked for staleness (Check) and a test can render a variant (short windows, short
 // `for`) into a temporary directory.
@@ -29,6 +30,10 @@ type Config struct {
 	// metric the rules read. Recorded series keep the `job` label, so alerts and dashboards
 	// can tell several selected jobs apart.
 	Selector string `yaml:"selector"`
+	// AggregationLabels are the labels every recording rule and alert keeps apart (tenants):
+	// [job] by default; in Kubernetes [namespace, job] keeps two apps with the same job in two
+	// namespaces apart ([cluster, namespace, job] across clusters). Must hold job.
+	AggregationLabels []string `yaml:"aggregation_labels"`
 	// Interval is the evaluation interval of every rule group; empty uses Prometheus' global one.
 	Interval Duration `yaml:"interval"`
 	// AlertLabels are added to every alert (e.g. team: payments).
@@ -54,6 +59,8 @@ type Config struct {
 		Expected        []string `yaml:"expected"`
 		BacklogWarning  float64  `yaml:"backlog_warning"`
 		BacklogCritical float64  `yaml:"backlog_critical"`
+		// Ignore lists queues the queue alerts leave out (noisy or someone else's).
+		Ignore []string `yaml:"ignore"`
 	} `yaml:"queues"`
 
 	Tasks struct {
@@ -67,6 +74,9 @@ type Config struct {
 		// has no task event; EventsLostMinTasks is the fewest processed tasks judged.
 		EventsLostRatio    float64 `yaml:"events_lost_ratio"`
 		EventsLostMinTasks float64 `yaml:"events_lost_min_tasks"`
+		// Ignore lists tasks (short names; any dotted module prefix matches) the task alerts
+		// leave out.
+		Ignore []string `yaml:"ignore"`
 	} `yaml:"tasks"`
 
 	Events struct {
@@ -74,16 +84,18 @@ type Config struct {
 	} `yaml:"events"`
 
 	App struct {
-		Breaker               string   `yaml:"breaker"`
-		ZepErrorEvent         string   `yaml:"zep_error_event"`
-		PreferenceTask        string   `yaml:"preference_task"`
-		PreferenceFailedEvent string   `yaml:"preference_failed_event"`
-		LogEvents             []string `yaml:"log_events"`
+		// LogEvents are shown one stat each on the "Celery / App signals" dashboard.
+		LogEvents []string `yaml:"log_events"`
 	} `yaml:"app"`
+
+	// AppAlerts are the alerts on the application's own signals (breakers, log events, task
+	// failures, app values), each of a kind (see AppKinds).
+	AppAlerts []AppAlert `yaml:"app_alerts"`
 
 	// Windows are the ranges of the rate/increase based rules, by name (see WindowNames).
 	Windows map[string]Duration `yaml:"windows"`
-	// For holds each alert's `for`, by alert name; 0 fires on the first evaluation.
+	// For holds each built-in alert's `for`, by alert name; 0 fires on the first evaluation. An
+	// app alert's name here overrides the `for` of its entry.
 	For map[string]Duration `yaml:"for"`
 	// Alerts turns built-in alerts off or changes their severity, by alert name.
 	Alerts map[string]AlertOverride `yaml:"alerts"`
@@ -114,20 +126,19 @@ func (c *Config) AlertEnabled(name string) bool {
 
 // Window names, the keys of Config.Windows.
 const (
-	WindowTaskFailureRatio  = "task_failure_ratio"
-	WindowTaskRuntime       = "task_runtime"
-	WindowTimeLimit         = "time_limit"
-	WindowWorkerLost        = "worker_lost"
-	WindowZepCallErrors     = "zep_call_errors"
-	WindowPreferenceFailure = "preference_failures"
-	WindowTaskEventsLost    = "task_events_lost"
-	WindowEventsDropped     = "events_dropped"
+	WindowTaskFailureRatio = "task_failure_ratio"
+	WindowTaskRuntime      = "task_runtime"
+	WindowTimeLimit        = "time_limit"
+	WindowWorkerLost       = "worker_lost"
+	WindowAppEvents        = "app_events"
+	WindowTaskEventsLost   = "task_events_lost"
+	WindowEventsDropped    = "events_dropped"
 )
 
 // WindowNames lists every window the rules use.
 var WindowNames = []string{
 	WindowTaskFailureRatio, WindowTaskRuntime, WindowTimeLimit, WindowWorkerLost,
-	WindowZepCallErrors, WindowPreferenceFailure, WindowTaskEventsLost, WindowEventsDropped,
+	WindowAppEvents, WindowTaskEventsLost, WindowEventsDropped,
 }
 
 // Memory sources of the memory criterion (workers.memory.source).
@@ -209,12 +220,23 @@ func (c *Config) Validate() error {
 			bad("alerts."+name+".severity", "must be a plain label value, got %q", o.Severity)
 		}
 	}
+	if len(c.AggregationLabels) > 0 && !slices.Contains(c.AggregationLabels, "job") {
+		bad("aggregation_labels", "must hold job, got %v", c.AggregationLabels)
+	}
+	for i, l := range c.AggregationLabels {
+		if !labelName.MatchString(l) || slices.Contains(c.AggregationLabels[:i], l) {
+			bad("aggregation_labels", "%q is not a label name or is listed twice", l)
+		}
+		if l == "instance" || l == "hostname" || l == "queue_name" || l == "name" {
+			bad("aggregation_labels", "%q is a label the rules aggregate by themselves", l)
+		}
+	}
 	for k := range c.AlertLabels {
 		if !labelName.MatchString(k) {
 			bad("alert_labels", "%q is not a label name", k)
 		}
 		// job and instance come from the series: the inhibitions and dashboard links match on them.
-		if k == "severity" || k == "alertname" || k == "job" || k == "instance" {
+		if k == "severity" || k == "alertname" || k == "job" || k == "instance" || slices.Contains(c.AggregationLabels, k) {
 			bad("alert_labels", "%q is set by the rules", k)
 		}
 	}
@@ -253,6 +275,18 @@ func (c *Config) Validate() error {
 			bad("queues.expected", "empty queue name")
 		}
 	}
+	for _, q := range c.Queues.Ignore {
+		if q == "" {
+			bad("queues.ignore", "empty queue name")
+		} else if slices.Contains(c.Queues.Expected, q) {
+			bad("queues.ignore", "%q is also expected: an expected queue cannot be ignored", q)
+		}
+	}
+	for _, n := range c.Tasks.Ignore {
+		if n == "" {
+			bad("tasks.ignore", "empty task name")
+		}
+	}
 	if c.Queues.BacklogWarning <= 0 || c.Queues.BacklogCritical < c.Queues.BacklogWarning {
 		bad("queues", "need 0 < backlog_warning <= backlog_critical, got %v and %v",
 			c.Queues.BacklogWarning, c.Queues.BacklogCritical)
@@ -281,14 +315,7 @@ func (c *Config) Validate() error {
 	if c.Events.StaleAfter <= 0 {
 		bad("events.stale_after", "must be a positive duration")
 	}
-	for field, v := range map[string]string{
-		"app.breaker": c.App.Breaker, "app.zep_error_event": c.App.ZepErrorEvent,
-		"app.preference_task": c.App.PreferenceTask, "app.preference_failed_event": c.App.PreferenceFailedEvent,
-	} {
-		if v == "" {
-			bad(field, "must not be empty")
-		}
-	}
+	c.validateAppAlerts(bad)
 	for _, w := range WindowNames {
 		if c.Windows[w] <= 0 {
 			bad("windows."+w, "must be a positive duration")
@@ -304,6 +331,9 @@ func (c *Config) Validate() error {
 		if _, ok := c.For[a]; !ok {
 			bad("for."+a, "missing (use 0s to fire on the first evaluation)")
 		}
+	}
+	for _, a := range c.AppAlerts {
+		names = append(names, a.Alert)
 	}
 	for a, d := range c.For {
 		if !slices.Contains(names, a) {
@@ -363,8 +393,8 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 
 // Shortened returns a copy for end-to-end tests that cannot wait production durations: rule
-// groups evaluated every interval, every non-zero `for` set to forDur, every window set to
-// window and events.stale_after to staleAfter. Selectors and thresholds are kept.
+// groups evaluated every interval, every non-zero `for` set to forDur (app alerts' too), every
+// window set to window (app alerts' too) and events.stale_after to staleAfter. Selectors and thresholds are kept.
 func (c *Config) Shortened(interval, forDur, window, staleAfter Duration) *Config {
 	s := *c
 	s.Interval = interval
@@ -380,5 +410,14 @@ func (c *Config) Shortened(interval, forDur, window, staleAfter Duration) *Confi
 		s.Windows[w] = window
 	}
 	s.Events.StaleAfter = staleAfter
+	s.AppAlerts = slices.Clone(c.AppAlerts)
+	for i, a := range s.AppAlerts {
+		if a.For > 0 {
+			s.AppAlerts[i].For = forDur
+		}
+		if a.Window > 0 {
+			s.AppAlerts[i].Window = window
+		}
+	}
 	return &s
 }

@@ -1,6 +1,9 @@
 package bundle
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // Label matchers on Grafana variables.
 const (
@@ -32,7 +35,7 @@ func (c *Config) successDashboard() *board {
 	b := &board{d: DashSuccess, vars: variables(),
 		descr: "One stat per success criterion: green when it holds, red at the threshold the alerts use."}
 	ji := matchers(mJob, mInstance)
-	wl, tl, ze, pf := c.Windows[WindowWorkerLost], c.Windows[WindowTimeLimit], c.Windows[WindowZepCallErrors], c.Windows[WindowPreferenceFailure]
+	wl, tl := c.Windows[WindowWorkerLost], c.Windows[WindowTimeLimit]
 	zero := "\nor vector(0)"
 
 	b.row("Queues and workers")
@@ -78,15 +81,9 @@ func (c *Config) successDashboard() *board {
 		target{expr: "count(\n" + indent(dc.workersWithoutTaskEvents(mJob)) + "\n)" + zero}))
 
 	b.row("App and resources")
-	b.add(4, 5, stat(windowTitle(c.App.ZepErrorEvent, ze), "Log lines with event "+c.App.ZepErrorEvent+"; the criterion is none.",
-		"short", redAtOrAbove(1), nil, &DashApp,
-		target{expr: "sum(\n  " + dc.logEvents(c.App.ZepErrorEvent, ze) + "\n)" + zero}))
-	b.add(4, 5, stat("Breaker "+c.App.Breaker, "Circuit breaker "+c.App.Breaker+": open means memory writes are skipped (degraded).",
-		"short", redAtOrAbove(1), openClosedMap, &DashApp,
-		target{expr: "max(" + RecBreakerOpen + matchers(mJob, eq("breaker", c.App.Breaker)) + ")"}))
-	b.add(4, 5, stat(windowTitle("Preference extraction failures", pf), c.App.PreferenceTask+" task failures plus "+
-		c.App.PreferenceFailedEvent+" log lines.", "short", redAtOrAbove(1), nil, &DashApp,
-		target{expr: "sum(\n  " + dc.preferenceFailures() + "\n)" + zero}))
+	for _, a := range c.enabledAppAlerts() {
+		b.add(4, 5, c.appStat(dc, a))
+	}
 	b.add(4, 5, stat("Max worker memory", "Highest memory of a live worker ("+c.memoryFigure()+"); alert above "+
 		fmtFloat(c.Workers.Memory.MaxMiB)+" MiB.", "bytes", redAtOrAbove(mib(c.Workers.Memory.MaxMiB)), nil, &DashWorkers,
 		target{expr: "max(" + RecWorkerMemory + matchers(mJob) + ")"}))
@@ -95,7 +92,7 @@ func (c *Config) successDashboard() *board {
 		// Summed per exporter replica: two replicas report the same worker's CPU twice.
 		target{expr: "max(sum by (instance, hostname) (rate(celery_worker_cpu_seconds_total" + ji + "[$__rate_interval])))"}))
 	b.add(4, 5, stat("Celery alerts firing", "Alerts of this bundle firing now for the selected job.", "short", redAtOrAbove(1), nil, nil,
-		target{expr: "count(ALERTS" + matchers(`alertstate="firing"`, mJob, anyOf("alertname", alertOrder)) + ")" + zero}))
+		target{expr: "count(ALERTS" + matchers(`alertstate="firing"`, mJob, anyOf("alertname", c.AlertNames())) + ")" + zero}))
 	return b
 }
 
@@ -246,7 +243,7 @@ func (c *Config) appDashboard() *board {
 	w := matchers(mJob, mInstance)
 
 	b.row("Circuit breakers")
-	b.add(12, 7, timeline("Breaker state", "Open: the app skips the protected calls (for "+c.App.Breaker+": memory writes).",
+	b.add(12, 7, timeline("Breaker state", "Open: the app skips the calls the breaker protects.",
 		openClosedMap, redAtOrAbove(1),
 		target{expr: "max by (breaker) (celery_breaker_open" + w + ")", legend: "{{breaker}}"}))
 	b.add(12, 7, timeline("Breaker mode and reason", "Mode and reason of each open breaker.",
@@ -264,10 +261,10 @@ func (c *Config) appDashboard() *board {
 	b.row("Log events")
 	for _, ev := range c.App.LogEvents {
 		th := neutral()
-		if ev == c.App.ZepErrorEvent || ev == c.App.PreferenceFailedEvent {
+		if c.alertedEvent(ev) {
 			th = redAtOrAbove(1)
 		}
-		win := c.Windows[WindowZepCallErrors]
+		win := c.Windows[WindowAppEvents]
 		b.add(4, 4, stat(windowTitle(ev, win), "Log lines with event "+ev+".", "short", th, nil, nil,
 			target{expr: "sum(\n  " + dc.logEvents(ev, win, mInstance) + "\n)\nor vector(0)"}))
 	}
@@ -280,4 +277,47 @@ func (c *Config) appDashboard() *board {
 	b.add(12, 6, series("Log files watched", "Log files the exporter is reading (its log source's globs).", "short", nil,
 		target{expr: "sum by (instance) (celery_log_files_watched" + w + ")", legend: "{{instance}}"}))
 	return b
+}
+
+// appStat is an app alert's stat on the success criteria dashboard, from the alert's condition.
+func (c *Config) appStat(dc *Config, a AppAlert) obj {
+	zero := "\nor vector(0)"
+	title := func(def string) string {
+		if a.Title != "" {
+			return a.Title
+		}
+		return def
+	}
+	switch a.Kind {
+	case KindBreakerOpen:
+		cond, _ := dc.appCondition(a, mJob)
+		return stat(title("Breaker "+a.Breaker), a.Summary, "short", redAtOrAbove(1), openClosedMap, &DashApp,
+			target{expr: "max(" + cond + ")"})
+	case KindAppValueAbove:
+		cond, _ := dc.appCondition(a)
+		return stat(title("App value "+a.Value), a.Summary+" Alert above "+fmtFloat(a.Threshold)+".", "short",
+			redAtOrAbove(a.Threshold), nil, &DashApp, target{expr: "max(" + cond + ")"})
+	}
+	cond, _ := dc.appCondition(a)
+	w := c.appWindow(a)
+	what, descr := strings.Join(a.Events, ", "), "Log lines with event "+strings.Join(a.Events, " or ")+"; the criterion is none."
+	if a.Kind == KindTaskFailures {
+		what, descr = a.Task+" failures", a.Task+" task failures"
+		if len(a.Events) > 0 {
+			descr += " plus " + strings.Join(a.Events, ", ") + " log lines"
+		}
+		descr += "."
+	}
+	return stat(windowTitle(title(what), w), descr, "short", redAtOrAbove(1), nil, &DashApp,
+		target{expr: "sum(\n  " + cond + "\n)" + zero})
+}
+
+// alertedEvent says whether an enabled app alert reads the log event.
+func (c *Config) alertedEvent(ev string) bool {
+	for _, a := range c.enabledAppAlerts() {
+		if slices.Contains(a.Events, ev) {
+			return true
+		}
+	}
+	return false
 }

@@ -26,17 +26,38 @@ func anyOf(label string, values []string) string {
 	if len(values) == 1 {
 		return eq(label, values[0])
 	}
+	return label + "=~" + strconv.Quote(alternatives(values))
+}
+
+// alternatives is a regexp matching exactly one of the literal values.
+func alternatives(values []string) string {
 	quoted := make([]string, len(values))
 	for i, v := range values {
 		quoted[i] = regexp.QuoteMeta(v)
 	}
-	return label + "=~" + strconv.Quote(strings.Join(quoted, "|"))
+	return strings.Join(quoted, "|")
 }
 
 // taskName matches a task by its short name or any dotted module path ending in it
 // (`assistant.tasks.extract_preferences_async` for a @shared_task in assistant/tasks.py).
 func taskName(name string) string {
 	return "name=~" + strconv.Quote("(.+[.])?"+regexp.QuoteMeta(name))
+}
+
+// notTasks excludes tasks by short name (any dotted module prefix), nil for none.
+func notTasks(names []string) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	return []string{"name!~" + strconv.Quote("(.+[.])?("+alternatives(names)+")")}
+}
+
+// notQueues excludes queues by name, nil for none.
+func notQueues(names []string) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	return []string{"queue_name!~" + strconv.Quote(alternatives(names))}
 }
 
 // increaseNew is the number of events a counter counted in the window: the first event of a

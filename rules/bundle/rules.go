@@ -3,6 +3,7 @@ package bundle
 import (
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,10 +54,10 @@ var alertOrder = []string{
 	"CeleryQueueWithoutConsumers", "CeleryQueueBacklog", "CeleryQueueBacklogCritical",
 	"CeleryTaskFailureRateHigh", "CeleryTaskTimeLimitExceeded", "CeleryWorkerLost", "CeleryTaskSlow",
 	"CeleryTaskStuck",
-	"ZepCallErrors", "ZepMemoryDegraded", "PreferenceExtractionFailing",
 }
 
-// AlertNames lists every alert the bundle defines.
+// AlertNames lists every built-in alert of the bundle (app alerts come from the config, see
+// Config.AlertNames).
 func AlertNames() []string { return append([]string(nil), alertOrder...) }
 
 // RunbookAnchor is the anchor of an alert's section in docs/runbooks.md (GitHub's heading slug).
@@ -68,6 +69,10 @@ type alert struct {
 	expr           string
 	summary, descr string
 	dash           Dashboard
+	// runbook is the anchor of the alert's section; empty uses RunbookAnchor(name).
+	runbook string
+	// forDur is the alert's `for`; built-ins take it from Config.For.
+	forDur Duration
 	// dashVars are extra Grafana variables filled from the alert's labels (var name → label).
 	dashVars [][2]string
 }
@@ -89,11 +94,19 @@ func (c *Config) RuleGroups() []RuleGroup {
 		rg := RuleGroup{Name: g.name}
 		for _, a := range g.alerts {
 			if c.AlertEnabled(a.name) {
+				if slices.Contains(alertOrder, a.name) {
+					a.forDur = c.For[a.name]
+				}
 				rg.Rules = append(rg.Rules, c.renderAlert(a))
 			}
 		}
 		if len(rg.Rules) > 0 { // a group without rules is an error for promtool
 			groups = append(groups, rg)
+		}
+	}
+	for i := range groups {
+		for j := range groups[i].Rules {
+			groups[i].Rules[j].Expr = c.aggregate(groups[i].Rules[j].Expr)
 		}
 	}
 	if c.Interval > 0 {
@@ -102,6 +115,19 @@ func (c *Config) RuleGroups() []RuleGroup {
 		}
 	}
 	return groups
+}
+
+// byJob is every grouping of the rules: they all start with job.
+var byJob = regexp.MustCompile(`\b(by|on) \(job\b`)
+
+// aggregate makes every grouping of a rule's expression keep the aggregation labels, where the
+// rules are written with job alone: `by (job, queue_name)` becomes `by (namespace, job,
+// queue_name)` with aggregation_labels [namespace, job]. One place, so no rule can forget it.
+func (c *Config) aggregate(expr string) string {
+	if len(c.AggregationLabels) == 0 || slices.Equal(c.AggregationLabels, []string{"job"}) {
+		return expr
+	}
+	return byJob.ReplaceAllString(expr, "$1 ("+strings.Join(c.AggregationLabels, ", "))
 }
 
 func (c *Config) recordingRules() []Rule {
@@ -194,7 +220,7 @@ func (c *Config) exporterAlerts() []alert {
 		expr:    c.logFilesMissing(),
 		summary: "The Celery exporter watches no log file.",
 		descr: "Exporter {{ $labels.instance }} has log events configured but has followed no log file for " + c.forText("CeleryLogFilesMissing") +
-			": the paths globs match nothing (or cannot be read), so log-event alerts such as " + c.App.ZepErrorEvent + " cannot fire.",
+			": the paths globs match nothing (or cannot be read), so the alerts on log events cannot fire.",
 		dash: DashApp,
 	}, {
 		name: "CeleryBreakerUnreadable", severity: "warning",
@@ -257,10 +283,11 @@ func (c *Config) workerAlerts() []alert {
 
 func (c *Config) queueAlerts() []alert {
 	queueVars := [][2]string{{"queue", "queue_name"}}
+	ign := notQueues(c.Queues.Ignore)
 	backlog := func(name, severity string, limit float64) alert {
 		return alert{
 			name: name, severity: severity,
-			expr:    RecQueueLength + " >= " + fmtFloat(limit),
+			expr:    RecQueueLength + matchers(ign...) + " >= " + fmtFloat(limit),
 			summary: "A Celery queue is backing up.",
 			descr: "Queue {{ $labels.queue_name }} holds {{ $value }} messages, at or above " + fmtFloat(limit) +
 				" for " + c.forText(name) + ".",
@@ -269,7 +296,7 @@ func (c *Config) queueAlerts() []alert {
 	}
 	return []alert{{
 		name: "CeleryQueueWithoutConsumers", severity: "critical",
-		expr:    c.queuesWithoutConsumers(),
+		expr:    c.queuesWithoutConsumers(ign...),
 		summary: "A Celery queue has no live consumer.",
 		descr: "Queue {{ $labels.queue_name }} ({{ $value }} messages) has had no live consumer for " +
 			c.forText("CeleryQueueWithoutConsumers") + ": its tasks are not processed.",
@@ -282,9 +309,10 @@ func (c *Config) queueAlerts() []alert {
 
 func (c *Config) taskAlerts() []alert {
 	taskVars := [][2]string{{"queue", "queue_name"}, {"task", "name"}}
+	ign := notTasks(c.Tasks.Ignore)
 	return []alert{{
 		name: "CeleryTaskFailureRateHigh", severity: "warning",
-		expr:    RecTaskFailureRatio + " > " + fmtFloat(c.Tasks.FailureRatio),
+		expr:    RecTaskFailureRatio + matchers(ign...) + " > " + fmtFloat(c.Tasks.FailureRatio),
 		summary: "A Celery task fails too often.",
 		descr: "{{ $value | humanizePercentage }} of the outcomes of task {{ $labels.name }} (queue {{ $labels.queue_name }}) " +
 			"in the last " + c.Windows[WindowTaskFailureRatio].String() + " were failures (threshold " +
@@ -292,14 +320,14 @@ func (c *Config) taskAlerts() []alert {
 		dash: DashTasks, dashVars: taskVars,
 	}, {
 		name: "CeleryTaskTimeLimitExceeded", severity: "warning",
-		expr:    "sum by (job, queue_name, name, exception) (\n  " + c.timeLimitsHit() + "\n) > 0",
+		expr:    "sum by (job, queue_name, name, exception) (\n  " + c.timeLimitsHit(ign...) + "\n) > 0",
 		summary: "Celery tasks hit their time limit.",
 		descr: "Task {{ $labels.name }} (queue {{ $labels.queue_name }}) failed {{ $value | humanize }} times with " +
 			"{{ $labels.exception }} in the last " + c.Windows[WindowTimeLimit].String() + ".",
 		dash: DashTasks, dashVars: taskVars,
 	}, {
 		name: "CeleryWorkerLost", severity: "warning",
-		expr:    "sum by (job, queue_name, name) (\n  " + c.tasksLost() + "\n) > 0",
+		expr:    "sum by (job, queue_name, name) (\n  " + c.tasksLost(ign...) + "\n) > 0",
 		summary: "Celery worker processes died while running tasks.",
 		descr: "Task {{ $labels.name }} (queue {{ $labels.queue_name }}) was lost or requeued {{ $value | humanize }} times " +
 			"in the last " + c.Windows[WindowWorkerLost].String() + " (WorkerLostError or task-rejected): a pool process was " +
@@ -307,7 +335,7 @@ func (c *Config) taskAlerts() []alert {
 		dash: DashTasks, dashVars: taskVars,
 	}, {
 		name: "CeleryTaskSlow", severity: "warning",
-		expr:    RecTaskRuntimeP95 + " > " + fmtFloat(c.Tasks.RuntimeP95Seconds),
+		expr:    RecTaskRuntimeP95 + matchers(ign...) + " > " + fmtFloat(c.Tasks.RuntimeP95Seconds),
 		summary: "A Celery task runs too long.",
 		descr: "The p95 runtime of task {{ $labels.name }} (queue {{ $labels.queue_name }}) is {{ $value | humanizeDuration }}, " +
 			"above " + fmtFloat(c.Tasks.RuntimeP95Seconds) + "s for " + c.forText("CeleryTaskSlow") + ".",
@@ -316,38 +344,11 @@ func (c *Config) taskAlerts() []alert {
 		// Running tasks, not finished ones: a hung task on the threads pool (no time limit there)
 		// never finishes, so CeleryTaskSlow never sees it.
 		name: "CeleryTaskStuck", severity: "warning",
-		expr:    "max by (job, queue_name, name) (celery_task_running_oldest_age_seconds" + c.sel() + ") > " + fmtFloat(c.Tasks.StuckSeconds),
+		expr:    "max by (job, queue_name, name) (celery_task_running_oldest_age_seconds" + c.sel(ign...) + ") > " + fmtFloat(c.Tasks.StuckSeconds),
 		summary: "A Celery task has been running too long.",
 		descr: "The oldest running {{ $labels.name }} task (queue {{ $labels.queue_name }}) has been running for {{ $value | humanizeDuration }}, " +
 			"above " + fmtFloat(c.Tasks.StuckSeconds) + "s: it is probably hung.",
 		dash: DashTasks, dashVars: taskVars,
-	}}
-}
-
-func (c *Config) appAlerts() []alert {
-	return []alert{{
-		name: "ZepCallErrors", severity: "warning",
-		expr:    "sum by (job, event) (\n  " + c.logEvents(c.App.ZepErrorEvent, c.Windows[WindowZepCallErrors]) + "\n) > 0",
-		summary: "The app logged Zep call errors.",
-		descr: "{{ $value | humanize }} {{ $labels.event }} log events in the last " + c.Windows[WindowZepCallErrors].String() +
-			": Zep memory writes failed with an unexpected exception (swallowed, so tasks still succeed).",
-		dash: DashApp,
-	}, {
-		name: "ZepMemoryDegraded", severity: "warning",
-		expr:    RecBreakerOpen + "{" + eq("breaker", c.App.Breaker) + "} == 1",
-		summary: "The Zep circuit breaker is open: memory runs degraded.",
-		// The reason lives on celery_breaker_info, which the alert itself must not depend on.
-		descr: "Breaker {{ $labels.breaker }} has been open for " + c.forText("ZepMemoryDegraded") +
-			`{{ range printf "celery_breaker_info{job=%q,breaker=%q} == 1" $labels.job $labels.breaker | query }}` +
-			` (mode {{ .Labels.mode }}, reason {{ .Labels.reason }}){{ end }}: Zep writes are skipped.`,
-		dash: DashApp,
-	}, {
-		name: "PreferenceExtractionFailing", severity: "warning",
-		expr:    "sum by (job) (\n  " + c.preferenceFailures() + "\n) > 0",
-		summary: "Preference extraction is failing.",
-		descr: "{{ $value | humanize }} " + c.App.PreferenceTask + " failures (task failures plus " + c.App.PreferenceFailedEvent +
-			" log events) in the last " + c.Windows[WindowPreferenceFailure].String() + ".",
-		dash: DashApp,
 	}}
 }
 
@@ -447,13 +448,6 @@ func (c *Config) memoryFigure() string {
 	return "peak RSS of its main process from inspect stats; prefork pool children are not included"
 }
 
-// preferenceFailures: failures of the preference task plus its failure log events in the window.
-func (c *Config) preferenceFailures() string {
-	w := c.Windows[WindowPreferenceFailure]
-	return c.increaseNew("celery_task_failed_total"+c.sel(taskName(c.App.PreferenceTask)), w) +
-		"\n  or\n  " + c.logEvents(c.App.PreferenceFailedEvent, w)
-}
-
 // forText is an alert's `for` in words for its description.
 func (c *Config) forText(alert string) string {
 	if d := c.For[alert]; d > 0 {
@@ -472,6 +466,10 @@ func (c *Config) renderAlert(a alert) Rule {
 	for _, v := range a.dashVars {
 		url += "&var-" + v[0] + "={{ $labels." + v[1] + " | urlquery }}"
 	}
+	runbook := a.runbook
+	if runbook == "" {
+		runbook = RunbookAnchor(a.name)
+	}
 	r := Rule{
 		Alert:  a.name,
 		Expr:   a.expr,
@@ -479,11 +477,11 @@ func (c *Config) renderAlert(a alert) Rule {
 		Annotations: map[string]string{
 			"summary":       a.summary,
 			"description":   a.descr,
-			"runbook_url":   c.URLs.Runbooks + "#" + RunbookAnchor(a.name),
+			"runbook_url":   c.URLs.Runbooks + "#" + runbook,
 			"dashboard_url": url,
 		},
 	}
-	if d := c.For[a.name]; d > 0 {
+	if d := a.forDur; d > 0 {
 		r.For = d.String()
 	}
 	return r
