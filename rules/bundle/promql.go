@@ -39,7 +39,7 @@ func alternatives(values []string) string {
 }
 
 // taskName matches a task by its short name or any dotted module path ending in it
-// (`assistant.tasks.extract_preferences_async` for a @shared_task in assistant/tasks.py).
+// (`billing.tasks.charge_card` for a @shared_task in billing/tasks.py).
 func taskName(name string) string {
 	return "name=~" + strconv.Quote("(.+[.])?"+regexp.QuoteMeta(name))
 }
