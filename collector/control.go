@@ -77,16 +77,24 @@ type ControlSource struct {
 	workers WorkerDirectory
 	now     func() time.Time
 
-	mu         sync.RWMutex
-	last       *controlRound       // the last round, failed or not
-	lastOK     *controlRound       // the last successful round
-	hostQueues map[string][]string // queues per worker, kept while the worker is known
-	failing    bool
+	mu      sync.RWMutex
+	last    *controlRound         // the last round, failed or not
+	lastOK  *controlRound         // the last successful round
+	hosts   map[string]hostAnswer // each worker's last active_queues answer, kept while it is known
+	failing bool
+}
+
+// hostAnswer is what a worker last said about the queues it consumes.
+type hostAnswer struct {
+	at     time.Time
+	queues []string
+	procs  int // pool processes (see QueueUse.Processes)
 }
 
 type controlRound struct {
 	at      time.Time
 	err     error
+	alive   []string // heartbeating when the round began
 	known   []string
 	ping    map[string]bool // hostname -> answered pong
 	queues  map[string][]string
@@ -141,12 +149,12 @@ func NewControlSourceWith(logger log.Logger, client ControlClient, opts ControlO
 		logger = log.NewNopLogger()
 	}
 	return &ControlSource{
-		logger:     logger,
-		client:     client,
-		opts:       opts,
-		workers:    workers,
-		now:        time.Now,
-		hostQueues: map[string][]string{},
+		logger:  logger,
+		client:  client,
+		opts:    opts,
+		workers: workers,
+		now:     time.Now,
+		hosts:   map[string]hostAnswer{},
 	}
 }
 
@@ -192,7 +200,7 @@ func (c *ControlSource) Round(parent context.Context) error {
 	if err != nil && parent.Err() != nil {
 		return err // shutting down: keep the last real result, log nothing
 	}
-	r := &controlRound{at: c.now(), known: known}
+	r := &controlRound{at: c.now(), alive: alive, known: known}
 	if err != nil {
 		r.err = err
 	} else {
@@ -381,18 +389,27 @@ func (c *ControlSource) store(r *controlRound) {
 		return
 	}
 	c.lastOK = r
-	knownSet := make(map[string]bool, len(r.known))
-	for _, h := range r.known {
-		knownSet[h] = true
-	}
-	// A worker that missed one round keeps its queues while the event stream still knows it, so
-	// its events keep their queue through a slow reply.
-	for h := range c.hostQueues {
-		if _, answered := r.queues[h]; !answered && !knownSet[h] {
-			delete(c.hostQueues, h)
+	// A worker that missed one round keeps its last answer while the event stream still knows it,
+	// so its events keep their queue through a slow reply.
+	for h := range c.hosts {
+		if _, answered := r.queues[h]; !answered && !slices.Contains(r.known, h) {
+			delete(c.hosts, h)
 		}
 	}
-	maps.Copy(c.hostQueues, r.queues)
+	for h, qs := range r.queues {
+		a := hostAnswer{at: r.at, queues: qs, procs: c.hosts[h].procs}
+		if st := r.stats[h]; st != nil {
+			switch {
+			case st.processes != nil:
+				a.procs = *st.processes
+			case st.maxConcurrency != nil:
+				a.procs = int(*st.maxConcurrency)
+			default:
+				a.procs = 0
+			}
+		}
+		c.hosts[h] = a
+	}
 }
 
 // current is the last successful round while it is fresh (no older than StaleAfter), else nil:
@@ -411,7 +428,7 @@ func (c *ControlSource) SingleQueue(hostname string) (string, bool) {
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	qs := c.hostQueues[hostname]
+	qs := c.hosts[hostname].queues
 	if len(qs) != 1 {
 		return "", false
 	}
@@ -442,9 +459,11 @@ type QueueUse struct {
 	Processes int
 }
 
-// QueueConsumers returns, per queue named in the current round (the last successful one, served
-// for StaleAfter), who consumes it. ok is false when no round succeeded for StaleAfter: nothing is
-// known then, and the control source reports itself failed.
+// QueueConsumers returns, per queue, who consumes it: the workers that answered the current round
+// (the last successful one, served for StaleAfter), and the workers that missed it but were still
+// heartbeating, with their answer of at most StaleAfter ago. One reply lost by a busy worker (a
+// pool restarting its children) must not make its queues look abandoned. ok is false when no round
+// succeeded for StaleAfter: nothing is known then, and the control source reports itself failed.
 func (c *ControlSource) QueueConsumers() (map[string]QueueUse, bool) {
 	if c == nil {
 		return nil, false
@@ -456,20 +475,14 @@ func (c *ControlSource) QueueConsumers() (map[string]QueueUse, bool) {
 		return nil, false
 	}
 	out := map[string]QueueUse{}
-	for h, qs := range r.queues {
-		procs := 0
-		if st := r.stats[h]; st != nil {
-			switch {
-			case st.processes != nil:
-				procs = *st.processes
-			case st.maxConcurrency != nil:
-				procs = int(*st.maxConcurrency)
-			}
+	for h, a := range c.hosts {
+		if _, answered := r.queues[h]; !answered && (!slices.Contains(r.alive, h) || r.at.Sub(a.at) > c.opts.StaleAfter) {
+			continue
 		}
-		for _, q := range qs {
+		for _, q := range a.queues {
 			u := out[q]
 			u.Workers++
-			u.Processes += procs
+			u.Processes += a.procs
 			out[q] = u
 		}
 	}

@@ -267,6 +267,56 @@ func TestControlSingleQueueRetention(t *testing.T) {
 	}
 }
 
+// A worker that misses one round's reply while it still heartbeats keeps consuming its queues for
+// StaleAfter; one that stopped heartbeating does not.
+func TestControlQueueConsumersThroughAMissedReply(t *testing.T) {
+	b := newMiniBroker(t, kombu.DefaultOptions())
+	a := b.worker(t, "celery@a", replies(t, map[string]string{"active_queues": queuesReply("chat"), "stats": preforkStats}))
+	b.worker(t, "celery@b", replies(t, map[string]string{"active_queues": queuesReply("chat", "default"), "stats": threadsStats}))
+	dir := &fakeDirectory{alive: []string{"celery@a", "celery@b"}, known: []string{"celery@a", "celery@b"}}
+	clk := clock.NewFake(t0)
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 150 * time.Millisecond, Interval: 10 * time.Second}, dir)
+	c.now = clk.Now
+	round := func() {
+		t.Helper()
+		if err := c.Round(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(stage string, want map[string]QueueUse) {
+		t.Helper()
+		if got, ok := c.QueueConsumers(); !ok || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: QueueConsumers() = %v, %v; want %v", stage, got, ok, want)
+		}
+	}
+	both := map[string]QueueUse{"chat": {Workers: 2, Processes: 2 + 4}, "default": {Workers: 1, Processes: 4}}
+	onlyB := map[string]QueueUse{"chat": {Workers: 1, Processes: 4}, "default": {Workers: 1, Processes: 4}}
+	round()
+	check("both answered", both)
+
+	a.Stop() // celery@a heartbeats on but misses the next replies
+	clk.Add(10 * time.Second)
+	round()
+	check("celery@a missed one reply", both)
+	clk.Add(20 * time.Second) // its answer is 30 s old: StaleAfter
+	round()
+	check("celery@a's answer at StaleAfter", both)
+	clk.Add(10 * time.Second)
+	round()
+	check("celery@a's answer past StaleAfter", onlyB)
+
+	// A worker that stopped heartbeating loses its queues at the first missed reply.
+	a2 := b.worker(t, "celery@a", replies(t, map[string]string{"active_queues": queuesReply("chat"), "stats": preforkStats}))
+	clk.Add(10 * time.Second)
+	round()
+	check("celery@a answers again", both)
+	a2.Stop()
+	dir.set([]string{"celery@b"}, []string{"celery@a", "celery@b"})
+	clk.Add(10 * time.Second)
+	round()
+	check("celery@a is no longer heartbeating", onlyB)
+}
+
 // roundCounter is a WorkerDirectory that counts rounds (each starts by asking for the workers) and
 // cancels Run at the start of round stopAt, before that round sends anything: the rounds before
 // it are whole, so what the worker received is exact and no late reply can outlive a round.

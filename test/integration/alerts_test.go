@@ -353,7 +353,8 @@ func (s *alertsE2E) conditions() {
 		{Task: "retry_once", Queue: "background"},
 		// Expired before its ETA: the worker revokes it when the ETA comes (reason "expired").
 		{Task: "add", Args: []any{1, 1}, Queue: "background", Countdown: 1, Expires: 0.5},
-		{Task: "sleep", Kwargs: map[string]any{"seconds": 6}, Queue: "background"},
+		// Long enough to be still running once the other background tasks are done.
+		{Task: "sleep", Kwargs: map[string]any{"seconds": 20}, Queue: "background"},
 	}
 	produced := time.Now()
 	ids := harness.Produce(t, s.brokerURL, nil, plan)
@@ -361,8 +362,12 @@ func (s *alertsE2E) conditions() {
 
 	// A pool child dies under a running task (OOM kill): with acks_late and reject_on_worker_lost
 	// the task is rejected and requeued (task-rejected), CeleryWorkerLost's second half.
+	// Only the sleep may be in a pool child when they die: the other background tasks must be done
+	// (with concurrency 2, a retry_once still running would be rejected too).
 	s.exp.WaitFor(t, 30*time.Second, func(m harness.Metrics) bool {
-		return m.Sum("celery_task_started_total", map[string]string{"name": "celeryapp.app.sleep"}) >= 1
+		return m.Sum("celery_task_started_total", map[string]string{"name": "celeryapp.app.sleep"}) >= 1 &&
+			m.Sum("celery_task_succeeded_total", map[string]string{"name": "celeryapp.app.retry_once"}) >= 1 &&
+			m.Sum("celery_task_failed_total", map[string]string{"name": "celeryapp.app.fail"}) >= 1
 	})
 	bg := s.workers["background"]
 	children, err := childPIDs(bg.PID())
