@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -72,6 +73,12 @@ type Options struct {
 	// OnTruncate is called when a file is found truncated in place (copytruncate): lines written
 	// between the last read and the truncation are lost.
 	OnTruncate func()
+	// OnReadError is called for every failed attempt to open, stat or read a matching file (a
+	// permission denied, an I/O error of a failing disk or a stale network mount). Each poll
+	// tries again, so a file that stays unreadable is counted once per poll.
+	OnReadError func()
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
 }
 
 // Tailer follows the files matching Options.Globs.
@@ -89,6 +96,12 @@ type Tailer struct {
 	over     atomic.Int64 // files matching at the last scan but not followed (MaxFiles)
 	overNow  int
 	buf      []byte
+	// cannotOpen holds the paths whose open failed at the last scan: a lasting failure is logged
+	// once, not at every poll.
+	cannotOpen map[string]bool
+	// lastPoll is when the last poll completed (Unix nanoseconds), readable while a hung Poll
+	// holds mu: a read blocked on a dead network mount shows as a poll time that stops advancing.
+	lastPoll atomic.Int64
 
 	stop chan struct{}
 	done chan struct{}
@@ -104,6 +117,7 @@ type file struct {
 	fp         []byte
 	matched    bool
 	lastChange time.Time
+	failing    bool // the last read failed: logged once until it succeeds again
 }
 
 // New returns a Tailer; nothing is read before Start or Poll.
@@ -120,9 +134,14 @@ func New(opts Options, sink Sink, logger log.Logger) *Tailer {
 	if opts.MaxLineBytes <= 0 {
 		opts.MaxLineBytes = 256 << 10
 	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
 	return &Tailer{
-		opts: opts, sink: sink, logger: logger, now: time.Now,
+		opts: opts, sink: sink, logger: logger, now: now,
 		files: map[FileID]*file{}, initial: true, buf: make([]byte, readChunk),
+		cannotOpen: map[string]bool{},
 	}
 }
 
@@ -130,8 +149,11 @@ func New(opts Options, sink Sink, logger log.Logger) *Tailer {
 // its first byte), then polls in the background until Stop.
 func (t *Tailer) Start() {
 	t.mu.Lock()
-	t.scan(t.now())
+	now := t.now()
+	t.scan(now)
 	t.mu.Unlock()
+	// Until the first poll completes, its start counts: a first poll that hangs shows as stale.
+	t.lastPoll.Store(now.UnixNano())
 	t.stop = make(chan struct{})
 	t.done = make(chan struct{})
 	go func() {
@@ -175,6 +197,16 @@ func (t *Tailer) Stop() map[FileID]Position {
 // Watched is the number of files open.
 func (t *Tailer) Watched() int { return int(t.watched.Load()) }
 
+// LastPoll is when the last poll completed (or Start was called, before the first completes);
+// the zero time if neither happened.
+func (t *Tailer) LastPoll() time.Time {
+	n := t.lastPoll.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
 // Unfollowed is the number of regular files that matched at the last scan but were not followed
 // because MaxFiles were open.
 func (t *Tailer) Unfollowed() int { return int(t.over.Load()) }
@@ -217,6 +249,7 @@ func (t *Tailer) Poll() {
 		}
 	}
 	t.watched.Store(int64(len(t.files)))
+	t.lastPoll.Store(t.now().UnixNano())
 }
 
 // scan matches the globs: new files are opened, known ones marked as still matched.
@@ -225,9 +258,13 @@ func (t *Tailer) scan(now time.Time) {
 		f.matched = false
 	}
 	t.overNow = 0
+	failed := map[string]bool{}
 	for _, path := range t.glob() {
-		t.track(path, now)
+		if !t.track(path, now) {
+			failed[path] = true
+		}
 	}
+	t.cannotOpen = failed
 	t.over.Store(int64(t.overNow))
 	// Resume describes the files of the first scan only: a file found later with a resumed
 	// (device, inode) is a new file that reuses a deleted one's inode, read from its start.
@@ -254,15 +291,16 @@ func (t *Tailer) glob() []string {
 	return paths
 }
 
-// track opens a newly matched file, or marks a known one as still matched (maybe under a new name).
-func (t *Tailer) track(path string, now time.Time) {
+// track opens a newly matched file, or marks a known one as still matched (maybe under a new
+// name). It returns false when the file exists but could not be opened.
+func (t *Tailer) track(path string, now time.Time) bool {
 	fi, err := os.Stat(path)
 	if err != nil || !fi.Mode().IsRegular() {
-		return
+		return true // gone since the glob, or not a file: nothing to read
 	}
 	if f := t.files[fileID(path, fi)]; f != nil {
 		f.matched, f.path = true, path
-		return
+		return true
 	}
 	if len(t.files) >= t.opts.MaxFiles {
 		t.overNow++
@@ -270,27 +308,33 @@ func (t *Tailer) track(path string, now time.Time) {
 			t.warnedAt = len(t.files)
 			level.Warn(t.logger).Log("msg", "too many log files, not following more", "max", t.opts.MaxFiles, "path", path)
 		}
-		return
+		return true
 	}
 	testHookBeforeOpen(path)
 	// Non-blocking: the path may have become a FIFO since Stat, whose open would wait for a
 	// writer for ever and stop every file of the source.
 	fh, err := openNonBlocking(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true // rotated away since the Stat
+	}
 	if err != nil {
-		level.Warn(t.logger).Log("msg", "cannot open log file", "path", path, "err", err)
-		return
+		t.readError()
+		if !t.cannotOpen[path] {
+			level.Warn(t.logger).Log("msg", "cannot open log file", "path", path, "err", err)
+		}
+		return false
 	}
 	// The path may have been replaced between Stat and Open: identify what was opened.
 	fi, err = fh.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
 		fh.Close()
-		return
+		return true
 	}
 	id := fileID(path, fi)
 	if f := t.files[id]; f != nil {
 		fh.Close()
 		f.matched, f.path = true, path
-		return
+		return true
 	}
 	f := &file{id: id, path: path, f: fh, matched: true, lastChange: now}
 	switch pos, ok := t.opts.Resume[id]; {
@@ -305,6 +349,7 @@ func (t *Tailer) track(path string, now time.Time) {
 	f.fp = t.fingerprint(f, fi.Size())
 	t.files[id] = f
 	level.Debug(t.logger).Log("msg", "following log file", "path", path, "offset", f.offset)
+	return true
 }
 
 // fingerprint reads the first bytes of the file, up to what has been read (or exists).
@@ -319,27 +364,53 @@ func (t *Tailer) fingerprint(f *file, upTo int64) []byte {
 }
 
 // rewritten reports whether the file was truncated in place, even if it has since grown past
-// our offset.
-func (t *Tailer) rewritten(f *file, size int64) bool {
+// our offset. A failed read of its first bytes is an error, not a rewrite: taking it for one would
+// read the whole file again once the disk answers.
+func (t *Tailer) rewritten(f *file, size int64) (bool, error) {
 	if size < f.offset {
-		return true
+		return true, nil
 	}
 	if len(f.fp) == 0 {
-		return false
+		return false, nil
 	}
 	// Called before read fills t.buf: borrow it rather than allocate on every poll of every file.
 	b := t.buf[:len(f.fp)]
-	m, _ := f.f.ReadAt(b, 0)
-	return !bytes.Equal(b[:m], f.fp)
+	m, err := f.f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	return !bytes.Equal(b[:m], f.fp), nil
+}
+
+// readError counts one failed open, stat or read.
+func (t *Tailer) readError() {
+	if t.opts.OnReadError != nil {
+		t.opts.OnReadError()
+	}
+}
+
+// readFailed counts a failed stat or read of a followed file and logs it when it starts failing.
+func (t *Tailer) readFailed(f *file, err error) {
+	t.readError()
+	if !f.failing {
+		f.failing = true
+		level.Warn(t.logger).Log("msg", "cannot read log file", "path", f.path, "err", err)
+	}
 }
 
 func (t *Tailer) read(f *file, now time.Time) {
 	fi, err := f.f.Stat()
 	if err != nil {
+		t.readFailed(f, err)
 		return
 	}
 	size := fi.Size()
-	if t.rewritten(f, size) {
+	rewritten, err := t.rewritten(f, size)
+	if err != nil {
+		t.readFailed(f, err)
+		return
+	}
+	if rewritten {
 		level.Info(t.logger).Log("msg", "log file truncated, reading it from the start", "path", f.path)
 		if t.opts.OnTruncate != nil {
 			t.opts.OnTruncate()
@@ -358,10 +429,15 @@ func (t *Tailer) read(f *file, now time.Time) {
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
-				level.Warn(t.logger).Log("msg", "cannot read log file", "path", f.path, "err", err)
+				t.readFailed(f, err)
+				return
 			}
 			break
 		}
+	}
+	if f.failing {
+		f.failing = false
+		level.Info(t.logger).Log("msg", "reading log file again", "path", f.path)
 	}
 	if len(f.fp) < fingerprintBytes && f.offset > int64(len(f.fp)) {
 		f.fp = t.fingerprint(f, f.offset)

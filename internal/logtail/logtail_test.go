@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -442,4 +443,75 @@ func TestNothingMatches(t *testing.T) {
 	if tl.Watched() != 0 {
 		t.Errorf("Watched = %d", tl.Watched())
 	}
+}
+
+// LastPoll advances with every completed poll and stands still while a poll hangs (here in the
+// hook before an open; in production a read blocked on a dead network mount), so a stalled
+// source is visible from its scrape.
+func TestLastPollStandsStillWhilePollHangs(t *testing.T) {
+	dir := t.TempDir()
+	var clock atomic.Int64
+	clock.Store(1000)
+	tl, _ := newTailer(t, dir, Options{Now: func() time.Time { return time.Unix(clock.Load(), 0) }})
+	if !tl.LastPoll().IsZero() {
+		t.Errorf("LastPoll = %v before any poll, want zero", tl.LastPoll())
+	}
+	tl.Poll()
+	if got := tl.LastPoll().Unix(); got != 1000 {
+		t.Errorf("LastPoll = %d, want 1000", got)
+	}
+	clock.Store(1010)
+	tl.Poll()
+	if got := tl.LastPoll().Unix(); got != 1010 {
+		t.Errorf("LastPoll = %d, want 1010", got)
+	}
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	testHookBeforeOpen = func(string) {
+		close(entered)
+		<-release
+	}
+	t.Cleanup(func() { testHookBeforeOpen = func(string) {} })
+	appendFile(t, filepath.Join(dir, "new.log"), "x\n")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tl.Poll()
+	}()
+	<-entered
+	clock.Store(1100)
+	if got := tl.LastPoll().Unix(); got != 1010 {
+		t.Errorf("LastPoll = %d while a poll hangs, want 1010", got)
+	}
+	testHookBeforeOpen = func(string) {}
+	close(release)
+	<-done
+	if got := tl.LastPoll().Unix(); got != 1100 {
+		t.Errorf("LastPoll = %d after the poll completed, want 1100", got)
+	}
+}
+
+// Start counts as a poll until the first completes: a first poll that hangs shows as stale too.
+// Here the first poll hangs in its first reading of the clock, which answers only for Start.
+func TestLastPollSetByStart(t *testing.T) {
+	release := make(chan struct{})
+	var calls atomic.Int64
+	tl, _ := newTailer(t, t.TempDir(), Options{
+		PollInterval: time.Hour,
+		Now: func() time.Time {
+			if calls.Add(1) == 1 {
+				return time.Unix(2000, 0)
+			}
+			<-release
+			return time.Unix(3000, 0)
+		},
+	})
+	tl.Start()
+	for calls.Load() < 2 { // the first poll has started and hangs
+		time.Sleep(time.Millisecond)
+	}
+	if got := tl.LastPoll().Unix(); got != 2000 {
+		t.Errorf("LastPoll = %d while the first poll hangs, want 2000 (Start)", got)
+	}
+	close(release)
 }
