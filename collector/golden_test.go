@@ -209,6 +209,7 @@ func goldenExposition(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	logs := NewLogScraper(nil)
+	logs.now = func() time.Time { return now }
 	t.Cleanup(func() { logs.Close() })
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 breakers:
@@ -227,7 +228,8 @@ logs:
 	if err := logs.ApplyConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, logs, `celery_log_files_watched{} 1`)
+	lastPoll := fmt.Sprintf("celery_log_last_poll_timestamp_seconds{} %g", float64(now.UnixNano())/1e9)
+	waitFor(t, logs, "celery_log_files_watched{} 1\n"+lastPoll)
 	f, err := os.OpenFile(logFile, os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -237,6 +239,7 @@ logs:
 	f.Close()
 	waitFor(t, logs, `celery_log_events_total{event="call_error",level="error"} 1
 celery_log_files_watched{} 1
+`+lastPoll+`
 celery_log_lines_total{level="error"} 1
 celery_log_lines_total{level="info"} 1`)
 

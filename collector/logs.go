@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-kit/log"
 	"github.com/go-logfmt/logfmt"
@@ -39,6 +40,12 @@ var logFilesUnfollowedDesc = prometheus.NewDesc(
 	nil, nil,
 )
 
+var logLastPollDesc = prometheus.NewDesc(
+	prometheus.BuildFQName(Namespace, "log", "last_poll_timestamp_seconds"),
+	"When the log source that polled least recently last completed a poll of its files; it stops advancing while a read hangs (a dead network mount). No series without log sources.",
+	nil, nil,
+)
+
 // LogScraper counts lines and named events in application log files, followed in the background.
 type LogScraper struct {
 	logger  log.Logger
@@ -48,6 +55,9 @@ type LogScraper struct {
 	// truncations counts files truncated in place (copytruncate), each losing what was written
 	// between our last read and the truncation.
 	truncations prometheus.Counter
+	// readErrors counts failed opens, stats and reads of matching files, once per poll.
+	readErrors prometheus.Counter
+	now        func() time.Time // the tailers' clock
 
 	mu      sync.Mutex
 	sources []*logSource
@@ -81,6 +91,11 @@ func NewLogScraper(logger log.Logger) *LogScraper {
 			Namespace: Namespace, Subsystem: "log", Name: "files_truncated_total",
 			Help: "Log files found truncated in place (copytruncate rotation): lines written between the last read and the truncation are lost.",
 		}),
+		readErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "log", Name: "read_errors_total",
+			Help: "Failed attempts to open, stat or read a log file matching a source's paths; each poll tries again, so an unreadable file counts once per poll.",
+		}),
+		now: time.Now,
 	}
 	for _, l := range logLevels {
 		s.lines.WithLabelValues(l)
@@ -132,6 +147,8 @@ func (s *LogScraper) ApplyConfig(cfg *config.Config) error {
 			PollInterval:  c.PollInterval,
 			Resume:        resume,
 			OnTruncate:    s.truncations.Inc,
+			OnReadError:   s.readErrors.Inc,
+			Now:           s.now,
 		}, p, log.With(s.logger, "source", "logs"))
 		t.Start()
 		next = append(next, &logSource{cfg: c, tailer: t})
@@ -154,17 +171,25 @@ func (s *LogScraper) Close() {
 func (s *LogScraper) Scrape(_ context.Context, ch chan<- prometheus.Metric) error {
 	s.mu.Lock()
 	watched, unfollowed := 0, 0
+	var oldest time.Time
 	for _, src := range s.sources {
 		watched += src.tailer.Watched()
 		unfollowed += src.tailer.Unfollowed()
+		if p := src.tailer.LastPoll(); !p.IsZero() && (oldest.IsZero() || p.Before(oldest)) {
+			oldest = p
+		}
 	}
 	s.mu.Unlock()
 	s.events.Collect(ch)
 	s.lines.Collect(ch)
 	s.skipped.Collect(ch)
 	s.truncations.Collect(ch)
+	s.readErrors.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(logFilesWatchedDesc, prometheus.GaugeValue, float64(watched))
 	ch <- prometheus.MustNewConstMetric(logFilesUnfollowedDesc, prometheus.GaugeValue, float64(unfollowed))
+	if !oldest.IsZero() {
+		ch <- prometheus.MustNewConstMetric(logLastPollDesc, prometheus.GaugeValue, float64(oldest.UnixNano())/1e9)
+	}
 	return nil
 }
 

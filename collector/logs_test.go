@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/celery-exporter/celery_exporter/internal/config"
 	"github.com/celery-exporter/celery_exporter/internal/logtail"
@@ -150,6 +152,7 @@ func TestLogScraperFilesAndReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := NewLogScraper(nil)
+	s.now = func() time.Time { return time.Unix(1000, 0) }
 	defer s.Close()
 	cfgText := func(events string) *config.Config {
 		c, err := config.Parse([]byte(fmt.Sprintf("logs:\n  - {paths: [%q], poll_interval: 10ms, events: [%s]}\n", filepath.Join(dir, "*.log"), events)), "t")
@@ -162,7 +165,7 @@ func TestLogScraperFilesAndReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The line written before start is history: not counted.
-	waitFor(t, s, `celery_log_files_watched{} 1`)
+	waitFor(t, s, "celery_log_files_watched{} 1\ncelery_log_last_poll_timestamp_seconds{} 1000")
 
 	appendLine := func(path, line string) {
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -176,6 +179,7 @@ func TestLogScraperFilesAndReload(t *testing.T) {
 	appendLine(app, `{"level":"WARNING","message":"zep_call_failure"}`)
 	waitFor(t, s, `celery_log_events_total{event="zep_call_error",level="error"} 1
 celery_log_files_watched{} 1
+celery_log_last_poll_timestamp_seconds{} 1000
 celery_log_lines_total{level="error"} 1
 celery_log_lines_total{level="warning"} 1`)
 
@@ -186,6 +190,7 @@ celery_log_lines_total{level="warning"} 1`)
 	appendLine(app, `{"level":"WARNING","message":"zep_call_failure"}`)
 	waitFor(t, s, `celery_log_events_total{event="zep_call_error",level="error"} 1
 celery_log_files_watched{} 1
+celery_log_last_poll_timestamp_seconds{} 1000
 celery_log_lines_total{level="error"} 1
 celery_log_lines_total{level="warning"} 2`)
 	if err := s.ApplyConfig(cfgText("zep_call_error, zep_call_failure")); err != nil {
@@ -197,6 +202,7 @@ celery_log_lines_total{level="warning"} 2`)
 celery_log_events_total{event="zep_call_failure",level="info"} 1
 celery_log_events_total{event="zep_call_failure",level="warning"} 1
 celery_log_files_watched{} 2
+celery_log_last_poll_timestamp_seconds{} 1000
 celery_log_lines_total{level="error"} 1
 celery_log_lines_total{level="info"} 1
 celery_log_lines_total{level="warning"} 3`)
@@ -233,4 +239,28 @@ celery_log_events_total{event="zep_call_failure",level="warning"} 1
 celery_log_lines_total{level="error"} 1
 celery_log_lines_total{level="info"} 1
 celery_log_lines_total{level="warning"} 3`)
+}
+
+// The last poll time is the oldest of the sources': one whose polling stopped (here one polled
+// by hand at 1000, then no more) holds it back while another keeps polling. A source that never
+// polled is left out; without sources there is no series.
+func TestLogScraperLastPollIsOldest(t *testing.T) {
+	var clock atomic.Int64
+	now := func() time.Time { return time.Unix(clock.Load(), 0) }
+	tailer := func() *logtail.Tailer {
+		tl := logtail.New(logtail.Options{Globs: []string{filepath.Join(t.TempDir(), "*.log")}, Now: now}, nil, nil)
+		t.Cleanup(func() { tl.Stop() })
+		return tl
+	}
+	stopped, polling, never := tailer(), tailer(), tailer()
+	s := NewLogScraper(nil)
+	s.sources = []*logSource{{tailer: polling}, {tailer: stopped}, {tailer: never}}
+	clock.Store(1000)
+	stopped.Poll()
+	polling.Poll()
+	clock.Store(2000)
+	polling.Poll()
+	compare(t, &errCapturingCollector{s: s}, "celery_log_last_poll_timestamp_seconds{} 1000\n", "celery_log_last_poll_timestamp_seconds")
+	s.sources = nil
+	compare(t, &errCapturingCollector{s: s}, "", "celery_log_last_poll_timestamp_seconds")
 }
