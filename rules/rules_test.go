@@ -48,7 +48,7 @@ var issueAlerts = []struct {
 	{"CeleryExporterCollectorFailing", "warning", "5m", []string{`celery_exporter_collector_success{job="celery"} == 0`}},
 	{"CeleryExporterConfigReloadFailed", "warning", "", []string{`celery_exporter_config_last_reload_successful{job="celery"} == 0`}},
 	{"CeleryExporterEventsDropped", "warning", "", []string{`reason="buffer_full"`, "celery_exporter_label_overflow_total", "[15m]"}},
-	{"CeleryLogFilesMissing", "warning", "5m", []string{"celery_log_files_watched", ") == 0", "celery_log_events_total"}},
+	{"CeleryLogFilesMissing", "warning", "5m", []string{"celery_log_files_watched", ") == 0", "celery_log_events_total", "timestamp(celery_log_last_poll_timestamp_seconds", "increase(celery_log_read_errors_total"}},
 	{"CeleryBreakerUnreadable", "warning", "5m", []string{`max by (job, breaker) (celery_breaker_read_ok{job="celery"}) == 0`}},
 	{"CeleryTaskEventsLost", "warning", "5m", []string{"celery:task_events_lost:ratio > 0.1", "celery_worker_task_events_enabled"}},
 	{"CeleryTaskStuck", "warning", "", []string{`max by (job, queue_name, name) (celery_task_running_oldest_age_seconds{job="celery"}) > 180`}},

@@ -83,6 +83,13 @@ type Config struct {
 		StaleAfter Duration `yaml:"stale_after"`
 	} `yaml:"events"`
 
+	Logs struct {
+		// StallAfter: CeleryLogFilesMissing counts a log source as stopped when its last
+		// completed poll is older than this at scrape time (a read hangs). Must exceed the
+		// largest poll_interval of the exporter's log sources.
+		StallAfter Duration `yaml:"stall_after"`
+	} `yaml:"logs"`
+
 	App struct {
 		// LogEvents are shown one stat each on the "Celery / App signals" dashboard.
 		LogEvents []string `yaml:"log_events"`
@@ -133,12 +140,13 @@ const (
 	WindowAppEvents        = "app_events"
 	WindowTaskEventsLost   = "task_events_lost"
 	WindowEventsDropped    = "events_dropped"
+	WindowLogReadErrors    = "log_read_errors"
 )
 
 // WindowNames lists every window the rules use.
 var WindowNames = []string{
 	WindowTaskFailureRatio, WindowTaskRuntime, WindowTimeLimit, WindowWorkerLost,
-	WindowAppEvents, WindowTaskEventsLost, WindowEventsDropped,
+	WindowAppEvents, WindowTaskEventsLost, WindowEventsDropped, WindowLogReadErrors,
 }
 
 // Memory sources of the memory criterion (workers.memory.source).
@@ -314,6 +322,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Events.StaleAfter <= 0 {
 		bad("events.stale_after", "must be a positive duration")
+	}
+	if c.Logs.StallAfter <= 0 {
+		bad("logs.stall_after", "must be a positive duration")
 	}
 	c.validateAppAlerts(bad)
 	for _, w := range WindowNames {

@@ -73,6 +73,8 @@ var ContractMetrics = map[string][]string{
 	"celery_log_lines_total":                        {"level"},
 	"celery_log_lines_skipped_total":                {"reason"},
 	"celery_log_files_watched":                      {},
+	"celery_log_last_poll_timestamp_seconds":        {},
+	"celery_log_read_errors_total":                  {},
 	"celery_exporter_config_last_reload_successful": {},
 	// Prometheus' own series.
 	"up": {},

@@ -218,9 +218,10 @@ func (c *Config) exporterAlerts() []alert {
 	}, {
 		name: "CeleryLogFilesMissing", severity: "warning",
 		expr:    c.logFilesMissing(),
-		summary: "The Celery exporter watches no log file.",
-		descr: "Exporter {{ $labels.instance }} has log events configured but has followed no log file for " + c.forText("CeleryLogFilesMissing") +
-			": the paths globs match nothing (or cannot be read), so the alerts on log events cannot fire.",
+		summary: "The Celery exporter reads no log file.",
+		descr: "Exporter {{ $labels.instance }} has log events configured but has not been reading its log files for " + c.forText("CeleryLogFilesMissing") +
+			": the paths globs match no file, a poll has not completed for over " + c.Logs.StallAfter.String() +
+			" (a read hangs, e.g. on a dead network mount), or reads keep failing (celery_log_read_errors_total grows). The alerts on log events cannot fire.",
 		dash: DashApp,
 	}, {
 		name: "CeleryBreakerUnreadable", severity: "warning",
@@ -402,10 +403,17 @@ func (c *Config) eventsDropped(extra ...string) string {
 }
 
 // logFilesMissing: exporters with log events configured (their counters exist from the start,
-// at 0) that follow no log file.
+// at 0) that follow no log file, whose polling stalled, or whose reads keep failing. A quiet log
+// is none of these: polls complete without new lines. The poll's age is taken at scrape time
+// (timestamp() - value), so the scrape interval does not add to it; an exporter no longer
+// scraped has no such series (CeleryExporterDown's case). Read errors page only when every
+// window of the alert's `for` saw one (windows.log_read_errors at most that `for`).
 func (c *Config) logFilesMissing() string {
-	return "max by (job, instance) (celery_log_files_watched" + c.sel() + ") == 0\nand on (job, instance)\n" +
-		"count by (job, instance) (celery_log_events_total" + c.sel() + ")"
+	last := "celery_log_last_poll_timestamp_seconds" + c.sel()
+	return "(\n  max by (job, instance) (celery_log_files_watched" + c.sel() + ") == 0\n  or\n" +
+		"  max by (job, instance) (timestamp(" + last + ") - " + last + ") > " + fmtFloat(c.Logs.StallAfter.Seconds()) + "\n  or\n" +
+		"  sum by (job, instance) (increase(celery_log_read_errors_total" + c.sel() + "[" + c.Windows[WindowLogReadErrors].String() + "])) > 0\n)\n" +
+		"and on (job, instance)\ncount by (job, instance) (celery_log_events_total" + c.sel() + ")"
 }
 
 // taskEventsLost: per worker, the share of tasks processed (heartbeat count) whose task events
