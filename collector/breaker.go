@@ -335,8 +335,9 @@ func (s *BreakerScraper) logChange(what string, err error) {
 	}
 }
 
-// readGroup reads one client's keys in one round trip. It returns an error only when Redis could
-// not be asked (connection, timeout); a key Redis refuses (e.g. WRONGTYPE) is that key's problem.
+// readGroup reads one client's keys in one round trip. It returns an error when Redis could not
+// be read (isKeyError: connection, timeout, NOPERM, LOADING...); a key of the wrong type
+// (WRONGTYPE) is that key's problem.
 func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers []config.Breaker, appValues []config.AppValue,
 	reads []breakerRead, values []*float64, valueErrs []error) error {
 	if g.client == nil {
@@ -373,8 +374,8 @@ func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers [
 	for j, i := range g.appValues {
 		vcmds[j] = valueCmds{get: boundedGet(ctx, pipe, appValues[i].Key), pttl: pipe.PTTL(ctx, appValues[i].Key)}
 	}
-	_, err := pipe.Exec(ctx)
-	if err != nil && !isReply(err) {
+	cmds, err := pipe.Exec(ctx)
+	if err != nil && !onlyReplyErrors(cmds) {
 		err = fmt.Errorf("read breakers and app values: %w", err)
 		for _, i := range g.breakers {
 			reads[i] = breakerRead{err: err}
@@ -452,13 +453,6 @@ func boundedGet(ctx context.Context, pipe redis.Pipeliner, key string) *redis.St
 func missing(pttl *redis.DurationCmd) bool {
 	d, err := pttl.Result()
 	return err == nil && d == -2
-}
-
-// isReply reports whether err is Redis's answer about one key (nil reply, WRONGTYPE...) rather
-// than a failure to talk to Redis.
-func isReply(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re)
 }
 
 func ttlUntil(now time.Time, ttl time.Duration, open bool) float64 {

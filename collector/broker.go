@@ -8,7 +8,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -299,22 +298,6 @@ func taskIDOf(p *fastjson.Parser, raw string) string {
 		return ""
 	}
 	return m.TaskID()
-}
-
-// onlyReplyErrors tells whether every failed command of an executed pipeline failed only because
-// of the key (nil, or WRONGTYPE: a key of a queue's name that is not a list), not because of the
-// server (LOADING, NOPERM, ...), the connection or a timeout.
-func onlyReplyErrors(cmds []redis.Cmder) bool {
-	for _, c := range cmds {
-		if err := c.Err(); err != nil && !isKeyError(err) {
-			return false
-		}
-	}
-	return true
-}
-
-func isKeyError(err error) bool {
-	return errors.Is(err, redis.Nil) || strings.HasPrefix(err.Error(), "WRONGTYPE")
 }
 
 func (b *BrokerScraper) queueSet(table *bindingTable) []string {
