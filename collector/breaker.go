@@ -1,3 +1,6 @@
+// Circuit breakers: the flags the application keeps in Redis, read at scrape time and judged open
+// or closed as the application judges them.
+
 package collector
 
 import (
@@ -56,11 +59,6 @@ var (
 		"Whether the circuit breaker's key was read and understood at the last scrape (1) or not (0).",
 		[]string{"breaker"}, nil,
 	)
-	appValueDesc = prometheus.NewDesc(
-		prometheus.BuildFQName(Namespace, "app", "value"),
-		"A numeric value the application keeps in Redis (app_values in the configuration file).",
-		[]string{"name"}, nil,
-	)
 	oversizeDesc = prometheus.NewDesc(
 		prometheus.BuildFQName(Namespace, "exporter", "app_values_oversize_total"),
 		"Reads of a breaker or app value refused because the value is over 1 MiB (only the first 1 MiB + 1 byte is fetched).",
@@ -82,7 +80,8 @@ const unsupportedLabel = "unsupported_type"
 // maxLabelBytes bounds mode and reason label values taken from Redis.
 const maxLabelBytes = 128
 
-// BreakerScraper reads circuit-breaker flags and application values from Redis at scrape time.
+// BreakerScraper reads circuit-breaker flags and application values (appvalue.go) from Redis at
+// scrape time, both in one pipeline per Redis.
 type BreakerScraper struct {
 	logger        log.Logger
 	dial          func(rawURL string) (redis.UniversalClient, error)
@@ -366,13 +365,9 @@ func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers [
 		}
 		bcmds[j].pttl = pipe.PTTL(ctx, b.Key)
 	}
-	type valueCmds struct {
-		get  *redis.StringCmd
-		pttl *redis.DurationCmd
-	}
-	vcmds := make([]valueCmds, len(g.appValues))
+	vcmds := make([]appValueCmds, len(g.appValues))
 	for j, i := range g.appValues {
-		vcmds[j] = valueCmds{get: boundedGet(ctx, pipe, appValues[i].Key), pttl: pipe.PTTL(ctx, appValues[i].Key)}
+		vcmds[j] = queueAppValue(ctx, pipe, appValues[i].Key)
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err != nil && !onlyReplyErrors(cmds) {
@@ -420,23 +415,10 @@ func (s *BreakerScraper) readGroup(ctx context.Context, g *readGroup, breakers [
 		}
 	}
 	for j, i := range g.appValues {
-		a := appValues[i]
-		raw, err := vcmds[j].get.Bytes()
-		switch {
-		case err == nil && missing(vcmds[j].pttl):
-			values[i] = a.Default
-		case err != nil:
-			valueErrs[i] = fmt.Errorf("GETRANGE %s: %w", a.Key, err)
-		default:
-			if len(raw) > maxValueBytes {
-				s.oversize.Add(1)
-			}
-			v, err := parseAppValue(raw)
-			if err != nil {
-				valueErrs[i] = fmt.Errorf("key %s: %w", a.Key, err)
-			} else {
-				values[i] = &v
-			}
+		var oversize bool
+		values[i], oversize, valueErrs[i] = vcmds[j].value(appValues[i])
+		if oversize {
+			s.oversize.Add(1)
 		}
 	}
 	return nil
@@ -663,25 +645,4 @@ func truncate(s string) string {
 		s = s[:len(s)-1]
 	}
 	return s
-}
-
-// parseAppValue reads a number as django-redis stores it: digits for an int, a pickle for a
-// float or bool; plain decimal strings (e.g. set by redis-cli or INCRBYFLOAT) too.
-func parseAppValue(raw []byte) (float64, error) {
-	if len(raw) > maxValueBytes {
-		return 0, fmt.Errorf("value of %d bytes is over the %d limit", len(raw), maxValueBytes)
-	}
-	if f, err := strconv.ParseFloat(strings.TrimSpace(string(raw)), 64); err == nil {
-		return f, nil
-	}
-	v, err := pickle.Decode(raw)
-	if err != nil {
-		return 0, fmt.Errorf("neither a number nor a pickle: %w", err)
-	}
-	switch x := v.(type) {
-	case float64, int64, *big.Int, bool:
-		return toTimestamp(x)
-	default:
-		return 0, fmt.Errorf("pickled %T is not a number", v)
-	}
 }
