@@ -1,4 +1,3 @@
-// Package bundletest holds the checks the rule and dashboard tests share.
 package bundletest
 
 import (

@@ -1,0 +1,2 @@
+// Package bundletest holds the checks the rule and dashboard tests share.
+package bundletest
