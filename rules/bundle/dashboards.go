@@ -276,6 +276,14 @@ func (c *Config) appDashboard() *board {
 		target{expr: "sum by (reason) (rate(celery_log_lines_skipped_total" + w + "[$__rate_interval]))", legend: "{{reason}}"}))
 	b.add(12, 6, series("Log files watched", "Log files the exporter is reading (its log source's globs).", "short", nil,
 		target{expr: "sum by (instance) (celery_log_files_watched" + w + ")", legend: "{{instance}}"}))
+	// At scrape time (timestamp() - value), as CeleryLogFilesMissing reads it.
+	b.add(12, 6, series("Log poll age", "Seconds since the exporter's least recent log source completed a poll, at scrape time. "+
+		"CeleryLogFilesMissing counts a source above "+c.Logs.StallAfter.String()+" as stopped (a read hangs).", "s",
+		redAtOrAbove(c.Logs.StallAfter.Seconds()),
+		target{expr: "max by (instance) (timestamp(celery_log_last_poll_timestamp_seconds" + w + ") - celery_log_last_poll_timestamp_seconds" + w + ")",
+			legend: "{{instance}}"}))
+	b.add(12, 6, series("Log read errors", "Failed opens, stats and reads of log files per second; an unreadable file fails at every poll.", "ops", nil,
+		target{expr: "sum by (instance) (rate(celery_log_read_errors_total" + w + "[$__rate_interval]))", legend: "{{instance}}"}))
 	return b
 }
 
