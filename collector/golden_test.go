@@ -209,7 +209,8 @@ func goldenExposition(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	logs := NewLogScraper(nil)
-	logs.now = func() time.Time { return now }
+	logNow := clk.Now() // the log sources' polls happen at the fake clock's time
+	logs.now = func() time.Time { return logNow }
 	t.Cleanup(func() { logs.Close() })
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 breakers:
@@ -228,7 +229,7 @@ logs:
 	if err := logs.ApplyConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
-	lastPoll := fmt.Sprintf("celery_log_last_poll_timestamp_seconds{} %g", float64(now.UnixNano())/1e9)
+	lastPoll := fmt.Sprintf("celery_log_last_poll_timestamp_seconds{} %g", float64(logNow.UnixNano())/1e9)
 	waitFor(t, logs, "celery_log_files_watched{} 1\n"+lastPoll)
 	f, err := os.OpenFile(logFile, os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
