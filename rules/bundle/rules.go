@@ -244,7 +244,7 @@ func (c *Config) workerAlerts() []alert {
 		// one page), so the page names the queues left without a consumer itself.
 		descr: "Only {{ $value }} of " + n + " expected Celery workers of job {{ $labels.job }} are up (for " +
 			c.forText("CeleryWorkersBelowExpected") + "). Queues served only by the missing workers are not processed" +
-			`{{ with printf "` + RecQueueConsumers + `{job=%q} == 0" $labels.job | query | sortByLabel "queue_name" }}; without a live consumer now:` +
+			`{{ with printf "` + RecQueueConsumers + c.appMatchersTemplate() + ` == 0" ` + c.appLabelsTemplate() + ` | query | sortByLabel "queue_name" }}; without a live consumer now:` +
 			`{{ range . }} {{ .Labels.queue_name }}{{ end }}{{ end }}.`,
 		dash: DashWorkers,
 	}, {
@@ -448,6 +448,24 @@ func (c *Config) memoryFigure() string {
 	return "peak RSS of its main process from inspect stats; prefork pool children are not included"
 }
 
+// appMatchersTemplate is a printf format selecting the alert's app by its aggregation labels
+// (`{namespace=%q,job=%q}`), for a query in an annotation; appLabelsTemplate gives its arguments.
+func (c *Config) appMatchersTemplate() string {
+	var ms []string
+	for _, l := range c.aggregationLabels() {
+		ms = append(ms, l+"=%q")
+	}
+	return "{" + strings.Join(ms, ",") + "}"
+}
+
+func (c *Config) appLabelsTemplate() string {
+	var ls []string
+	for _, l := range c.aggregationLabels() {
+		ls = append(ls, "$labels."+l)
+	}
+	return strings.Join(ls, " ")
+}
+
 // forText is an alert's `for` in words for its description.
 func (c *Config) forText(alert string) string {
 	if d := c.For[alert]; d > 0 {
@@ -462,10 +480,15 @@ func (c *Config) renderAlert(a alert) Rule {
 		labels["severity"] = o.Severity
 	}
 	maps.Copy(labels, c.AlertLabels)
-	url := c.DashboardURL(a.dash) + "?var-job={{ $labels.job | urlquery }}"
-	for _, v := range a.dashVars {
-		url += "&var-" + v[0] + "={{ $labels." + v[1] + " | urlquery }}"
+	// The dashboard opens on the alert's app: its job and tenant labels (namespace, cluster).
+	var vars []string
+	for _, l := range c.aggregationLabels() {
+		vars = append(vars, "var-"+l+"={{ $labels."+l+" | urlquery }}")
 	}
+	for _, v := range a.dashVars {
+		vars = append(vars, "var-"+v[0]+"={{ $labels."+v[1]+" | urlquery }}")
+	}
+	url := c.DashboardURL(a.dash) + "?" + strings.Join(vars, "&")
 	runbook := a.runbook
 	if runbook == "" {
 		runbook = RunbookAnchor(a.name)

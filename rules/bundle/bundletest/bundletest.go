@@ -15,8 +15,9 @@ var promql = parser.NewParser(parser.Options{})
 // CheckExpr parses expr with Prometheus' parser and checks every selector against the metric
 // contract: a known metric name (the exporter's, Prometheus' own or a recorded one) and, in its
 // matchers, only that metric's labels or the target labels. Failures are reported on t, prefixed
-// with where.
-func CheckExpr(t testing.TB, where, expr string) {
+// with where. extraTargetLabels are target labels the deployment adds besides job and instance
+// (aggregation_labels such as namespace).
+func CheckExpr(t testing.TB, where, expr string, extraTargetLabels ...string) {
 	t.Helper()
 	ast, err := promql.ParseExpr(expr)
 	if err != nil {
@@ -37,7 +38,7 @@ func CheckExpr(t testing.TB, where, expr string) {
 			return nil
 		}
 		for _, m := range vs.LabelMatchers {
-			if m.Name == "__name__" || slices.Contains(bundle.TargetLabels, m.Name) {
+			if m.Name == "__name__" || slices.Contains(bundle.TargetLabels, m.Name) || slices.Contains(extraTargetLabels, m.Name) {
 				continue
 			}
 			if !slices.Contains(labels, m.Name) {
