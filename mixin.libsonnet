@@ -76,7 +76,9 @@
   ]),
   local alternatives(names) = std.join('|', [quoteMeta(n) for n in names]),
   local notTasks = 'name!~' + std.escapeStringJson('(.+[.])?(' + alternatives(config.ignoreTasks) + ')'),
-  local notQueues = 'queue_name!~' + std.escapeStringJson(alternatives(config.ignoreQueues)),
+  local notQueues =
+    if std.length(config.ignoreQueues) == 1 then 'queue_name!=' + std.escapeStringJson(config.ignoreQueues[0])
+    else 'queue_name!~' + std.escapeStringJson(alternatives(config.ignoreQueues)),
 
   // A matcher added to a recorded series wherever it appears: `r` gets {m}, `r{…}` gets {m, …}.
   local onRecorded(expr, r, m) =

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // RuleGroup is one Prometheus rule group, in the rule-file layout.
@@ -24,7 +26,29 @@ type Rule struct {
 	For         string            `yaml:"for,omitempty"`
 	Labels      map[string]string `yaml:"labels,omitempty"`
 	Annotations map[string]string `yaml:"annotations,omitempty"`
+	// Lint is a comment rendered above the rule: a linter's disable with its reason.
+	Lint string `yaml:"-"`
 }
+
+// MarshalYAML writes the rule with its Lint comment above it, where pint reads its
+// `# pint disable` comments.
+func (r Rule) MarshalYAML() (any, error) {
+	type plain Rule // without this method
+	var n yaml.Node
+	if err := n.Encode(plain(r)); err != nil {
+		return nil, fmt.Errorf("encode rule %s%s: %w", r.Record, r.Alert, err)
+	}
+	n.HeadComment = r.Lint
+	return &n, nil
+}
+
+// bornCounter is what increaseNew's expressions hold: the counter's raw value, on purpose.
+const bornCounter = " and on (job, instance) (time() - celery_exporter_start_time_seconds"
+
+// pintCounterDisable answers pint's promql/counter on the rules that count a counter's first
+// events with increaseNew.
+const pintCounterDisable = "A counter born inside the window counts with its whole value, which increase() cannot see\n" +
+	"(increaseNew; docs/runbooks.md, \"How the rules count events\").\npint disable promql/counter"
 
 // Names of the recorded series; dashboards and alerts share them.
 const (
@@ -106,7 +130,11 @@ func (c *Config) RuleGroups() []RuleGroup {
 	}
 	for i := range groups {
 		for j := range groups[i].Rules {
-			groups[i].Rules[j].Expr = c.aggregate(groups[i].Rules[j].Expr)
+			r := &groups[i].Rules[j]
+			if strings.Contains(r.Expr, bornCounter) {
+				r.Lint = pintCounterDisable
+			}
+			r.Expr = c.aggregate(r.Expr)
 		}
 	}
 	if c.Interval > 0 {
