@@ -462,8 +462,10 @@ func (c *Config) workerMemory() string {
 	if m.Source != MemoryCAdvisor {
 		return "max by (job, hostname) (celery_worker_max_rss_bytes" + c.sel() + ")\nand on (job, hostname)\n" + RecWorkerUp + " == 1"
 	}
-	l := m.CAdvisor.JoinLabel
-	return "max by (job, hostname) (\n  label_replace(" + RecWorkerUp + " == 1, " + strconv.Quote(l) + ", \"$1\", \"hostname\", " +
+	// With tenants (namespace), a pod is known by its namespace and name: the same StatefulSet
+	// pod name in two namespaces is two containers. cAdvisor's series carry the pod's namespace.
+	l := strings.Join(append(c.tenantLabels(), m.CAdvisor.JoinLabel), ", ")
+	return "max by (job, hostname) (\n  label_replace(" + RecWorkerUp + " == 1, " + strconv.Quote(m.CAdvisor.JoinLabel) + ", \"$1\", \"hostname\", " +
 		strconv.Quote(m.CAdvisor.HostnameRegex) + ")\n  * on (" + l + ") group_left ()\n  sum by (" + l +
 		") (container_memory_working_set_bytes{" + strings.TrimSpace(m.CAdvisor.Selector) + "})\n)"
 }
