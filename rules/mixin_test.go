@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
+	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
@@ -42,20 +43,6 @@ func evalMixin(t *testing.T, jsonnet, overrides string) mixinOut {
 	return m
 }
 
-// asJSON normalises a YAML or JSON value to what encoding/json makes of it.
-func asJSON(t *testing.T, v any) any {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out any
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // TestMixinMatchesRenderedFiles evaluates the mixin with its default _config: its recording and
 // alerting groups are, in order, exactly the rendered rule file's, and its dashboards exactly
 // the rendered dashboards/*.json; its selector is rules/config.yaml's.
@@ -71,8 +58,8 @@ func TestMixinMatchesRenderedFiles(t *testing.T) {
 	if err := yaml.Unmarshal(b, &rf); err != nil {
 		t.Fatal(err)
 	}
-	got := asJSON(t, append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...))
-	if want := asJSON(t, rf.Groups); !reflect.DeepEqual(got, want) {
+	got := bundletest.AsJSON(t, append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...))
+	if want := bundletest.AsJSON(t, rf.Groups); !reflect.DeepEqual(got, want) {
 		t.Errorf("prometheusRules.groups + prometheusAlerts.groups differ from rules/celery.rules.yml")
 	}
 	files, _ := filepath.Glob(filepath.Join(root, "dashboards", "*.json"))
@@ -87,7 +74,7 @@ func TestMixinMatchesRenderedFiles(t *testing.T) {
 		if err := json.Unmarshal(b, &want); err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(asJSON(t, m.Dashboards[filepath.Base(f)]), want) {
+		if !reflect.DeepEqual(bundletest.AsJSON(t, m.Dashboards[filepath.Base(f)]), want) {
 			t.Errorf("grafanaDashboards[%q] differs from dashboards/%s", filepath.Base(f), filepath.Base(f))
 		}
 	}
@@ -207,7 +194,7 @@ func TestMixinMatchesRender(t *testing.T) {
 				t.Fatalf("mixin has %d groups, the render %d", len(got), len(rf.Groups))
 			}
 			for i := range got {
-				g, w := asJSON(t, got[i]), asJSON(t, rf.Groups[i])
+				g, w := bundletest.AsJSON(t, got[i]), bundletest.AsJSON(t, rf.Groups[i])
 				if reflect.DeepEqual(g, w) {
 					continue
 				}
@@ -253,7 +240,7 @@ func TestMixinReadsAnotherRender(t *testing.T) {
 	if err := yaml.Unmarshal(files[bundle.RulesFile], &rf); err != nil {
 		t.Fatal(err)
 	}
-	if got := asJSON(t, append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...)); !reflect.DeepEqual(got, asJSON(t, rf.Groups)) {
+	if got := bundletest.AsJSON(t, append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...)); !reflect.DeepEqual(got, bundletest.AsJSON(t, rf.Groups)) {
 		t.Errorf("the mixin's groups differ from the payments render's")
 	}
 	for _, d := range bundle.Dashboards() {
@@ -261,7 +248,7 @@ func TestMixinReadsAnotherRender(t *testing.T) {
 		if err := json.Unmarshal(files[bundle.DashboardsDir+"/"+d.File()], &want); err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(asJSON(t, m.Dashboards[d.File()]), want) {
+		if !reflect.DeepEqual(bundletest.AsJSON(t, m.Dashboards[d.File()]), want) {
 			t.Errorf("grafanaDashboards[%q] differs from the payments render's", d.File())
 		}
 	}

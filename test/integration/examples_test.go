@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/internal/config"
 	"github.com/celery-exporter/celery_exporter/rules/bundle"
+	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
@@ -73,15 +73,7 @@ func TestExamplePaymentsDeploys(t *testing.T) {
 
 	run := func(name string, args ...string) []byte {
 		t.Helper()
-		cmd := exec.Command(name, args...)
-		cmd.Dir = root
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("%s %v: %v\n%s%s", filepath.Base(name), args, err, out, stderr.String())
-		}
-		return out
+		return runIn(t, root, name, args...)
 	}
 	helmArgs := []string{"-f", filepath.Join(example, "values.yaml"), "-f", valuesFile,
 		"--set-file", "config.content=" + filepath.Join(example, "celery_exporter.yml")}
@@ -108,7 +100,7 @@ func TestExamplePaymentsDeploys(t *testing.T) {
 			switch o["kind"] {
 			case "PrometheusRule":
 				rules++
-				if !reflect.DeepEqual(asJSONValue(t, map[string]any{"groups": spec["groups"]}), asJSONValue(t, wantRules)) {
+				if !reflect.DeepEqual(bundletest.AsJSON(t, map[string]any{"groups": spec["groups"]}), bundletest.AsJSON(t, wantRules)) {
 					t.Errorf("%s %s: groups differ from the render's rule file", world, key)
 				}
 			case "ConfigMap":
@@ -171,18 +163,4 @@ func copyTree(t *testing.T, src, dst string) {
 	if err != nil {
 		t.Fatalf("copy %s: %v", src, err)
 	}
-}
-
-// asJSONValue normalises a decoded YAML value to what encoding/json makes of it.
-func asJSONValue(t *testing.T, v any) any {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out any
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }

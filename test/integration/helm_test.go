@@ -137,6 +137,21 @@ func keepsTenantLabels(t *testing.T, what string, sm map[string]any) {
 	}
 }
 
+// runIn runs a tool in dir and returns its standard output; a failure ends the test with both
+// outputs (helm warns on stderr about the chart's files/ links, which must not reach the YAML).
+func runIn(t *testing.T, dir, name string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s%s", filepath.Base(name), args, err, out, stderr.String())
+	}
+	return out
+}
+
 // TestHelmChartMatchesKustomize lints the chart and renders it with its defaults and with
 // values-ha.yaml: the objects are those of deploy/kubernetes/base and /ha (kustomize build), field
 // by field, and every object of both worlds carries the recommended labels with the VERSION file
@@ -157,15 +172,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 	}
 	run := func(name string, args ...string) []byte {
 		t.Helper()
-		cmd := exec.Command(name, args...)
-		cmd.Dir = root
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("%s %v: %v\n%s%s", filepath.Base(name), args, err, out, stderr.String())
-		}
-		return out
+		return runIn(t, root, name, args...)
 	}
 	for _, world := range []struct {
 		name, overlay string

@@ -2,6 +2,7 @@
 package bundletest
 
 import (
+	"encoding/json"
 	"slices"
 	"testing"
 
@@ -47,4 +48,19 @@ func CheckExpr(t testing.TB, where, expr string, extraTargetLabels ...string) {
 		}
 		return nil
 	})
+}
+
+// AsJSON normalises a decoded YAML or JSON value (or a Go value) to what encoding/json makes of
+// it, so documents decoded by different means compare with reflect.DeepEqual.
+func AsJSON(t testing.TB, v any) any {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out any
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
