@@ -197,7 +197,7 @@ func rawCounters(t *testing.T, expr string) []string {
 	var raw []string
 	parser.Inspect(ast, func(n parser.Node, path []parser.Node) error {
 		vs, ok := n.(*parser.VectorSelector)
-		if !ok || !(strings.HasSuffix(vs.Name, "_total") || strings.HasSuffix(vs.Name, "_bucket")) {
+		if !ok || (!strings.HasSuffix(vs.Name, "_total") && !strings.HasSuffix(vs.Name, "_bucket")) {
 			return nil
 		}
 		child := parser.Node(vs)
