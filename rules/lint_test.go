@@ -108,21 +108,39 @@ func TestLintNoRegexpOnStaticString(t *testing.T) {
 	}
 }
 
+// TestLintDashboards lints the committed dashboards and those of the Kubernetes profile
+// (rules/examples/kubernetes), whose tenant variables must follow the same rules.
 func TestLintDashboards(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join(root, bundle.DashboardsDir, "*.json"))
 	if len(files) == 0 {
 		t.Fatal("no dashboard")
 	}
+	docs := map[string][]byte{}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
+		docs[filepath.Base(f)] = b
+	}
+	cfg, err := bundle.LoadConfig(filepath.Join(root, "rules", "examples", "kubernetes", "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rendered, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, b := range rendered {
+		if strings.HasPrefix(p, bundle.DashboardsDir+"/") {
+			docs["kubernetes profile "+p] = b
+		}
+	}
+	for name, b := range docs {
 		var d map[string]any
 		if err := json.Unmarshal(b, &d); err != nil {
 			t.Fatal(err)
 		}
-		name := filepath.Base(f)
 		var walk func([]any)
 		walk = func(panels []any) {
 			for _, p := range panels {
