@@ -29,15 +29,6 @@ func (c *Config) aggregationLabels() []string {
 // varMatcher is the matcher of a label on its multi-select variable (`namespace=~"$namespace"`).
 func varMatcher(label string) string { return label + `=~"$` + label + `"` }
 
-// tenantMatchers are the matchers of the tenant variables, each followed by ", ".
-func tenantMatchers(tenants []string) string {
-	var b strings.Builder
-	for _, l := range tenants {
-		b.WriteString(varMatcher(l) + ", ")
-	}
-	return b.String()
-}
-
 var (
 	// grouping is a `by (…)` or `on (…)` clause and its labels.
 	grouping = regexp.MustCompile(`\b(by|on) \(([^)]*)\)`)
@@ -51,8 +42,9 @@ func (c *Config) withTenants(b *board) {
 	if len(tenants) == 0 {
 		return
 	}
-	tm := tenantMatchers(tenants)
-	scope := func(s string) string { return strings.ReplaceAll(s, mJob, tm+mJob) }
+	// Every query and variable is scoped by $job: the tenant matchers go before it.
+	scoped := strings.Join(varMatchers(tenants), ", ") + ", " + mJob
+	scope := func(s string) string { return strings.ReplaceAll(s, mJob, scoped) }
 
 	vars := []any{}
 	for _, v := range b.vars {
@@ -65,7 +57,7 @@ func (c *Config) withTenants(b *board) {
 			}
 			vars = append(vars, queryVar("job", "Job", "label_values(celery_up"+matchers(varMatchers(tenants)...)+", job)", true))
 			continue
-		case "datasource":
+		case "datasource": // kept as it is
 		default:
 			def := scope(vm["definition"].(string))
 			vm["definition"] = def
@@ -89,8 +81,8 @@ func (c *Config) withTenants(b *board) {
 		}
 		ts, _ := pm["targets"].([]any)
 		for _, t := range ts {
-			tm := t.(obj)
-			expr := scope(tm["expr"].(string))
+			tg := t.(obj)
+			expr := scope(tg["expr"].(string))
 			expr = grouping.ReplaceAllStringFunc(expr, func(g string) string {
 				m := grouping.FindStringSubmatch(g)
 				if m[2] == "le" && pm["type"] == "heatmap" {
@@ -101,9 +93,9 @@ func (c *Config) withTenants(b *board) {
 			if !oneValue {
 				expr = bareAggregation.ReplaceAllString(expr, "$1 by ("+strings.Join(tenants, ", ")+") (")
 			}
-			tm["expr"] = expr
-			if l, _ := tm["legendFormat"].(string); !oneValue && tm["format"] != "table" && l != "__auto" {
-				tm["legendFormat"] = legendPrefix + l
+			tg["expr"] = expr
+			if l, _ := tg["legendFormat"].(string); !oneValue && tg["format"] != "table" && l != "__auto" {
+				tg["legendFormat"] = legendPrefix + l
 			}
 		}
 		for _, l := range asList(pm["links"]) {
