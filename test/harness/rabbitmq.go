@@ -24,16 +24,23 @@ type RabbitMQ struct {
 	Node     string
 	Port     int
 	MgmtPort int // 0 unless started with the management plugin
-	Dir      string
-	env      []string
-	cmd      *exec.Cmd
-	done     chan struct{}
+	// TLSPort is the amqps:// listener's port, 0 unless started with TLS; TLS are the files of
+	// its throwaway CA and server certificate (for 127.0.0.1 and localhost).
+	TLSPort int
+	TLS     TLSFiles
+	Dir     string
+	env     []string
+	cmd     *exec.Cmd
+	done    chan struct{}
 }
 
 // RabbitMQOptions configure StartRabbitMQ.
 type RabbitMQOptions struct {
 	// Management enables the rabbitmq_management plugin (HTTP API on MgmtPort).
 	Management bool
+	// TLS adds an amqps:// listener (TLSPort) with a server certificate of a fresh throwaway CA
+	// (TLS.CA); clients are not asked for a certificate.
+	TLS bool
 }
 
 var rabbitSeq struct {
@@ -64,7 +71,7 @@ func LaunchRabbitMQ(o RabbitMQOptions) (*RabbitMQ, error) {
 	rabbitSeq.n++
 	seq := rabbitSeq.n
 	rabbitSeq.Unlock()
-	ports, err := freePorts(4)
+	ports, err := freePorts(5)
 	if err != nil {
 		return nil, err
 	}
@@ -75,6 +82,16 @@ func LaunchRabbitMQ(o RabbitMQOptions) (*RabbitMQ, error) {
 		r.MgmtPort = ports[3]
 		plugins = "[rabbitmq_management]."
 		conf += fmt.Sprintf("management.tcp.port = %d\nmanagement.tcp.ip = 127.0.0.1\n", r.MgmtPort)
+	}
+	if o.TLS {
+		r.TLSPort = ports[4]
+		if r.TLS, err = NewTLSFiles(filepath.Join(dir, "tls")); err != nil {
+			return nil, err
+		}
+		conf += fmt.Sprintf("listeners.ssl.default = 127.0.0.1:%d\n"+
+			"ssl_options.cacertfile = %s\nssl_options.certfile = %s\nssl_options.keyfile = %s\n"+
+			"ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+			r.TLSPort, r.TLS.CA, r.TLS.Cert, r.TLS.Key)
 	}
 	for _, d := range []string{"mnesia", "log", "plugins-expand"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -223,6 +240,17 @@ func (r *RabbitMQ) UserURL(user, password, vhost string) string {
 	return strings.Replace(u.String(), "%2F", "/", 1)
 }
 
+// TLSURL is the amqps:// broker URL of a vhost for a user on the TLS listener, with the query
+// options (ssl_*) given.
+func (r *RabbitMQ) TLSURL(user, password, vhost, query string) string {
+	u := strings.Replace(r.UserURL(user, password, vhost), "amqp://", "amqps://", 1)
+	u = strings.Replace(u, fmt.Sprintf(":%d/", r.Port), fmt.Sprintf(":%d/", r.TLSPort), 1)
+	if query != "" {
+		u += "?" + query
+	}
+	return u
+}
+
 // MgmtURL is the management API's base URL (no credentials).
 func (r *RabbitMQ) MgmtURL() string { return fmt.Sprintf("http://127.0.0.1:%d", r.MgmtPort) }
 
@@ -348,9 +376,9 @@ var shared struct {
 	err error
 }
 
-// SharedRabbitMQ is one server per test binary, with the management plugin, booted on first use:
-// RabbitMQ takes 5–15 s to start (more on a loaded machine), so the tests share it and isolate
-// themselves with Vhost. TestMain must call ShutdownShared.
+// SharedRabbitMQ is one server per test binary, with the management plugin and a TLS listener,
+// booted on first use: RabbitMQ takes 5–15 s to start (more on a loaded machine), so the tests
+// share it and isolate themselves with Vhost. TestMain must call ShutdownShared.
 func SharedRabbitMQ(t testing.TB) *RabbitMQ {
 	t.Helper()
 	Require(t, "rabbitmq-server", "rabbitmqctl")
@@ -362,7 +390,7 @@ func SharedRabbitMQ(t testing.TB) *RabbitMQ {
 	if shared.err != nil {
 		t.Fatal(shared.err) // booting once more would only fail again, slowly
 	}
-	shared.r, shared.err = LaunchRabbitMQ(RabbitMQOptions{Management: true})
+	shared.r, shared.err = LaunchRabbitMQ(RabbitMQOptions{Management: true, TLS: true})
 	if shared.err != nil {
 		t.Fatal(shared.err)
 	}
