@@ -55,8 +55,8 @@ func TestRabbitMQTLS(t *testing.T) {
 	want := harness.WithZeroSeries(rec.ExpectedTaskCounters("celery"), harness.DefaultInitialExceptions...)
 	for name, exp := range map[string]*harness.Exporter{"verified": verified, "unverified": unverified} {
 		t.Run(name, func(t *testing.T) {
-			m := agree(t, exp, 15*time.Second, want, taskCounters...)
-			m = exp.WaitFor(t, 15*time.Second, func(m harness.Metrics) bool {
+			agree(t, exp, 15*time.Second, want, taskCounters...)
+			m := exp.WaitFor(t, 15*time.Second, func(m harness.Metrics) bool {
 				ping, _ := m.Value("celery_worker_ping_ok", map[string]string{"hostname": w.NodeName})
 				return ping == 1
 			})
@@ -171,7 +171,7 @@ func TestRabbitMQFailover(t *testing.T) {
 
 	stopping := time.Now()
 	b.Shutdown() // returns once the node is down
-	m = exp.WaitFor(t, 60*time.Second, func(m harness.Metrics) bool {
+	exp.WaitFor(t, 60*time.Second, func(m harness.Metrics) bool {
 		up, _ := m.Value("celery_up", nil)
 		sub, _ := m.Value("celery_exporter_subscription_up", nil)
 		n, _ := m.Value("celery_exporter_subscription_reconnects_total", nil)
