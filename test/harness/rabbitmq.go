@@ -1,9 +1,13 @@
 package harness
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -260,17 +264,85 @@ var vhostSeq struct {
 }
 
 // Vhost creates a fresh vhost for one test, with guest allowed everything in it, and deletes it
-// at the end of t: tests that share a server do not see each other's queues.
+// at the end of t: tests that share a server do not see each other's queues. With the management
+// plugin it goes through the HTTP API: each rabbitmqctl call starts an Erlang VM, seconds on a
+// busy machine.
 func (r *RabbitMQ) Vhost(t testing.TB) string {
 	t.Helper()
 	vhostSeq.Lock()
 	vhostSeq.n++
 	name := fmt.Sprintf("%s-%d", sanitize(t.Name()), vhostSeq.n)
 	vhostSeq.Unlock()
-	r.Ctl(t, "add_vhost", name)
-	r.Ctl(t, "set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-	t.Cleanup(func() { _, _ = r.CtlErr("delete_vhost", name) })
+	if r.MgmtPort != 0 {
+		r.mustAPI(t, http.MethodPut, "vhosts/"+url.PathEscape(name), nil)
+		t.Cleanup(func() { _ = r.api(http.MethodDelete, "vhosts/"+url.PathEscape(name), nil) })
+	} else {
+		r.Ctl(t, "add_vhost", name)
+		t.Cleanup(func() { _, _ = r.CtlErr("delete_vhost", name) })
+	}
+	r.Permit(t, name, "guest")
 	return name
+}
+
+// Permit allows user everything in vhost.
+func (r *RabbitMQ) Permit(t testing.TB, vhost, user string) {
+	t.Helper()
+	if r.MgmtPort != 0 {
+		r.mustAPI(t, http.MethodPut, "permissions/"+url.PathEscape(vhost)+"/"+url.PathEscape(user),
+			map[string]string{"configure": ".*", "write": ".*", "read": ".*"})
+		return
+	}
+	r.Ctl(t, "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+}
+
+// AddUser creates a user allowed everything in vhost, deleted at the end of t.
+func (r *RabbitMQ) AddUser(t testing.TB, vhost, user, password string) {
+	t.Helper()
+	if r.MgmtPort != 0 {
+		r.mustAPI(t, http.MethodPut, "users/"+url.PathEscape(user), map[string]string{"password": password, "tags": ""})
+		t.Cleanup(func() { _ = r.api(http.MethodDelete, "users/"+url.PathEscape(user), nil) })
+	} else {
+		r.Ctl(t, "add_user", user, password)
+		t.Cleanup(func() { _, _ = r.CtlErr("delete_user", user) })
+	}
+	r.Permit(t, vhost, user)
+}
+
+var mgmtClient = &http.Client{Timeout: 30 * time.Second}
+
+// api calls the management HTTP API as guest (the harness' nodes let guest in from anywhere).
+func (r *RabbitMQ) api(method, path string, body any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, r.MgmtURL()+"/api/"+path, rd)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth("guest", "guest")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := mgmtClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("management API %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("management API %s %s: %s: %s", method, path, resp.Status, out)
+	}
+	return nil
+}
+
+func (r *RabbitMQ) mustAPI(t testing.TB, method, path string, body any) {
+	t.Helper()
+	if err := r.api(method, path, body); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // QueueInfo is one row of `rabbitmqctl list_queues name messages_ready messages_unacknowledged consumers`.

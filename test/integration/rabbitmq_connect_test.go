@@ -23,9 +23,7 @@ func TestRabbitMQTLS(t *testing.T) {
 	}
 	// A user of the test's own: its password is distinctive, so a log that leaks it is caught.
 	user, password := "tls-"+vh, "tls-pw-Zq81xv"
-	r.Ctl(t, "add_user", user, password)
-	t.Cleanup(func() { _, _ = r.CtlErr("delete_user", user) })
-	r.Ctl(t, "set_permissions", "-p", vh, user, ".*", ".*", ".*")
+	r.AddUser(t, vh, user, password)
 	other, err := harness.NewTLSFiles(t.TempDir()) // a CA the server's certificate does not chain to
 	if err != nil {
 		t.Fatal(err)
@@ -147,11 +145,10 @@ func TestRabbitMQFailover(t *testing.T) {
 	}
 	b := l.r
 	t.Cleanup(b.Shutdown)
-	b.Ctl(t, "add_vhost", vh)
-	b.Ctl(t, "set_permissions", "-p", vh, "guest", ".*", ".*", ".*")
+	// Node B is the test's own: its default vhost "/" will do (each URL of a list has its own).
 	dead := strings.Replace(urlA, fmt.Sprintf(":%d/", a.Port), fmt.Sprintf(":%d/", harness.FreePort(t)), 1)
 
-	exp := harness.StartExporter(t, "--broker.url="+dead+";"+b.URL(vh)+";"+urlA, "--celery.queues=celery",
+	exp := harness.StartExporter(t, "--broker.url="+dead+";"+b.URL("")+";"+urlA, "--celery.queues=celery",
 		"--control.interval=1s", "--worker.timeout="+workerTimeout.String())
 	exp.WaitReady(t, 30*time.Second)
 	m := exp.WaitFor(t, 30*time.Second, func(m harness.Metrics) bool {
@@ -165,7 +162,7 @@ func TestRabbitMQFailover(t *testing.T) {
 	if n, _ := m.Value("celery_exporter_subscription_reconnects_total", nil); n != 0 {
 		t.Errorf("celery_exporter_subscription_reconnects_total = %v before the failover, want 0", n)
 	}
-	if !hasEventQueue(b.ListQueues(t, vh)) {
+	if !hasEventQueue(b.ListQueues(t, "/")) {
 		t.Errorf("node B has no celeryev.* queue of the exporter before the failover")
 	}
 
