@@ -10,9 +10,9 @@ The plan is a JSON list of objects:
   countdown    seconds until the ETA
   expires      seconds after sending when the task expires
   revoke_after revoke the task this many seconds after the plan started sending
-  terminate    with revoke_after: terminate it while it runs (prefork), signal SIGTERM; the
-               revoke waits until a worker lists the task as active (up to 60s), so it is
-               terminated, not discarded before it started, however busy the machine is
+  terminate    with revoke_after: terminate it while it runs (prefork), signal SIGTERM; the revoke
+               waits (up to 60 s) until a worker reports the task active, so a busy machine cannot
+               turn it into a plain revoke of a task not started yet
   link_error   name of a task to run (as a task) with the id of this one if it fails
 An entry {"sleep": s} pauses the sending for s seconds (and has no id in the output).
 """
@@ -37,13 +37,13 @@ def _task_name(name):
 
 
 def _wait_active(task_id, timeout):
-    """Waits until a worker's `inspect active` lists the task (it runs), at most timeout seconds."""
+    """Returns once a worker lists task_id among its active tasks (or after timeout seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         replies = app.control.inspect(timeout=0.5).active() or {}
         if any(t.get("id") == task_id for tasks in replies.values() for t in tasks or []):
             return
-        time.sleep(0.1)
+    sys.stderr.write("produce.py: task %s never became active; revoking anyway\n" % task_id)
 
 
 def main(argv):

@@ -201,6 +201,7 @@ func TestDemoHeadless(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: runs the whole demo")
 	}
+	t.Parallel() // beside the other tests (see main_test.go)
 	d := startDemo(t, 15*time.Minute, "redis")
 
 	demoFlowing(t, d)
@@ -290,6 +291,8 @@ func TestDemoHeadlessRabbitMQ(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: runs the whole demo")
 	}
+	// In the lane beside TestDemoHeadless: its own rabbitmq-server, redis-server and ports.
+	besideTheDemo(t)
 	d := startDemo(t, 15*time.Minute, "rabbitmq")
 	demoFlowing(t, d)
 	queues := map[string]string{"chat": "chat", "default": "default", "background": "background", "notifications": "background", "dlq": "background"}
