@@ -39,7 +39,10 @@ type EventOptions struct {
 	RuntimeBuckets   []float64
 	QueueWaitBuckets []float64
 	MaxTracked       int
-	TaskTTL          time.Duration
+	// MaxTrackedBytes bounds the task cache in bytes (uuids, labels and held events; see
+	// tasks.Task.Size): past it the least recently used tasks are evicted.
+	MaxTrackedBytes int64
+	TaskTTL         time.Duration
 	// SentWait is how long a task's events wait for its task-sent (which carries the queue) when
 	// they arrive first: a producer publishes the event after pushing the message, so a worker's
 	// task-received often wins the race.
@@ -245,7 +248,7 @@ func NewEventSource(logger log.Logger, sub EventStream, opts EventOptions) *Even
 	s := &EventSource{
 		opts: opts, logger: logger, clk: opts.Clock, sub: sub,
 		dec:           event.NewDecoder(event.NewInterner(opts.MaxTaskNames + opts.MaxWorkers + 10000)),
-		cache:         tasks.NewCache(opts.MaxTracked, opts.TaskTTL),
+		cache:         newTaskCache(opts),
 		nameQueue:     map[string]string{},
 		names:         map[string]struct{}{},
 		exceptions:    map[string]map[string]struct{}{},
@@ -434,6 +437,7 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 			t.ETA = ev.ETA
 		}
 	}
+	s.account(t) // its name and hostname
 	if t.Queue != "" || s.opts.SentWait <= 0 {
 		s.applyTask(ev, t)
 		return
@@ -446,6 +450,7 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 	held.UUID = "" // the task's own; up to 256 bytes per held event otherwise
 	t.Pending = append(t.Pending, held)
 	s.pending++
+	s.account(t)
 	// A task's whole life fits well below 16; more means task-sent is not coming. Past
 	// maxPendingEvents in all, events are applied at once with a fallback queue: a flood of
 	// task events without task-sent would otherwise hold up to 16 events × the task cache.
@@ -456,6 +461,7 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 
 // release applies a task's held events, with the queue task-sent gave or a fallback.
 func (s *EventSource) release(t *tasks.Task) {
+	defer s.account(t) // its queue, and the held events it no longer holds
 	if len(t.Pending) == 0 {
 		return
 	}
