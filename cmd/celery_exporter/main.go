@@ -130,7 +130,7 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("task.initial-exceptions", "Exception classes whose celery_task_failed_total series start at 0 when a task name is first seen on a worker and queue, so the first such failure is an increase; comma separated, empty for none. They count against --task.max-exceptions-per-task.").
 		Default(strings.Join(ev.InitialExceptions, ",")).StringVar(&f.initialExc)
 	app.Flag("events.buffer-size", "Event messages that may wait between the broker reader (Redis or AMQP) and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
-	app.Flag("events.buffer-bytes", "Bytes of event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted (buffer_full). Part of the memory budget, see docs/operations.md.").Default("33554432").IntVar(&f.eventBufferBytes)
+	app.Flag("events.buffer-bytes", "Bytes of event messages that may wait between the broker reader (Redis or AMQP) and the decoder; past it they are dropped and counted (buffer_full). Part of the memory budget, see docs/operations.md.").Default("33554432").IntVar(&f.eventBufferBytes)
 	app.Flag("task.max-queues", "Cardinality cap on the queue_name label of task metrics (from task-sent); further queues are counted as \"other\".").Default(strconv.Itoa(ev.MaxQueues)).IntVar(&f.maxQueues)
 	app.Flag("runtime.memory-limit-ratio", "Without GOMEMLIMIT, the Go runtime's soft memory limit is this fraction of the cgroup's memory limit (container or systemd MemoryMax); 0 disables.").
 		Default("0.9").Float64Var(&f.memoryLimitRatio)
