@@ -127,6 +127,7 @@ type EventSource struct {
 
 	mu      sync.Mutex
 	workers map[string]*workerState
+	lost    lostEvents // under mu, but taken: the applying goroutine's
 
 	run runningSet
 
@@ -198,6 +199,8 @@ type workerState struct {
 	// with each one's last processed count, so their counts never mix; bounded by maxPIDs.
 	pids    []pidMark
 	clashes float64 // times a process seen before spoke again after another one had
+
+	lost lostMark // for the estimate of events lost in subscription gaps (lost.go)
 }
 
 // pidMark is one process of a hostname.
@@ -325,7 +328,7 @@ func (s *EventSource) Run(ctx context.Context) {
 			if !ok {
 				return
 			}
-			s.HandlePayload(p)
+			s.handleStreamed(p)
 		case <-tick.C:
 			s.Tick()
 		}
@@ -787,6 +790,7 @@ func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
 	}
 	p.processed, p.hasCounts = ev.Processed, true
 	w.hasCounts, w.active, w.processed, w.loadavg = true, ev.Active, ev.Processed, ev.LoadAvg
+	s.estimateLost(ev, w)
 	if ev.Type == event.WorkerHeartbeat {
 		older, last := w.hb[0], w.hb[1]
 		if !older.at.IsZero() && last.processed > older.processed {
@@ -955,6 +959,7 @@ func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) err
 		}
 		ch <- prometheus.MustNewConstMetric(workerEventsDesc, prometheus.GaugeValue, enabled, h)
 	}
+	s.collectLost(ch)
 	s.mu.Unlock()
 	s.collectRunning(ch, now, down)
 
