@@ -147,14 +147,23 @@ func TestRabbitMQBrokerRestart(t *testing.T) {
 	before.WaitQuiet(t, "task-", time.Second, 30*time.Second)
 	agree(t, exp, 15*time.Second, harness.WithZeroSeries(before.ExpectedTaskCounters("celery"), harness.DefaultInitialExceptions...), taskCounters...)
 
+	restart := time.Now()
 	r.Restart(t)
 	after := harness.RecordAMQP(t, url)
-	// The exporter and the worker reconnect by themselves.
-	exp.WaitFor(t, 60*time.Second, func(m harness.Metrics) bool {
+	// The exporter and the worker reconnect by themselves; the gap is timed as on Redis.
+	m := exp.WaitFor(t, 60*time.Second, func(m harness.Metrics) bool {
 		up, _ := m.Value("celery_exporter_subscription_up", nil)
 		n, _ := m.Value("celery_exporter_subscription_reconnects_total", nil)
 		return up == 1 && n == 1
 	})
+	if down, _ := m.Value("celery_exporter_subscription_down_seconds_total", nil); down <= 0 || down > time.Since(restart).Seconds() {
+		t.Errorf("celery_exporter_subscription_down_seconds_total = %v after a restart of %v", down, time.Since(restart))
+	}
+	for _, name := range []string{"celery_exporter_event_buffer_messages", "celery_exporter_event_buffer_bytes"} {
+		if !m.Has(name) {
+			t.Errorf("no %s on AMQP", name)
+		}
+	}
 	after.WaitFor(t, 60*time.Second, "a heartbeat of the worker after the restart", func(rec *harness.Recorder) bool {
 		_, ok := rec.LastHeartbeat(w.NodeName)
 		return ok
