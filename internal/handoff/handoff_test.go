@@ -1,7 +1,6 @@
 package handoff
 
 import (
-	"context"
 	"testing"
 	"time"
 )
@@ -34,10 +33,8 @@ func TestBufferBoundsAndOrder(t *testing.T) {
 				b.Pushed() != uint64(len(tc.wantKept)) {
 				t.Fatalf("size %d/%d bytes, dropped %d, pushed %d; want %d/%d", n, by, dropped, b.Pushed(), len(tc.wantKept), bytes)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
 			out := make(chan string)
-			go b.Forward(ctx, out)
+			go b.Forward(t.Context(), out)
 			for _, want := range tc.wantKept {
 				select {
 				case got := <-out:
