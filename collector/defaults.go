@@ -25,6 +25,7 @@ func DefaultEventOptions() EventOptions {
 		RuntimeBuckets:       slices.Clone(DefaultRuntimeBuckets),
 		QueueWaitBuckets:     slices.Clone(DefaultQueueWaitBuckets),
 		MaxTracked:           100000,
+		MaxTrackedBytes:      64 << 20,
 		TaskTTL:              6 * time.Hour,
 		SentWait:             2 * time.Second,
 		DefaultQueue:         "celery",
@@ -50,6 +51,9 @@ func (o EventOptions) withDefaults() EventOptions {
 	}
 	if o.DefaultQueue == "" {
 		o.DefaultQueue = d.DefaultQueue
+	}
+	if o.MaxTrackedBytes <= 0 {
+		o.MaxTrackedBytes = d.MaxTrackedBytes
 	}
 	if o.TaskTTL <= 0 {
 		o.TaskTTL = d.TaskTTL

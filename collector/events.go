@@ -39,7 +39,10 @@ type EventOptions struct {
 	RuntimeBuckets   []float64
 	QueueWaitBuckets []float64
 	MaxTracked       int
-	TaskTTL          time.Duration
+	// MaxTrackedBytes bounds the task cache in bytes (uuids, labels and held events; see
+	// tasks.Task.Size): past it the least recently used tasks are evicted.
+	MaxTrackedBytes int64
+	TaskTTL         time.Duration
 	// SentWait is how long a task's events wait for its task-sent (which carries the queue) when
 	// they arrive first: a producer publishes the event after pushing the message, so a worker's
 	// task-received often wins the race.
@@ -124,6 +127,7 @@ type EventSource struct {
 
 	mu      sync.Mutex
 	workers map[string]*workerState
+	lost    lostEvents // under mu, but taken: the applying goroutine's
 
 	run runningSet
 
@@ -195,6 +199,8 @@ type workerState struct {
 	// with each one's last processed count, so their counts never mix; bounded by maxPIDs.
 	pids    []pidMark
 	clashes float64 // times a process seen before spoke again after another one had
+
+	lost lostMark // for the estimate of events lost in subscription gaps (lost.go)
 }
 
 // pidMark is one process of a hostname.
@@ -245,7 +251,7 @@ func NewEventSource(logger log.Logger, sub EventStream, opts EventOptions) *Even
 	s := &EventSource{
 		opts: opts, logger: logger, clk: opts.Clock, sub: sub,
 		dec:           event.NewDecoder(event.NewInterner(opts.MaxTaskNames + opts.MaxWorkers + 10000)),
-		cache:         tasks.NewCache(opts.MaxTracked, opts.TaskTTL),
+		cache:         newTaskCache(opts),
 		nameQueue:     map[string]string{},
 		names:         map[string]struct{}{},
 		exceptions:    map[string]map[string]struct{}{},
@@ -322,7 +328,7 @@ func (s *EventSource) Run(ctx context.Context) {
 			if !ok {
 				return
 			}
-			s.HandlePayload(p)
+			s.handleStreamed(p)
 		case <-tick.C:
 			s.Tick()
 		}
@@ -434,6 +440,7 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 			t.ETA = ev.ETA
 		}
 	}
+	s.account(t) // its name and hostname
 	if t.Queue != "" || s.opts.SentWait <= 0 {
 		s.applyTask(ev, t)
 		return
@@ -446,6 +453,7 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 	held.UUID = "" // the task's own; up to 256 bytes per held event otherwise
 	t.Pending = append(t.Pending, held)
 	s.pending++
+	s.account(t)
 	// A task's whole life fits well below 16; more means task-sent is not coming. Past
 	// maxPendingEvents in all, events are applied at once with a fallback queue: a flood of
 	// task events without task-sent would otherwise hold up to 16 events × the task cache.
@@ -456,6 +464,7 @@ func (s *EventSource) applyTaskEvent(ev *event.Event, now time.Time) {
 
 // release applies a task's held events, with the queue task-sent gave or a fallback.
 func (s *EventSource) release(t *tasks.Task) {
+	defer s.account(t) // its queue, and the held events it no longer holds
 	if len(t.Pending) == 0 {
 		return
 	}
@@ -781,6 +790,7 @@ func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
 	}
 	p.processed, p.hasCounts = ev.Processed, true
 	w.hasCounts, w.active, w.processed, w.loadavg = true, ev.Active, ev.Processed, ev.LoadAvg
+	s.estimateLost(ev, w)
 	if ev.Type == event.WorkerHeartbeat {
 		older, last := w.hb[0], w.hb[1]
 		if !older.at.IsZero() && last.processed > older.processed {
@@ -949,6 +959,7 @@ func (s *EventSource) Scrape(_ context.Context, ch chan<- prometheus.Metric) err
 		}
 		ch <- prometheus.MustNewConstMetric(workerEventsDesc, prometheus.GaugeValue, enabled, h)
 	}
+	s.collectLost(ch)
 	s.mu.Unlock()
 	s.collectRunning(ch, now, down)
 

@@ -2,24 +2,29 @@ package collector
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/celery-exporter/celery_exporter/internal/listener"
 )
 
 var (
 	subDownDesc = desc("exporter_subscription_down_seconds_total",
-		"Time without the event subscription since it was first established: events published meanwhile were lost (Redis pub/sub keeps nothing).")
+		"Time without the event subscription (Redis) or consumer (AMQP) since it was first established: events published meanwhile were lost.")
 	bufferedDesc = desc("exporter_event_buffer_messages",
-		"Event messages waiting between the Redis reader and the decoder.")
+		"Event messages waiting between the broker reader and the decoder.")
 	bufferedBytesDesc = desc("exporter_event_buffer_bytes",
-		"Bytes of the event messages waiting between the Redis reader and the decoder (bounded by --events.buffer-bytes).")
+		"Bytes of the event messages waiting between the broker reader and the decoder (bounded by --events.buffer-bytes).")
 )
 
+// SubscriptionStats is what an event stream tells of its gaps and its hand-off buffer: the Redis
+// listener and the AMQP consumer.
+type SubscriptionStats interface {
+	DownSeconds() float64
+	Pending() (messages, bytes int)
+}
+
 // SubscriptionCollector reports the event subscription's gaps and its hand-off buffer.
-type SubscriptionCollector struct{ sub *listener.Subscriber }
+type SubscriptionCollector struct{ sub SubscriptionStats }
 
 // NewSubscriptionCollector returns a collector of sub's own metrics.
-func NewSubscriptionCollector(sub *listener.Subscriber) SubscriptionCollector {
+func NewSubscriptionCollector(sub SubscriptionStats) SubscriptionCollector {
 	return SubscriptionCollector{sub}
 }
 

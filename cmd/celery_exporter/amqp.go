@@ -6,6 +6,7 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/version"
 
 	"github.com/celery-exporter/celery_exporter/collector"
@@ -40,6 +41,7 @@ func startAMQP(ctx context.Context, logger log.Logger, f *flags, evOpts collecto
 
 	evLogger := log.With(logger, "source", "events")
 	consumer := amqpbroker.NewConsumer(evLogger, endpoints, f.eventExchange, f.controlDisabled, f.eventBuffer)
+	consumer.SetBufferBytes(f.eventBufferBytes)
 	events := collector.NewEventSource(evLogger, consumer, evOpts)
 	consumer.OnReject = events.CountEventError
 	go events.Run(ctx)
@@ -51,9 +53,10 @@ func startAMQP(ctx context.Context, logger log.Logger, f *flags, evOpts collecto
 		return client
 	}, events)
 	scrapers = append(scrapers, collector.NewQueueStateScraper(log.With(logger, "source", "broker"), reader, splitList(f.queues), dynamicQueues))
-	return &sources{events: events, scrapers: scrapers, ping: reader.Inspector.Ping, close: func() {
-		for _, c := range closers {
-			c()
-		}
-	}}, nil
+	return &sources{events: events, scrapers: scrapers, ping: reader.Inspector.Ping,
+		collectors: []prometheus.Collector{collector.NewSubscriptionCollector(consumer)}, close: func() {
+			for _, c := range closers {
+				c()
+			}
+		}}, nil
 }

@@ -58,6 +58,7 @@ type flags struct {
 	runtimeBuckets   string
 	queueWaitBuckets string
 	maxTracked       int
+	maxTrackedBytes  int64
 	taskTTL          time.Duration
 	sentWait         time.Duration
 	maxTaskNames     int
@@ -118,6 +119,8 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("task.runtime-buckets", "Buckets of celery_task_runtime_seconds, comma separated.").Default(joinFloats(ev.RuntimeBuckets)).StringVar(&f.runtimeBuckets)
 	app.Flag("task.queue-wait-buckets", "Buckets of celery_task_queue_wait_seconds, comma separated.").Default(joinFloats(ev.QueueWaitBuckets)).StringVar(&f.queueWaitBuckets)
 	app.Flag("task.max-tracked", "Cap of the task cache (uuid → name, queue, times); evictions are counted.").Default(strconv.Itoa(ev.MaxTracked)).IntVar(&f.maxTracked)
+	app.Flag("task.max-tracked-bytes", "Byte budget of the task cache: uuids, names and the events held until task-sent names the queue, counted as an upper bound of their memory; past it the least recently used tasks are evicted and counted. Part of the memory budget, see docs/operations.md.").
+		Default(strconv.FormatInt(ev.MaxTrackedBytes, 10)).Int64Var(&f.maxTrackedBytes)
 	app.Flag("task.ttl", "A task not heard of for this long leaves the task cache.").Default(durationFlag(ev.TaskTTL)).DurationVar(&f.taskTTL)
 	app.Flag("task.sent-wait", "How long a task's events wait for its task-sent (which names the queue) before a fallback queue is used.").Default(durationFlag(ev.SentWait)).DurationVar(&f.sentWait)
 	app.Flag("task.max-names", "Cardinality cap on the task name label.").Default(strconv.Itoa(ev.MaxTaskNames)).IntVar(&f.maxTaskNames)
@@ -125,7 +128,7 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("task.initial-exceptions", "Exception classes whose celery_task_failed_total series start at 0 when a task name is first seen on a worker and queue, so the first such failure is an increase; comma separated, empty for none. They count against --task.max-exceptions-per-task.").
 		Default(strings.Join(ev.InitialExceptions, ",")).StringVar(&f.initialExc)
 	app.Flag("events.buffer-size", "Event messages that may wait between the broker reader (Redis or AMQP) and the decoder; past it they are dropped and counted.").Default("65536").IntVar(&f.eventBuffer)
-	app.Flag("events.buffer-bytes", "Bytes of event messages that may wait between the Redis reader and the decoder; past it they are dropped and counted (buffer_full). Part of the memory budget, see docs/operations.md.").Default("33554432").IntVar(&f.eventBufferBytes)
+	app.Flag("events.buffer-bytes", "Bytes of event messages that may wait between the broker reader (Redis or AMQP) and the decoder; past it they are dropped and counted (buffer_full). Part of the memory budget, see docs/operations.md.").Default("33554432").IntVar(&f.eventBufferBytes)
 	app.Flag("task.max-queues", "Cardinality cap on the queue_name label of task metrics (from task-sent); further queues are counted as \"other\".").Default(strconv.Itoa(ev.MaxQueues)).IntVar(&f.maxQueues)
 	app.Flag("runtime.memory-limit-ratio", "Without GOMEMLIMIT, the Go runtime's soft memory limit is this fraction of the cgroup's memory limit (container or systemd MemoryMax); 0 disables.").
 		Default("0.9").Float64Var(&f.memoryLimitRatio)
@@ -259,7 +262,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	}
 	evOpts := collector.EventOptions{
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
-		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked,
+		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked, MaxTrackedBytes: f.maxTrackedBytes,
 		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxQueues: f.maxQueues,
 		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
 	}

@@ -149,7 +149,7 @@ func TestFlagDefaultsAreTheCollectors(t *testing.T) {
 	wait, _ := parseBuckets("task.queue-wait-buckets", f.queueWaitBuckets)
 	got := collector.EventOptions{
 		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter, RuntimeBuckets: runtime,
-		QueueWaitBuckets: wait, MaxTracked: f.maxTracked, TaskTTL: f.taskTTL, SentWait: f.sentWait,
+		QueueWaitBuckets: wait, MaxTracked: f.maxTracked, MaxTrackedBytes: f.maxTrackedBytes, TaskTTL: f.taskTTL, SentWait: f.sentWait,
 		DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxQueues: f.maxQueues, MaxExceptionsPerTask: f.maxExceptions,
 		MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/go-kit/log/level"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/celery-exporter/celery_exporter/internal/handoff"
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
 )
 
@@ -35,8 +36,10 @@ func EventQueueArgs() amqp.Table {
 // Consumer reads Celery's event stream from RabbitMQ, as celery.events.receiver.EventReceiver
 // does: it declares the event exchange (topic, durable, as celery.events.event_exchange; only
 // checked passively in read-only mode) and its own queue bound with "#", and consumes with no-ack.
-// Like the Redis listener it hands bodies on without waiting for the code that applies them: a
-// full hand-off buffer drops and counts.
+// Like the Redis listener it hands bodies on without waiting for the code that applies them,
+// through the same hand-off buffer, bounded in messages and bytes: a full one drops and counts.
+// Messages published while it is disconnected go to no queue of its (its queue is deleted with
+// its last consumer, or expires): they are lost, and the gap is counted as for Redis.
 type Consumer struct {
 	dialer   *Dialer
 	exchange string
@@ -44,10 +47,14 @@ type Consumer struct {
 	readOnly bool
 	logger   log.Logger
 	out      chan string
+	buf      *handoff.Buffer
+	size     int          // of buf, in messages
+	gaps     handoff.Gaps // since the first connection
 
 	// OnReject is called with a kombu.Reason* for a message that is not JSON or is compressed.
 	OnReject func(reason string)
-	// MinBackoff and MaxBackoff bound the wait between reconnection attempts.
+	// MinBackoff and MaxBackoff bound the wait between reconnection attempts. MaxBackoff is low
+	// for the reason the Redis listener's is: every second without the consumer loses events.
 	MinBackoff, MaxBackoff time.Duration
 
 	up         atomic.Bool
@@ -57,17 +64,23 @@ type Consumer struct {
 	received   atomic.Uint64
 }
 
-// NewConsumer returns a consumer of the event exchange with a hand-off buffer of size messages.
-// readOnly makes it declare nothing but its queue and binding.
+// NewConsumer returns a consumer of the event exchange with a hand-off buffer of size messages
+// (see SetBufferBytes). readOnly makes it declare nothing but its queue and binding.
 func NewConsumer(logger log.Logger, endpoints []Endpoint, exchange string, readOnly bool, size int) *Consumer {
 	if exchange == "" {
 		exchange = kombu.DefaultEventExchange
 	}
 	return &Consumer{
 		dialer: &Dialer{Endpoints: endpoints}, exchange: exchange, readOnly: readOnly, logger: logger,
-		queue: EventQueuePrefix + "." + kombu.NewUUID(), out: make(chan string, size),
-		MinBackoff: 100 * time.Millisecond, MaxBackoff: 30 * time.Second,
+		queue: EventQueuePrefix + "." + kombu.NewUUID(), out: make(chan string), buf: handoff.NewBuffer(size, 0), size: size,
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second,
 	}
+}
+
+// SetBufferBytes bounds the hand-off buffer in bytes as well (n <= 0: no byte bound). Call it
+// before Run.
+func (c *Consumer) SetBufferBytes(n int) {
+	c.buf = handoff.NewBuffer(c.size, n)
 }
 
 // Queue is the name of the consumer's own event queue.
@@ -94,10 +107,29 @@ func (c *Consumer) Dropped() uint64 { return c.dropped.Load() }
 // Received counts messages read from the broker.
 func (c *Consumer) Received() uint64 { return c.received.Load() }
 
+// Pending is the number of messages waiting in the hand-off buffer, and their bytes.
+func (c *Consumer) Pending() (messages, bytes int) { return c.buf.Size() }
+
+// DownSeconds is how long the consumer has been lost in total since it was first established,
+// the current gap included: events published meanwhile were not received.
+func (c *Consumer) DownSeconds() float64 { return c.gaps.DownSeconds() }
+
+// GapsBefore is the number of times the consumer was lost before the message at position n of
+// Out (0 is the first).
+func (c *Consumer) GapsBefore(n uint64) uint64 { return c.gaps.Before(n) }
+
 // Run consumes until ctx is done, reconnecting with capped exponential backoff. It logs once per
 // outage, not once per attempt.
 func (c *Consumer) Run(ctx context.Context) {
-	defer close(c.out)
+	forwarded := make(chan struct{})
+	go func() {
+		defer close(forwarded)
+		c.buf.Forward(ctx, c.out)
+	}()
+	defer func() {
+		<-forwarded
+		close(c.out)
+	}()
 	backoff := c.MinBackoff
 	failing := false
 	for ctx.Err() == nil {
@@ -113,6 +145,7 @@ func (c *Consumer) Run(ctx context.Context) {
 		}
 		if c.up.Swap(false) {
 			c.reconnects.Add(1)
+			c.gaps.Down(c.buf.Pushed())
 		}
 		if !failing {
 			level.Warn(c.logger).Log("msg", "event consumer lost; retrying", "err", err)
@@ -159,6 +192,7 @@ func (c *Consumer) session(ctx context.Context, established func()) error {
 	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 	c.up.Store(true)
 	c.ready.Store(true)
+	c.gaps.Up()
 	established()
 	level.Info(c.logger).Log("msg", "consuming events", "exchange", c.exchange, "queue", c.queue)
 	for {
@@ -181,9 +215,7 @@ func (c *Consumer) session(ctx context.Context, established func()) error {
 				}
 				continue
 			}
-			select {
-			case c.out <- string(d.Body):
-			default:
+			if !c.buf.Push(string(d.Body)) {
 				c.dropped.Add(1)
 			}
 		}

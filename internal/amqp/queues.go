@@ -95,6 +95,13 @@ func (in *Inspector) Ping(ctx context.Context) error {
 func (in *Inspector) Inspect(ctx context.Context, names []string) (map[string]QueueState, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	if len(names) == 0 {
+		// No queue to read, but the broker's state is still the answer (celery_up): without
+		// this, a broker whose queues are not known yet would be up while unreachable.
+		if _, err := in.channel(); err != nil {
+			return nil, err
+		}
+	}
 	out := make(map[string]QueueState, len(names))
 	for _, n := range names {
 		if err := ctx.Err(); err != nil {

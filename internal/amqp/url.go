@@ -48,9 +48,10 @@ func errURL(format string, args ...any) error {
 }
 
 // ParseURL parses an AMQP broker URL as kombu does (kombu/utils/url.py): amqp://user:pass@host:port/vhost,
-// with the virtual host "/" when the path is empty or "//", and amqps:// taking the ssl_* query
-// options (ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_check_hostname: Celery's
-// broker_use_ssl keys). Several `;`-separated URLs are failover alternates, tried in turn as
+// with the virtual host "/" when the path is empty or "//", and amqps:// taking kombu's ssl_* URL
+// options (ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_check_hostname), as for
+// rediss://. A worker's broker_use_ssl names them as py-amqp does (cert_reqs, ca_certs, ...): Celery
+// 5.2's py-amqp refuses ssl_* keys in an amqps:// URL, so workers cannot share the exporter's URL. Several `;`-separated URLs are failover alternates, tried in turn as
 // kombu's round-robin failover strategy does. Errors never contain the password.
 func ParseURL(raw string) ([]Endpoint, error) {
 	var out []Endpoint

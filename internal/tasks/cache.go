@@ -1,12 +1,13 @@
 // Package tasks keeps what the exporter must remember about a task between its events: the name
 // and queue (only task-sent and task-received carry them), the times that make queue wait and
-// runtime, and the events held until the queue is known. The cache is bounded by a capacity and
-// a TTL, least recently used first; evictions are counted.
+// runtime, and the events held until the queue is known. The cache is bounded by a capacity, a
+// byte budget and a TTL, least recently used first; evictions are counted.
 package tasks
 
 import (
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/celery-exporter/celery_exporter/internal/event"
 )
@@ -28,6 +29,7 @@ type Task struct {
 
 	touched    time.Time
 	prev, next *Task
+	size       int64 // bytes accounted to this task in Cache.bytes
 }
 
 // Cache maps task uuids to Tasks. Its methods are safe for concurrent use (the broker scraper
@@ -40,6 +42,9 @@ type Cache struct {
 	capacity int
 	ttl      time.Duration
 	evicted  uint64
+	// maxBytes bounds bytes, the sum of the tracked tasks' sizes (see Size); 0 is no bound.
+	maxBytes int64
+	bytes    int64
 }
 
 // NewCache returns a cache of at most capacity tasks, each forgotten ttl after its last event.
@@ -74,13 +79,90 @@ func (c *Cache) GetOrCreate(uuid string, now time.Time) (t *Task, created bool, 
 	t = &Task{UUID: uuid}
 	c.m[uuid] = t
 	c.touch(t, now)
-	if len(c.m) > c.capacity {
+	c.resize(t)
+	// One eviction at most (the caller settles one): a new task is small (its uuid), so the
+	// byte budget is overshot by at most one entry until the next Account.
+	if len(c.m) > c.capacity || (c.overBudget() && c.tail != t) {
 		evicted = c.tail
 		c.remove(evicted)
 		c.evicted++
 	}
 	return t, true, evicted
 }
+
+// SetMaxBytes bounds the bytes of the tracked tasks (see Size); n <= 0 removes the bound. It
+// evicts nothing by itself: the next GetOrCreate or Account does.
+func (c *Cache) SetMaxBytes(n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxBytes = max(n, 0)
+}
+
+// Account measures t again after its owner changed its fields (names, held events) and, past
+// the byte budget, evicts least recently used tasks other than t and returns them, so the caller
+// can settle their held events. A task no longer tracked is ignored.
+func (c *Cache) Account(t *Task) (evicted []*Task) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m[t.UUID] != t {
+		return nil
+	}
+	c.resize(t)
+	for c.overBudget() && c.tail != t {
+		e := c.tail
+		c.remove(e)
+		c.evicted++
+		evicted = append(evicted, e)
+	}
+	return evicted
+}
+
+// Bytes is the sum of the tracked tasks' sizes as last measured.
+func (c *Cache) Bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
+// taskOverhead is what a task costs besides its strings and held events: the Task itself and its
+// map entry (key header, pointer, and a share of the table at its load factor).
+var taskOverhead = alloc(int64(unsafe.Sizeof(Task{}))) + 64
+
+// eventSize is what one held event costs in its slice.
+const eventSize = int64(unsafe.Sizeof(event.Event{}))
+
+// alloc is an upper bound of the heap an allocation of n bytes takes: Go's allocator rounds a
+// size up to its size class, which is at most 25% more (and a multiple of 16 bytes).
+func alloc(n int64) int64 {
+	if n == 0 {
+		return 0
+	}
+	return (n + n/4 + 15) &^ 15
+}
+
+// Size is an upper bound of the memory a task holds: its own struct and map entry, its uuid and
+// label values, and its held events with theirs, each rounded up as the allocator does. Label
+// values are counted as if each were its own copy, though interned ones are shared, so the bound
+// holds under hostile input, whose values outgrow the interner.
+func (t *Task) Size() int64 {
+	n := taskOverhead + alloc(int64(len(t.UUID))) + alloc(int64(len(t.Name))) + alloc(int64(len(t.Queue))) +
+		alloc(int64(len(t.Hostname))) + alloc(int64(cap(t.Pending))*eventSize)
+	for i := range t.Pending {
+		e := &t.Pending[i]
+		for _, v := range [...]string{e.Hostname, e.UUID, e.Name, e.Queue, e.Exception, e.SWIdent, e.SWVer, e.SWSys} {
+			n += alloc(int64(len(v)))
+		}
+	}
+	return n
+}
+
+func (c *Cache) resize(t *Task) {
+	s := t.Size()
+	c.bytes += s - t.size
+	t.size = s
+}
+
+func (c *Cache) overBudget() bool { return c.maxBytes > 0 && c.bytes > c.maxBytes && c.tail != nil }
 
 // Update applies fn to the tracked task under the cache's lock, so readers on other goroutines
 // (SentAt) see a consistent task, and reports whether the task is tracked. fn must not call back
@@ -93,6 +175,7 @@ func (c *Cache) Update(uuid string, fn func(*Task)) bool {
 		return false
 	}
 	fn(t)
+	c.resize(t)
 	return true
 }
 
@@ -136,7 +219,7 @@ func (c *Cache) Len() int {
 	return len(c.m)
 }
 
-// Evicted is the number of tasks dropped for capacity or age since start.
+// Evicted is the number of tasks dropped for capacity, bytes or age since start.
 func (c *Cache) Evicted() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -162,6 +245,8 @@ func (c *Cache) touch(t *Task, now time.Time) {
 func (c *Cache) remove(t *Task) {
 	c.unlink(t)
 	delete(c.m, t.UUID)
+	c.bytes -= t.size
+	t.size = 0
 }
 
 func (c *Cache) unlink(t *Task) {

@@ -3,6 +3,8 @@
 Environment:
   CELERY_BROKER_URL             broker URL (default redis://127.0.0.1:6379/0)
   CELERY_TRANSPORT_OPTIONS      JSON dict -> broker_transport_options (global_keyprefix, sep, ...)
+  CELERY_BROKER_USE_SSL         JSON dict -> broker_use_ssl (py-amqp's keys: ca_certs, certfile,
+                                keyfile, cert_reqs as "required"/"optional"/"none")
   CELERY_DEFAULT_QUEUE          task_default_queue (default "celery", Celery's own default)
   CELERY_ACKS_LATE              1/true: task_acks_late (default off)
   CELERY_REJECT_ON_WORKER_LOST  1/true: task_reject_on_worker_lost (default off)
@@ -42,6 +44,18 @@ def _transport_options():
     return opts
 
 
+def _broker_use_ssl():
+    raw = os.environ.get("CELERY_BROKER_USE_SSL", "").strip()
+    if not raw:
+        return False  # Celery's default: TLS only as the URL's scheme says
+    import ssl
+
+    opts = json.loads(raw)
+    if "cert_reqs" in opts:
+        opts["cert_reqs"] = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}[opts["cert_reqs"]]
+    return opts
+
+
 # The seed app's routes (see shared/notes/target-app.md), with its task names.
 SEED_ROUTES = {
     "assistant.tasks.process_chat_message": {"queue": "chat"},
@@ -73,6 +87,7 @@ app = Celery("celeryapp")
 app.conf.update(
     broker_url=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
     broker_transport_options=_transport_options(),
+    broker_use_ssl=_broker_use_ssl(),
     task_serializer="json",
     result_serializer="json",
     event_serializer="json",

@@ -29,6 +29,10 @@ DEMO_WEBHOOK_PORT=${DEMO_WEBHOOK_PORT:-9099}
 DEMO_BROKER=${DEMO_BROKER:-redis}
 DEMO_AMQP_PORT=${DEMO_AMQP_PORT:-5672}
 DEMO_RABBITMQ_MGMT_PORT=${DEMO_RABBITMQ_MGMT_PORT:-15672}
+# The node's Erlang distribution port and its own epmd's port (the node must not share the
+# system's epmd on 4369).
+DEMO_RABBITMQ_DIST_PORT=${DEMO_RABBITMQ_DIST_PORT:-25672}
+DEMO_EPMD_PORT=${DEMO_EPMD_PORT:-4672}
 RABBITMQ_NODE=demo@localhost
 
 # The seed's layout: broker on DB 1, Django cache (the Zep breaker) on DB 0.
@@ -165,7 +169,7 @@ wait_http() {
 rabbitmq_env() {
   local d=$DEMO_DIR/rabbitmq
   printf '%s\n' "RABBITMQ_NODENAME=$RABBITMQ_NODE" "RABBITMQ_NODE_PORT=$DEMO_AMQP_PORT" \
-    "RABBITMQ_DIST_PORT=$((DEMO_AMQP_PORT + 20000))" "ERL_EPMD_PORT=$((DEMO_AMQP_PORT - 1000))" \
+    "RABBITMQ_DIST_PORT=$DEMO_RABBITMQ_DIST_PORT" "ERL_EPMD_PORT=$DEMO_EPMD_PORT" \
     "RABBITMQ_MNESIA_BASE=$d/mnesia" "RABBITMQ_LOG_BASE=$d/log" "RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins" \
     "RABBITMQ_PID_FILE=$d/pid" "RABBITMQ_CONFIG_FILE=$d/rabbitmq" "RABBITMQ_FEATURE_FLAGS_FILE=$d/feature_flags" \
     "RABBITMQ_PLUGINS_EXPAND_DIR=$d/plugins-expand"

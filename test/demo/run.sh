@@ -18,7 +18,8 @@
 #   DEMO_REDIS_PORT=6379 DEMO_EXPORTER_PORT=9808 DEMO_PROMETHEUS_PORT=9090
 #   DEMO_ALERTMANAGER_PORT=9093 DEMO_WEBHOOK_PORT=9099
 #   DEMO_BROKER=rabbitmq     the broker on a local rabbitmq-server (make demo BROKER=rabbitmq), on
-#                           DEMO_AMQP_PORT=5672 with its management API on DEMO_RABBITMQ_MGMT_PORT=15672
+#                           DEMO_AMQP_PORT=5672 with its management API on DEMO_RABBITMQ_MGMT_PORT=15672,
+#                           DEMO_RABBITMQ_DIST_PORT=25672 (Erlang distribution), DEMO_EPMD_PORT=4672
 #   HEADLESS=1              no live alert feed in the terminal (for tests and CI)
 #   DEMO_DURATION=N         stop by itself after N seconds of running (0: until Ctrl-C)
 #   DEMO_HEAL_AFTER=N       restart a worker N seconds after it died (default 180; 0: never)
@@ -65,7 +66,7 @@ done
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports=(DEMO_REDIS_PORT DEMO_EXPORTER_PORT DEMO_PROMETHEUS_PORT DEMO_ALERTMANAGER_PORT DEMO_WEBHOOK_PORT)
-[ "$DEMO_BROKER" = rabbitmq ] && ports+=(DEMO_AMQP_PORT DEMO_RABBITMQ_MGMT_PORT)
+[ "$DEMO_BROKER" = rabbitmq ] && ports+=(DEMO_AMQP_PORT DEMO_RABBITMQ_MGMT_PORT DEMO_RABBITMQ_DIST_PORT DEMO_EPMD_PORT)
 for var in "${ports[@]}"; do
   if port_busy "${!var}"; then
     die "port ${!var} on 127.0.0.1 is in use; pick another with $var=<port> (e.g. $var=$((${!var} + 10000)))"
@@ -108,6 +109,8 @@ amtool check-config "$DEMO_DIR/alertmanager.yml" >"$LOG_DIR/amtool.log" 2>&1 ||
 cat >"$DEMO_DIR/env" <<EOF
 DEMO_BROKER=$DEMO_BROKER
 DEMO_AMQP_PORT=$DEMO_AMQP_PORT
+DEMO_RABBITMQ_DIST_PORT=$DEMO_RABBITMQ_DIST_PORT
+DEMO_EPMD_PORT=$DEMO_EPMD_PORT
 DEMO_REDIS_PORT=$DEMO_REDIS_PORT
 DEMO_EXPORTER_PORT=$DEMO_EXPORTER_PORT
 DEMO_PROMETHEUS_PORT=$DEMO_PROMETHEUS_PORT
@@ -134,7 +137,7 @@ stop_all() {
       rabbitmq)
         (
           rabbitmqctl_demo shutdown >/dev/null 2>&1 || signal_group rabbitmq TERM
-          env ERL_EPMD_PORT=$((DEMO_AMQP_PORT - 1000)) epmd -kill >/dev/null 2>&1 || true # the node's own epmd
+          env ERL_EPMD_PORT="$DEMO_EPMD_PORT" epmd -kill >/dev/null 2>&1 || true # the node's own epmd
         ) &
         ;;
       *) signal_group "$name" TERM ;;
@@ -191,8 +194,14 @@ if [ "$DEMO_BROKER" = rabbitmq ]; then
   echo '[rabbitmq_management].' >"$d/enabled_plugins"
   printf 'listeners.tcp.default = 127.0.0.1:%s\nmanagement.tcp.port = %s\nmanagement.tcp.ip = 127.0.0.1\n' \
     "$DEMO_AMQP_PORT" "$DEMO_RABBITMQ_MGMT_PORT" >"$d/rabbitmq.conf"
-  # Debian's wrapper runs the node as the rabbitmq user when started as root.
-  [ "$(id -u)" = 0 ] && chown -R rabbitmq:rabbitmq "$d"
+  # Debian's wrapper runs the node as the rabbitmq user when started as root: the directory is
+  # handed to that user, who must also be able to reach it (a DEMO_DIR under /root or under a
+  # mktemp -d directory is not reachable).
+  if [ "$(id -u)" = 0 ]; then
+    chown -R rabbitmq:rabbitmq "$d"
+    su rabbitmq -s /bin/sh -c "test -w '$d'" ||
+      die "the rabbitmq user cannot write $d: make DEMO_DIR's parent directories traversable (chmod o+x) or set DEMO_DIR elsewhere"
+  fi
   mapfile -t renv < <(rabbitmq_env)
   start_proc rabbitmq env "${renv[@]}" rabbitmq-server
   for ((i = 0; ; i++)); do

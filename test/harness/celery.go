@@ -179,7 +179,7 @@ type Send struct {
 	Countdown float64 `json:"countdown,omitempty"`
 	Expires   float64 `json:"expires,omitempty"`
 	// RevokeAfter revokes the task that many seconds after the plan started; Terminate also kills
-	// it if it runs (prefork).
+	// it while it runs (prefork): the revoke then waits until a worker lists the task as active.
 	RevokeAfter float64 `json:"revoke_after,omitempty"`
 	Terminate   bool    `json:"terminate,omitempty"`
 	// LinkError is a task sent with this task's id if it fails.

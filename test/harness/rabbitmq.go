@@ -1,9 +1,13 @@
 package harness
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -24,16 +28,23 @@ type RabbitMQ struct {
 	Node     string
 	Port     int
 	MgmtPort int // 0 unless started with the management plugin
-	Dir      string
-	env      []string
-	cmd      *exec.Cmd
-	done     chan struct{}
+	// TLSPort is the amqps:// listener's port, 0 unless started with TLS; TLS are the files of
+	// its throwaway CA and server certificate (for 127.0.0.1 and localhost).
+	TLSPort int
+	TLS     TLSFiles
+	Dir     string
+	env     []string
+	cmd     *exec.Cmd
+	done    chan struct{}
 }
 
 // RabbitMQOptions configure StartRabbitMQ.
 type RabbitMQOptions struct {
 	// Management enables the rabbitmq_management plugin (HTTP API on MgmtPort).
 	Management bool
+	// TLS adds an amqps:// listener (TLSPort) with a server certificate of a fresh throwaway CA
+	// (TLS.CA); clients are not asked for a certificate.
+	TLS bool
 }
 
 var rabbitSeq struct {
@@ -64,7 +75,7 @@ func LaunchRabbitMQ(o RabbitMQOptions) (*RabbitMQ, error) {
 	rabbitSeq.n++
 	seq := rabbitSeq.n
 	rabbitSeq.Unlock()
-	ports, err := freePorts(4)
+	ports, err := freePorts(5)
 	if err != nil {
 		return nil, err
 	}
@@ -75,6 +86,16 @@ func LaunchRabbitMQ(o RabbitMQOptions) (*RabbitMQ, error) {
 		r.MgmtPort = ports[3]
 		plugins = "[rabbitmq_management]."
 		conf += fmt.Sprintf("management.tcp.port = %d\nmanagement.tcp.ip = 127.0.0.1\n", r.MgmtPort)
+	}
+	if o.TLS {
+		r.TLSPort = ports[4]
+		if r.TLS, err = NewTLSFiles(filepath.Join(dir, "tls")); err != nil {
+			return nil, err
+		}
+		conf += fmt.Sprintf("listeners.ssl.default = 127.0.0.1:%d\n"+
+			"ssl_options.cacertfile = %s\nssl_options.certfile = %s\nssl_options.keyfile = %s\n"+
+			"ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+			r.TLSPort, r.TLS.CA, r.TLS.Cert, r.TLS.Key)
 	}
 	for _, d := range []string{"mnesia", "log", "plugins-expand"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -223,6 +244,17 @@ func (r *RabbitMQ) UserURL(user, password, vhost string) string {
 	return strings.Replace(u.String(), "%2F", "/", 1)
 }
 
+// TLSURL is the amqps:// broker URL of a vhost for a user on the TLS listener, with the query
+// options (ssl_*) given.
+func (r *RabbitMQ) TLSURL(user, password, vhost, query string) string {
+	u := strings.Replace(r.UserURL(user, password, vhost), "amqp://", "amqps://", 1)
+	u = strings.Replace(u, fmt.Sprintf(":%d/", r.Port), fmt.Sprintf(":%d/", r.TLSPort), 1)
+	if query != "" {
+		u += "?" + query
+	}
+	return u
+}
+
 // MgmtURL is the management API's base URL (no credentials).
 func (r *RabbitMQ) MgmtURL() string { return fmt.Sprintf("http://127.0.0.1:%d", r.MgmtPort) }
 
@@ -232,17 +264,85 @@ var vhostSeq struct {
 }
 
 // Vhost creates a fresh vhost for one test, with guest allowed everything in it, and deletes it
-// at the end of t: tests that share a server do not see each other's queues.
+// at the end of t: tests that share a server do not see each other's queues. With the management
+// plugin it goes through the HTTP API: each rabbitmqctl call starts an Erlang VM, seconds on a
+// busy machine.
 func (r *RabbitMQ) Vhost(t testing.TB) string {
 	t.Helper()
 	vhostSeq.Lock()
 	vhostSeq.n++
 	name := fmt.Sprintf("%s-%d", sanitize(t.Name()), vhostSeq.n)
 	vhostSeq.Unlock()
-	r.Ctl(t, "add_vhost", name)
-	r.Ctl(t, "set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-	t.Cleanup(func() { _, _ = r.CtlErr("delete_vhost", name) })
+	if r.MgmtPort != 0 {
+		r.mustAPI(t, http.MethodPut, "vhosts/"+url.PathEscape(name), nil)
+		t.Cleanup(func() { _ = r.api(http.MethodDelete, "vhosts/"+url.PathEscape(name), nil) })
+	} else {
+		r.Ctl(t, "add_vhost", name)
+		t.Cleanup(func() { _, _ = r.CtlErr("delete_vhost", name) })
+	}
+	r.Permit(t, name, "guest")
 	return name
+}
+
+// Permit allows user everything in vhost.
+func (r *RabbitMQ) Permit(t testing.TB, vhost, user string) {
+	t.Helper()
+	if r.MgmtPort != 0 {
+		r.mustAPI(t, http.MethodPut, "permissions/"+url.PathEscape(vhost)+"/"+url.PathEscape(user),
+			map[string]string{"configure": ".*", "write": ".*", "read": ".*"})
+		return
+	}
+	r.Ctl(t, "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+}
+
+// AddUser creates a user allowed everything in vhost, deleted at the end of t.
+func (r *RabbitMQ) AddUser(t testing.TB, vhost, user, password string) {
+	t.Helper()
+	if r.MgmtPort != 0 {
+		r.mustAPI(t, http.MethodPut, "users/"+url.PathEscape(user), map[string]string{"password": password, "tags": ""})
+		t.Cleanup(func() { _ = r.api(http.MethodDelete, "users/"+url.PathEscape(user), nil) })
+	} else {
+		r.Ctl(t, "add_user", user, password)
+		t.Cleanup(func() { _, _ = r.CtlErr("delete_user", user) })
+	}
+	r.Permit(t, vhost, user)
+}
+
+var mgmtClient = &http.Client{Timeout: 30 * time.Second}
+
+// api calls the management HTTP API as guest (the harness' nodes let guest in from anywhere).
+func (r *RabbitMQ) api(method, path string, body any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, r.MgmtURL()+"/api/"+path, rd)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth("guest", "guest")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := mgmtClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("management API %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("management API %s %s: %s: %s", method, path, resp.Status, out)
+	}
+	return nil
+}
+
+func (r *RabbitMQ) mustAPI(t testing.TB, method, path string, body any) {
+	t.Helper()
+	if err := r.api(method, path, body); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // QueueInfo is one row of `rabbitmqctl list_queues name messages_ready messages_unacknowledged consumers`.
@@ -348,9 +448,9 @@ var shared struct {
 	err error
 }
 
-// SharedRabbitMQ is one server per test binary, with the management plugin, booted on first use:
-// RabbitMQ takes 5–15 s to start (more on a loaded machine), so the tests share it and isolate
-// themselves with Vhost. TestMain must call ShutdownShared.
+// SharedRabbitMQ is one server per test binary, with the management plugin and a TLS listener,
+// booted on first use: RabbitMQ takes 5–15 s to start (more on a loaded machine), so the tests
+// share it and isolate themselves with Vhost. TestMain must call ShutdownShared.
 func SharedRabbitMQ(t testing.TB) *RabbitMQ {
 	t.Helper()
 	Require(t, "rabbitmq-server", "rabbitmqctl")
@@ -362,7 +462,7 @@ func SharedRabbitMQ(t testing.TB) *RabbitMQ {
 	if shared.err != nil {
 		t.Fatal(shared.err) // booting once more would only fail again, slowly
 	}
-	shared.r, shared.err = LaunchRabbitMQ(RabbitMQOptions{Management: true})
+	shared.r, shared.err = LaunchRabbitMQ(RabbitMQOptions{Management: true, TLS: true})
 	if shared.err != nil {
 		t.Fatal(shared.err)
 	}

@@ -31,16 +31,29 @@ type demo struct {
 	amURL     string
 }
 
-func startDemo(t *testing.T, duration time.Duration) *demo {
+// startDemo starts the demo on a broker, redis or rabbitmq (make demo BROKER=rabbitmq).
+func startDemo(t *testing.T, duration time.Duration, broker string) *demo {
 	t.Helper()
 	harness.Require(t, "redis-server", "redis-cli", "prometheus", harness.AlertmanagerBinary, "promtool", "amtool", "setsid", "go")
 	harness.RequirePython(t, "celery", "django_redis")
 	d := &demo{root: harness.ModuleRoot(t), dir: t.TempDir(), done: make(chan error, 1)}
+	names := []string{"REDIS", "EXPORTER", "PROMETHEUS", "ALERTMANAGER", "WEBHOOK"}
+	if broker == "rabbitmq" {
+		harness.Require(t, "rabbitmq-server", "rabbitmqctl", "epmd")
+		names = append(names, "AMQP", "RABBITMQ_MGMT", "RABBITMQ_DIST", "EPMD")
+		// The node runs as the rabbitmq user, who must reach DEMO_DIR: t.TempDir's are 0700.
+		for _, dir := range []string{d.dir, filepath.Dir(d.dir)} {
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	ports := map[string]int{}
-	for _, k := range []string{"REDIS", "EXPORTER", "PROMETHEUS", "ALERTMANAGER", "WEBHOOK"} {
+	for _, k := range names {
 		ports[k] = harness.FreePort(t)
 	}
 	d.env = []string{
+		"DEMO_BROKER=" + broker,
 		"DEMO_DIR=" + d.dir,
 		"HEADLESS=1",
 		"DEMO_DURATION=" + strconv.Itoa(int(duration.Seconds())),
@@ -189,56 +202,9 @@ func TestDemoHeadless(t *testing.T) {
 		t.Skip("integration test: runs the whole demo")
 	}
 	t.Parallel() // beside the other tests (see main_test.go)
-	d := startDemo(t, 15*time.Minute)
+	d := startDemo(t, 15*time.Minute, "redis")
 
-	// Three workers up, under their seed node names, and every queue of the mix counted.
-	queues := []string{"chat", "default", "background", "notifications", "dlq"}
-	// Poll, not WaitFor/MustScrape: this Exporter was not started by the harness, so it has no log.
-	m, ok := d.exporter.Poll(90*time.Second, func(m harness.Metrics) bool {
-		up := 0
-		for _, s := range m.Samples("celery_worker_up") {
-			if s.Value == 1 {
-				up++
-			}
-		}
-		if up != 3 {
-			return false
-		}
-		for _, q := range queues {
-			if m.Sum("celery_task_succeeded_total", map[string]string{"queue_name": q}) == 0 {
-				return false
-			}
-		}
-		return true
-	})
-	if !ok {
-		t.Fatalf("within 90s, the exporter did not show 3 workers up and successes on every queue:\n%s", m.Text)
-	}
-	host, err := os.Hostname()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Celery's %h is the full host name.
-	for _, w := range []string{"chat", "default", "background"} {
-		if v, ok := m.Value("celery_worker_up", map[string]string{"hostname": w + "@" + host}); !ok || v != 1 {
-			t.Errorf("celery_worker_up{hostname=%q} = %v (present %v), want 1\n%s", w+"@"+host, v, ok, m.Text)
-		}
-	}
-	// The seed's routes: every task lands on its queue, with its worker.
-	routes := map[string][2]string{
-		"assistant.tasks.process_chat_message":        {"chat", "chat"},
-		"assistant.tasks.extract_preferences_async":   {"default", "default"},
-		"assistant.tasks.process_incoming_media_task": {"background", "background"},
-		"assistant.tasks.send_whatsapp_message_task":  {"notifications", "background"},
-		"assistant.tasks.dead_letter_queue":           {"dlq", "background"},
-	}
-	for name, qw := range routes {
-		got := m.Sum("celery_task_succeeded_total", map[string]string{"name": name, "queue_name": qw[0], "hostname": qw[1] + "@" + host})
-		all := m.Sum("celery_task_succeeded_total", map[string]string{"name": name})
-		if got == 0 || got != all {
-			t.Errorf("%s: %v of %v successes on queue %s by %s@%s, want all of them (and some)", name, got, all, qw[0], qw[1], host)
-		}
-	}
+	demoFlowing(t, d)
 
 	// Prometheus scrapes the exporter and evaluates the rendered rules.
 	d.prom.WaitForQuery(t, `celery:workers_up:count{job="celery"}`, time.Minute, func(r []harness.QuerySample) bool {
@@ -311,9 +277,145 @@ func TestDemoHeadless(t *testing.T) {
 		t.Errorf("after the held-back alerts fired, Alertmanager paged %v, want %v", got, pages)
 	}
 
-	// SIGTERM (what Ctrl-C also does) stops everything: exit 143, no process left, no pid file.
+	d.checkStop(t, 40*time.Second)
+}
+
+// TestDemoHeadlessRabbitMQ is TestDemoHeadless's cheap twin for `make demo BROKER=rabbitmq`: the
+// same stack on a rabbitmq-server of the demo's own. The seed-shaped workers' tasks are counted on
+// their routes, the broker reports one consumer per queue, the banner lists the same fault buttons,
+// and one of them, demo-kill-worker, takes the dead worker's queues' consumers to 0 on the broker
+// and raises the alerts its banner line pages plus CeleryQueueWithoutConsumers for exactly those
+// queues; SIGTERM leaves no process behind, the node included. The rest of the buttons, the two
+// minutes at rest, the `for` durations and Alertmanager's routing and inhibitions are
+// broker-independent: TestDemoHeadless has them.
+func TestDemoHeadlessRabbitMQ(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs the whole demo")
+	}
+	// In the lane beside TestDemoHeadless: its own rabbitmq-server, redis-server and ports.
+	besideTheDemo(t)
 	start := time.Now()
-	err = d.stop(t, 40*time.Second)
+	d := startDemo(t, 15*time.Minute, "rabbitmq")
+	demoFlowing(t, d)
+	t.Logf("demo up and flowing %v after the start", time.Since(start).Round(time.Second))
+	queues := map[string]string{"chat": "chat", "default": "default", "background": "background", "notifications": "background", "dlq": "background"}
+	consumers := func(m harness.Metrics, worker string) (wrong []string) {
+		for q, w := range queues {
+			want := 1.0
+			if w == worker {
+				want = 0
+			}
+			if v, ok := m.Value("celery_queue_consumers", map[string]string{"queue_name": q}); !ok || v != want {
+				wrong = append(wrong, fmt.Sprintf("%s=%v (present %v), want %v", q, v, ok, want))
+			}
+		}
+		return wrong
+	}
+	if m, ok := d.exporter.Poll(30*time.Second, func(m harness.Metrics) bool { return len(consumers(m, "")) == 0 }); !ok {
+		t.Errorf("celery_queue_consumers from the broker: %v", consumers(m, ""))
+	}
+	if !strings.Contains(d.output(), "amqp://guest:guest@127.0.0.1:") {
+		t.Errorf("the banner does not show the AMQP broker:\n%s", d.output())
+	}
+	banner := demoBanner(t, d.output())
+	for _, b := range []string{"demo-trip-breaker", "demo-log-error", "demo-kill-worker", "demo-flood"} {
+		if _, ok := banner[b]; !ok {
+			t.Fatalf("the banner names no alerts for %s:\n%s", b, d.output())
+		}
+	}
+	d.prom.WaitForQuery(t, `celery:workers_up:count{job="celery"}`, time.Minute, func(r []harness.QuerySample) bool {
+		return len(r) == 1 && r[0].Value == 3
+	})
+
+	t.Log(d.fault(t, "kill-worker", "background"))
+	if m, ok := d.exporter.Poll(30*time.Second, func(m harness.Metrics) bool { return len(consumers(m, "background")) == 0 }); !ok {
+		t.Errorf("after the background worker was killed, celery_queue_consumers: %v", consumers(m, "background"))
+	}
+	// What the broker's figures decide: CeleryQueueWithoutConsumers for exactly the dead worker's
+	// queues, and the alerts the banner says this button pages, are raised in Prometheus (pending,
+	// then firing after their `for`). Their `for`, Alertmanager's routing and its inhibitions are
+	// broker-independent and waited for in TestDemoHeadless.
+	if !slices.Contains(banner["demo-kill-worker"][1], "CeleryQueueWithoutConsumers") {
+		t.Fatalf("the banner no longer names CeleryQueueWithoutConsumers for demo-kill-worker: %v", banner["demo-kill-worker"])
+	}
+	d.prom.WaitForQuery(t, `count by (queue_name) (ALERTS{alertname="CeleryQueueWithoutConsumers"})`, time.Minute, func(r []harness.QuerySample) bool {
+		var qs []string
+		for _, s := range r {
+			qs = append(qs, s.Labels["queue_name"])
+		}
+		slices.Sort(qs)
+		return slices.Equal(qs, []string{"background", "dlq", "notifications"})
+	})
+	for _, a := range banner["demo-kill-worker"][0] {
+		d.prom.WaitForQuery(t, fmt.Sprintf(`ALERTS{alertname=%q}`, a), time.Minute, func(r []harness.QuerySample) bool { return len(r) > 0 })
+	}
+	t.Logf("alerts raised %v after the start", time.Since(start).Round(time.Second))
+
+	// rabbitmqctl shutdown, a VM of its own, is slow to start on a busy machine.
+	d.checkStop(t, time.Minute)
+}
+
+// demoFlowing waits for the three seed-shaped workers to be up under their node names with
+// successes on every queue of the mix, each task on its route's queue and worker.
+func demoFlowing(t *testing.T, d *demo) harness.Metrics {
+	t.Helper()
+	// Three workers up, under their seed node names, and every queue of the mix counted.
+	queues := []string{"chat", "default", "background", "notifications", "dlq"}
+	// Poll, not WaitFor/MustScrape: this Exporter was not started by the harness, so it has no log.
+	m, ok := d.exporter.Poll(90*time.Second, func(m harness.Metrics) bool {
+		up := 0
+		for _, s := range m.Samples("celery_worker_up") {
+			if s.Value == 1 {
+				up++
+			}
+		}
+		if up != 3 {
+			return false
+		}
+		for _, q := range queues {
+			if m.Sum("celery_task_succeeded_total", map[string]string{"queue_name": q}) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("within 90s, the exporter did not show 3 workers up and successes on every queue:\n%s", m.Text)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Celery's %h is the full host name.
+	for _, w := range []string{"chat", "default", "background"} {
+		if v, ok := m.Value("celery_worker_up", map[string]string{"hostname": w + "@" + host}); !ok || v != 1 {
+			t.Errorf("celery_worker_up{hostname=%q} = %v (present %v), want 1\n%s", w+"@"+host, v, ok, m.Text)
+		}
+	}
+	// The seed's routes: every task lands on its queue, with its worker.
+	routes := map[string][2]string{
+		"assistant.tasks.process_chat_message":        {"chat", "chat"},
+		"assistant.tasks.extract_preferences_async":   {"default", "default"},
+		"assistant.tasks.process_incoming_media_task": {"background", "background"},
+		"assistant.tasks.send_whatsapp_message_task":  {"notifications", "background"},
+		"assistant.tasks.dead_letter_queue":           {"dlq", "background"},
+	}
+	for name, qw := range routes {
+		got := m.Sum("celery_task_succeeded_total", map[string]string{"name": name, "queue_name": qw[0], "hostname": qw[1] + "@" + host})
+		all := m.Sum("celery_task_succeeded_total", map[string]string{"name": name})
+		if got == 0 || got != all {
+			t.Errorf("%s: %v of %v successes on queue %s by %s@%s, want all of them (and some)", name, got, all, qw[0], qw[1], host)
+		}
+	}
+	return m
+}
+
+// checkStop sends SIGTERM (what Ctrl-C also does): exit 143 within timeout, no process left, no
+// pid file.
+func (d *demo) checkStop(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	start := time.Now()
+	err := d.stop(t, timeout)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 143 {
 		t.Errorf("run.sh after SIGTERM: %v, want exit status 143", err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,14 +148,45 @@ func TestRabbitMQBrokerRestart(t *testing.T) {
 	before.WaitQuiet(t, "task-", time.Second, 30*time.Second)
 	agree(t, exp, 15*time.Second, harness.WithZeroSeries(before.ExpectedTaskCounters("celery"), harness.DefaultInitialExceptions...), taskCounters...)
 
+	// While the broker is away /-/ready says so, as on Redis.
+	restart := time.Now()
+	stop := make(chan struct{})
+	var sawNotReady atomic.Bool
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if code, _, err := exp.Get("/-/ready"); err == nil && code == 503 {
+				sawNotReady.Store(true)
+			}
+		}
+	}()
 	r.Restart(t)
+	close(stop)
+	<-polled
+	if !sawNotReady.Load() {
+		t.Error("/-/ready never answered 503 during the broker restart")
+	}
 	after := harness.RecordAMQP(t, url)
-	// The exporter and the worker reconnect by themselves.
-	exp.WaitFor(t, 60*time.Second, func(m harness.Metrics) bool {
+	// The exporter and the worker reconnect by themselves; the gap is timed as on Redis.
+	m := exp.WaitFor(t, 60*time.Second, func(m harness.Metrics) bool {
 		up, _ := m.Value("celery_exporter_subscription_up", nil)
 		n, _ := m.Value("celery_exporter_subscription_reconnects_total", nil)
 		return up == 1 && n == 1
 	})
+	if down, _ := m.Value("celery_exporter_subscription_down_seconds_total", nil); down <= 0 || down > time.Since(restart).Seconds() {
+		t.Errorf("celery_exporter_subscription_down_seconds_total = %v after a restart of %v", down, time.Since(restart))
+	}
+	for _, name := range []string{"celery_exporter_event_buffer_messages", "celery_exporter_event_buffer_bytes"} {
+		if !m.Has(name) {
+			t.Errorf("no %s on AMQP", name)
+		}
+	}
 	after.WaitFor(t, 60*time.Second, "a heartbeat of the worker after the restart", func(rec *harness.Recorder) bool {
 		_, ok := rec.LastHeartbeat(w.NodeName)
 		return ok
