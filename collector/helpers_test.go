@@ -6,9 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,8 +19,11 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/internal/clock"
+	"github.com/celery-exporter/celery_exporter/internal/event"
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
 	"github.com/celery-exporter/celery_exporter/internal/pidbox/pidboxtest"
+	"github.com/celery-exporter/celery_exporter/internal/state"
+	"github.com/celery-exporter/celery_exporter/internal/tasks"
 )
 
 // Helpers shared by the package's tests: building sources on fakes, feeding them, and reading
@@ -28,19 +31,68 @@ import (
 // series at once, sample maps (samples, expectSamples); HELP texts are checked once, by the
 // golden file (golden_test.go).
 
-func newTestSource(opts EventOptions) (*EventSource, *clock.Fake) {
+// newTestModel returns a model on a fake clock at t0; a zero WorkerTimeout takes the default
+// (the constructor keeps a zero there), the other zero fields the constructor's defaults.
+func newTestModel(mo state.Options) (*state.Model, *clock.Fake) {
 	clk := clock.NewFake(t0)
-	opts.Clock = clk
-	// The constructor defaults the rest; these three keep a zero there.
+	mo.Clock = clk
+	if mo.WorkerTimeout == 0 {
+		mo.WorkerTimeout = DefaultModelOptions().WorkerTimeout
+	}
+	return NewModel(mo), clk
+}
+
+// newTestSource returns an event source on its own model (see newTestModel).
+func newTestSource(opts EventOptions) (*EventSource, *clock.Fake) {
+	return newTestSourceModel(opts, state.Options{})
+}
+
+// newTestSourceModel is newTestSource with the model's options.
+func newTestSourceModel(opts EventOptions, mo state.Options) (*EventSource, *clock.Fake) {
+	// The constructor defaults the rest; these two keep a zero there.
 	d := DefaultEventOptions()
-	for _, p := range []struct{ v, def *time.Duration }{
-		{&opts.WorkerTimeout, &d.WorkerTimeout}, {&opts.PurgeAfter, &d.PurgeAfter}, {&opts.SentWait, &d.SentWait},
-	} {
+	for _, p := range []struct{ v, def *time.Duration }{{&opts.PurgeAfter, &d.PurgeAfter}, {&opts.SentWait, &d.SentWait}} {
 		if *p.v == 0 {
 			*p.v = *p.def
 		}
 	}
-	return NewEventSource(log.NewNopLogger(), nil, opts), clk
+	m, clk := newTestModel(mo)
+	return NewEventSource(log.NewNopLogger(), nil, opts, m), clk
+}
+
+// setWorkers makes the model's workers what the event stream would say: alive heartbeat now
+// (with their sw_sys from systems), the rest of known went offline (down, not yet purged), and
+// every other worker is purged.
+func setWorkers(m *state.Model, alive, known []string, systems map[string]string) {
+	now := m.Clock().Now()
+	_, was := m.Workers.Names()
+	for _, h := range was {
+		if !slices.Contains(alive, h) {
+			m.Workers.Apply(&event.Event{Type: event.WorkerOffline, Hostname: h}, now, time.Time{})
+		}
+	}
+	m.Workers.Purge(now, 0)
+	for _, h := range known {
+		if !slices.Contains(alive, h) {
+			m.Workers.Apply(&event.Event{Type: event.WorkerOffline, Hostname: h}, now, time.Time{})
+		}
+	}
+	for _, h := range alive {
+		ev := event.Event{Type: event.WorkerHeartbeat, Hostname: h}
+		if sys, ok := systems[h]; ok {
+			ev.SWIdent, ev.SWVer, ev.SWSys = "py-celery", "5.2.6", sys
+		}
+		m.Workers.Apply(&ev, now, time.Time{})
+	}
+}
+
+// setSentAt records task-sent times in the model's task cache, as the event source does.
+func setSentAt(m *state.Model, sent map[string]time.Time) {
+	now := m.Clock().Now()
+	for id, at := range sent {
+		m.Tasks.GetOrCreate(id, now)
+		m.Tasks.Update(id, func(t *tasks.Task) { t.SentAt = float64(at.UnixNano()) / 1e9 })
+	}
 }
 
 // payload wraps events the way a worker publishes them: a kombu envelope with a base64 body; one
@@ -204,29 +256,6 @@ func (c *errCapturingCollector) Describe(chan<- *prometheus.Desc) {}
 
 func (c *errCapturingCollector) Collect(ch chan<- prometheus.Metric) {
 	c.err = c.s.Scrape(context.Background(), ch)
-}
-
-type fakeDirectory struct {
-	mu           sync.Mutex
-	alive, known []string
-	systems      map[string]string
-}
-
-func (d *fakeDirectory) WorkerNames() (alive, known []string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.alive...), append([]string(nil), d.known...)
-}
-
-func (d *fakeDirectory) WorkerSystem(h string) (string, bool) {
-	s, ok := d.systems[h]
-	return s, ok
-}
-
-func (d *fakeDirectory) set(alive, known []string) {
-	d.mu.Lock()
-	d.alive, d.known = alive, known
-	d.mu.Unlock()
 }
 
 type miniBroker struct {

@@ -5,6 +5,8 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // Non-finite and absurd numbers never reach a histogram sum, a
@@ -152,7 +154,7 @@ func TestEventSourceHostnameClaimedByTwoProcesses(t *testing.T) {
 // Task events waiting for their task-sent are bounded in all, not only per
 // task: past maxPendingEvents they are applied at once with the fallback queue.
 func TestEventSourcePendingEventsBounded(t *testing.T) {
-	src, _ := newTestSource(EventOptions{MaxTracked: 2 * maxPendingEvents})
+	src, _ := newTestSourceModel(EventOptions{}, state.Options{MaxTasks: 2 * maxPendingEvents})
 	for i := 0; i < maxPendingEvents+100; i++ {
 		src.HandlePayload(payload(taskEv("task-received", fmt.Sprint(i), "celery@w", 1, "name", "t.a")))
 	}
