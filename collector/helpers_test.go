@@ -26,10 +26,11 @@ import (
 	"github.com/celery-exporter/celery_exporter/internal/tasks"
 )
 
-// Helpers shared by the package's tests: building sources on fakes, feeding them, and reading
-// what they expose. Tests compare exposition lines (collectText, nonZero, waitFor) or, for many
-// series at once, sample maps (samples, expectSamples); HELP texts are checked once, by the
-// golden file (golden_test.go).
+// Helpers shared by the package's tests: building sources and the model on fakes, feeding them,
+// and reading what they expose. Every reading goes through samples, which gathers a source in a
+// pedantic registry: tests compare its exposition lines (collectText, compare, nonZero, waitFor)
+// or check series in its map (expectSamples, expectAbsent, only). HELP texts are checked once,
+// by the golden file (golden_test.go).
 
 // newTestModel returns a model on a fake clock at t0; a zero WorkerTimeout takes the default
 // (the constructor keeps a zero there), the other zero fields the constructor's defaults.
@@ -146,17 +147,24 @@ func samples(t *testing.T, c prometheus.Collector) map[string]float64 {
 	return out
 }
 
+// expectSamples checks that each series of want exists with its value.
 func expectSamples(t *testing.T, got map[string]float64, want map[string]float64) {
 	t.Helper()
 	for k, v := range want {
-		g, ok := got[k]
-		switch {
-		case !ok && v >= 0:
+		if g, ok := got[k]; !ok {
 			t.Errorf("missing %s (want %v)", k, v)
-		case ok && v < 0:
-			t.Errorf("%s = %v, want no such series", k, g)
-		case ok && g != v:
+		} else if g != v {
 			t.Errorf("%s = %v, want %v", k, g, v)
+		}
+	}
+}
+
+// expectAbsent checks that none of the series exist.
+func expectAbsent(t *testing.T, got map[string]float64, series ...string) {
+	t.Helper()
+	for _, k := range series {
+		if g, ok := got[k]; ok {
+			t.Errorf("%s = %v, want no such series", k, g)
 		}
 	}
 }
@@ -219,29 +227,21 @@ func unackedEntry(t *testing.T, exchange, routingKey string) string {
 	return string(b)
 }
 
+// collectText is samples as sorted exposition lines, "name{k="v",...} value", of the named
+// metrics (histograms: name_count and name_sum) or of all, with the scrape's error.
 func collectText(t *testing.T, s Scraper, names ...string) (string, error) {
 	t.Helper()
 	c := &errCapturingCollector{s: s}
-	got := gather(t, c)
-	var b strings.Builder
-	want := map[string]bool{}
-	for _, n := range names {
-		want[n] = true
-	}
-	for _, mf := range got {
-		if len(want) > 0 && !want[mf.GetName()] {
+	got := samples(t, c)
+	var lines []string
+	for k, v := range got {
+		name := k[:strings.IndexByte(k, '{')]
+		if len(names) > 0 && !slices.Contains(names, name) &&
+			!slices.Contains(names, strings.TrimSuffix(strings.TrimSuffix(name, "_count"), "_sum")) {
 			continue
 		}
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			fmt.Fprintf(&b, "%s{%s} %g\n", mf.GetName(), strings.Join(labels, ","), v)
-		}
+		lines = append(lines, fmt.Sprintf("%s %g\n", k, v))
 	}
-	lines := strings.SplitAfter(b.String(), "\n")
 	sort.Strings(lines)
 	return strings.Join(lines, ""), c.err
 }
