@@ -10,7 +10,9 @@ The plan is a JSON list of objects:
   countdown    seconds until the ETA
   expires      seconds after sending when the task expires
   revoke_after revoke the task this many seconds after the plan started sending
-  terminate    with revoke_after: terminate it if running (prefork), signal SIGTERM
+  terminate    with revoke_after: terminate it while it runs (prefork), signal SIGTERM; the revoke
+               waits (up to 60 s) until a worker reports the task active, so a busy machine cannot
+               turn it into a plain revoke of a task not started yet
   link_error   name of a task to run (as a task) with the id of this one if it fails
 An entry {"sleep": s} pauses the sending for s seconds (and has no id in the output).
 """
@@ -32,6 +34,16 @@ def _task_name(name):
         if registered.rsplit(".", 1)[-1] == name:
             return registered
     raise SystemExit("produce.py: unknown task %r" % (name,))
+
+
+def _wait_active(task_id, timeout):
+    """Returns once a worker lists task_id among its active tasks (or after timeout seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = app.control.inspect(timeout=0.5).active() or {}
+        if any(t.get("id") == task_id for tasks in replies.values() for t in tasks or []):
+            return
+    sys.stderr.write("produce.py: task %s never became active; revoking anyway\n" % task_id)
 
 
 def main(argv):
@@ -64,6 +76,8 @@ def main(argv):
         delay = start + at - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        if terminate:
+            _wait_active(task_id, 60)
         app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
 
     json.dump(ids, sys.stdout)
