@@ -1,3 +1,6 @@
+// Scrapes a Redis broker at scrape time: queue depths per priority, unacked messages, the age of
+// the oldest waiting message, and (from the model) who consumes each queue.
+
 package collector
 
 import (

@@ -1,3 +1,6 @@
+// Scrapes the workers by remote control (ping, active_queues, stats, active) every
+// --control.interval, and reports the last round.
+
 package collector
 
 import (

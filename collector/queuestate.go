@@ -1,3 +1,6 @@
+// Scrapes an AMQP broker (RabbitMQ) at scrape time: queue depths, consumers and, with the
+// management API, unacked messages and the oldest message's age.
+
 package collector
 
 import (
