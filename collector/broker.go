@@ -93,7 +93,7 @@ func NewBrokerScraper(logger log.Logger, client redis.UniversalClient, ks kombu.
 		logger = log.NewNopLogger()
 	}
 	return &BrokerScraper{
-		logger: logger, client: client, ks: ks, opts: opts, model: m, clock: clock.Real{},
+		logger: logger, client: client, ks: ks, opts: opts, model: m, clock: m.Clock(),
 		exclude: map[string]bool{
 			opts.EventExchange:                         true,
 			kombu.PidboxExchange(opts.ControlExchange): true,

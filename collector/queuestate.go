@@ -42,7 +42,7 @@ func NewQueueStateScraper(logger log.Logger, reader QueueStateReader, staticQueu
 	if logger == nil {
 		logger = log.NewNopLogger()
 	}
-	return &QueueStateScraper{logger: logger, reader: reader, static: staticQueues, model: m, clock: clock.Real{}}
+	return &QueueStateScraper{logger: logger, reader: reader, static: staticQueues, model: m, clock: m.Clock()}
 }
 
 // Name implements Scraper.
