@@ -14,11 +14,11 @@ import (
 
 // hostLabel is the hostname label value of a task or worker event.
 func (s *EventSource) hostLabel(host string) string {
-	v := s.hosts.Value(host)
-	if s.hosts.Has(host) {
+	if s.hosts.Add(host) {
 		s.hostSeen[host] = s.now
+		return host
 	}
-	return v
+	return s.hosts.Value(host) // overflowValue, counted
 }
 
 // workerHostLabel is hostLabel for a worker event: a worker that heartbeats is never locked out
