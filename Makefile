@@ -14,8 +14,9 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/celery_exporter/tools
 GOLANGCI_LINT ?= $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # Integration tests start real redis-server, Celery workers and Prometheus; they share CPU, so run
-# packages one at a time.
-TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
+# packages one at a time. Within test/integration the demo runs beside one other test at a time
+# (see its main_test.go); -parallel 8 lets every parallel test wait for its lane, not a slot.
+TEST_FLAGS ?= -count=1 -p 1 -parallel 8 -timeout 30m
 # helm, kustomize and jsonnet, built into TOOLS_DIR by test/gotools.sh when missing.
 export CELERY_EXPORTER_TOOLS := $(TOOLS_DIR)
 export PATH := $(PATH):$(TOOLS_DIR)
@@ -47,9 +48,13 @@ $(GOLANGCI_LINT):
 unit:
 	$(GO) test -count=1 -short ./...
 
+# The exporter's own packages run once, under the race detector; the rest (rules, dashboards,
+# harness, integration) once without it.
+RACE_PKGS := ./collector/... ./internal/... ./cmd/...
 test: deps lint rules-check build
-	$(GO) test -race -count=1 -short ./collector/... ./internal/... ./cmd/...
-	CELERY_EXPORTER_BIN=$(CURDIR)/$(BIN) $(GO) test $(TEST_FLAGS) ./...
+	$(GO) test -race -count=1 $(RACE_PKGS)
+	CELERY_EXPORTER_BIN=$(CURDIR)/$(BIN) $(GO) test $(TEST_FLAGS) \
+	  $$($(GO) list ./... | grep -v -e '/collector' -e '/internal/' -e '/cmd/')
 
 bench: deps build
 	CELERY_EXPORTER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 20m ./...

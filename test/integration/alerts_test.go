@@ -98,6 +98,7 @@ func TestAlertsEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: real redis-server, Celery workers, the exporter binary and Prometheus")
 	}
+	besideTheDemo(t)
 	harness.Require(t, "prometheus")
 	harness.RequirePython(t, "celery")
 	start := time.Now()

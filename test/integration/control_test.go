@@ -30,6 +30,7 @@ import (
 // pools, background+notifications+dlq on prefork) and checks that what the exporter reports from
 // remote control equals what `celery inspect active_queues` and `celery inspect stats` say.
 func TestControlQueuesMatchInspect(t *testing.T) {
+	besideTheDemo(t)
 	r := harness.StartRedis(t)
 	url := r.URL(0)
 	harness.StartWorkers(t,
@@ -301,6 +302,7 @@ func aclLines(t *testing.T) map[string][]string {
 // exporter with each (and a real worker), and checks that every source works and Redis denied
 // nothing (ACL LOG).
 func TestControlRedisACL(t *testing.T) {
+	besideTheDemo(t)
 	users := aclLines(t)
 	tests := []struct {
 		user    string

@@ -188,6 +188,7 @@ func TestDemoHeadless(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: runs the whole demo")
 	}
+	t.Parallel() // beside the other tests (see main_test.go)
 	d := startDemo(t, 15*time.Minute)
 
 	// Three workers up, under their seed node names, and every queue of the mix counted.

@@ -28,6 +28,7 @@ func TestFirstEventsPageWithShippedRules(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: real redis-server, a Celery worker, the exporter binary and Prometheus")
 	}
+	besideTheDemo(t)
 	harness.Require(t, "prometheus")
 	harness.RequirePython(t, "celery")
 	rules, err := filepath.Abs("../../rules/celery.rules.yml")

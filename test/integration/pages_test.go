@@ -24,6 +24,7 @@ func skipShort(t *testing.T) {
 // increase() sees it. Before the change the series was born at 1, which increase() reads as no
 // change.
 func TestFirstFailureSeriesExistAtZero(t *testing.T) {
+	besideTheDemo(t)
 	skipShort(t)
 	r := harness.StartRedis(t)
 	url := r.URL(0)
@@ -132,6 +133,7 @@ func TestHungTaskShowsAsRunning(t *testing.T) {
 // say the worker accepted and the task-started events that arrived. Here the worker sends no task
 // events for part of the run (enable_events, disable_events, enable_events over remote control).
 func TestLostTaskEventsAreMeasured(t *testing.T) {
+	besideTheDemo(t)
 	skipShort(t)
 	r := harness.StartRedis(t)
 	url := r.URL(0)
