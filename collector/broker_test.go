@@ -18,12 +18,6 @@ import (
 	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
-// emptyModel is the model of a broker source alone: no task sent times, no remote control.
-func emptyModel() *state.Model {
-	m, _ := newTestModel(state.Options{})
-	return m
-}
-
 func TestBrokerQueueLengths(t *testing.T) {
 	custom := kombu.DefaultOptions()
 	custom.GlobalKeyPrefix = "pfx:"

@@ -19,21 +19,6 @@ import (
 	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
-// The stats reply of a prefork worker, as Celery 5.2.6 sends it (shape of the captured one).
-const preforkStats = `{"total": {"tasks.add": 3, "tasks.boom": 1}, "pid": 13410, "clock": "67", "uptime": 34,
- "pool": {"max-concurrency": 2, "processes": [13414, 13538], "max-tasks-per-child": "N/A",
-          "put-guarded-by-semaphore": false, "timeouts": [0, 0], "writes": "N/A"},
- "broker": {"hostname": "127.0.0.1", "port": 6379, "transport": "redis", "virtual_host": "0"},
- "prefetch_count": 8,
- "rusage": {"utime": 0.163718, "stime": 0.045023, "maxrss": 45548, "ixrss": 0, "idrss": 0}}`
-
-// A threads pool has no processes; rusage may be "N/A" (platforms without getrusage).
-const threadsStats = `{"total": {}, "pid": 2, "clock": "3", "uptime": 7,
- "pool": {"max-concurrency": 4, "threads": 1}, "prefetch_count": 16, "rusage": "N/A"}`
-
-const macStats = `{"total": {"tasks.add": 1}, "uptime": 9, "pool": {"max-concurrency": 1, "processes": [5]},
- "prefetch_count": 4, "rusage": {"utime": 1.5, "stime": 0.5, "maxrss": 1048576}}`
-
 func TestControlRoundMetrics(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	pong := `{"ok": "pong"}`

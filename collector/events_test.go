@@ -1,7 +1,6 @@
 package collector
 
 import (
-	"context"
 	"fmt"
 	"reflect"
 	"strings"
@@ -10,14 +9,11 @@ import (
 	"time"
 
 	"github.com/go-kit/log"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/celery-exporter/celery_exporter/internal/clock"
 	"github.com/celery-exporter/celery_exporter/internal/state"
 )
-
-var t0 = time.Unix(1795879460, 0)
 
 // The real traffic of a Celery 5.2.6 worker (test/fixtures/capture-5.2.6/psubscribe_raw.txt)
 // produces exactly these task and event metrics.
@@ -394,13 +390,6 @@ celery_exporter_collector_success{collector="broken"} 0
 `), "celery_exporter_collector_success"); err != nil {
 		t.Fatal(err)
 	}
-}
-
-type failing struct{}
-
-func (failing) Name() string { return "broken" }
-func (failing) Scrape(_ context.Context, _ chan<- prometheus.Metric) error {
-	return fmt.Errorf("down")
 }
 
 // Scrapes, remote control and the broker source read while the pipeline writes (go test -race).

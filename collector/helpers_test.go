@@ -32,6 +32,15 @@ import (
 // or check series in its map (expectSamples, expectAbsent, only). HELP texts are checked once,
 // by the golden file (golden_test.go).
 
+// t0 is the fake clocks' start: a moment of the captured traffic.
+var t0 = time.Unix(1795879460, 0)
+
+// emptyModel is the model of a source alone: no worker, no task sent time, no remote-control round.
+func emptyModel() *state.Model {
+	m, _ := newTestModel(state.Options{})
+	return m
+}
+
 // newTestModel returns a model on a fake clock at t0; a zero WorkerTimeout takes the default
 // (the constructor keeps a zero there), the other zero fields the constructor's defaults.
 func newTestModel(mo state.Options) (*state.Model, *clock.Fake) {
@@ -377,3 +386,26 @@ func replayCapture(t *testing.T, src *EventSource, clk interface{ Add(time.Durat
 	src.Tick()
 	return fed
 }
+
+// failing is a source that always fails.
+type failing struct{}
+
+func (failing) Name() string { return "broken" }
+func (failing) Scrape(_ context.Context, _ chan<- prometheus.Metric) error {
+	return fmt.Errorf("down")
+}
+
+// The stats reply of a prefork worker, as Celery 5.2.6 sends it (shape of the captured one).
+const preforkStats = `{"total": {"tasks.add": 3, "tasks.boom": 1}, "pid": 13410, "clock": "67", "uptime": 34,
+ "pool": {"max-concurrency": 2, "processes": [13414, 13538], "max-tasks-per-child": "N/A",
+          "put-guarded-by-semaphore": false, "timeouts": [0, 0], "writes": "N/A"},
+ "broker": {"hostname": "127.0.0.1", "port": 6379, "transport": "redis", "virtual_host": "0"},
+ "prefetch_count": 8,
+ "rusage": {"utime": 0.163718, "stime": 0.045023, "maxrss": 45548, "ixrss": 0, "idrss": 0}}`
+
+// A threads pool has no processes; rusage may be "N/A" (platforms without getrusage).
+const threadsStats = `{"total": {}, "pid": 2, "clock": "3", "uptime": 7,
+ "pool": {"max-concurrency": 4, "threads": 1}, "prefetch_count": 16, "rusage": "N/A"}`
+
+const macStats = `{"total": {"tasks.add": 1}, "uptime": 9, "pool": {"max-concurrency": 1, "processes": [5]},
+ "prefetch_count": 4, "rusage": {"utime": 1.5, "stime": 0.5, "maxrss": 1048576}}`
