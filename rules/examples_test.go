@@ -96,3 +96,18 @@ func TestNoAppAlerts(t *testing.T) {
 		t.Errorf("render without app alerts: %v", err)
 	}
 }
+
+// TestExampleKubernetes renders the Kubernetes profile (rules/examples/kubernetes) and runs its
+// tests.yml with promtool: two apps with the same job and the same worker pod name in two
+// namespaces keep their own memory figures and alerts.
+func TestExampleKubernetes(t *testing.T) {
+	dir := filepath.Join(root, "rules", "examples", "kubernetes")
+	cfg, err := bundle.LoadConfig(filepath.Join(dir, "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.AggregationLabels, []string{"namespace", "job"}) || cfg.Workers.Memory.Source != bundle.MemoryCAdvisor {
+		t.Fatalf("the profile is aggregation_labels %v, memory source %s", cfg.AggregationLabels, cfg.Workers.Memory.Source)
+	}
+	promtoolVariant(t, cfg, filepath.Join(dir, "tests.yml"))
+}

@@ -2,6 +2,7 @@ package rules_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/celery-exporter/celery_exporter/rules/bundle"
+	"github.com/celery-exporter/celery_exporter/rules/bundle/bundletest"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
@@ -40,20 +43,6 @@ func evalMixin(t *testing.T, jsonnet, overrides string) mixinOut {
 	return m
 }
 
-// asJSON normalises a YAML or JSON value to what encoding/json makes of it.
-func asJSON(t *testing.T, v any) any {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out any
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // TestMixinMatchesRenderedFiles evaluates the mixin with its default _config: its recording and
 // alerting groups are, in order, exactly the rendered rule file's, and its dashboards exactly
 // the rendered dashboards/*.json; its selector is rules/config.yaml's.
@@ -69,8 +58,8 @@ func TestMixinMatchesRenderedFiles(t *testing.T) {
 	if err := yaml.Unmarshal(b, &rf); err != nil {
 		t.Fatal(err)
 	}
-	got := asJSON(t, append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...))
-	if want := asJSON(t, rf.Groups); !reflect.DeepEqual(got, want) {
+	got := bundletest.AsJSON(t, append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...))
+	if want := bundletest.AsJSON(t, rf.Groups); !reflect.DeepEqual(got, want) {
 		t.Errorf("prometheusRules.groups + prometheusAlerts.groups differ from rules/celery.rules.yml")
 	}
 	files, _ := filepath.Glob(filepath.Join(root, "dashboards", "*.json"))
@@ -85,7 +74,7 @@ func TestMixinMatchesRenderedFiles(t *testing.T) {
 		if err := json.Unmarshal(b, &want); err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(asJSON(t, m.Dashboards[filepath.Base(f)]), want) {
+		if !reflect.DeepEqual(bundletest.AsJSON(t, m.Dashboards[filepath.Base(f)]), want) {
 			t.Errorf("grafanaDashboards[%q] differs from dashboards/%s", filepath.Base(f), filepath.Base(f))
 		}
 	}
@@ -157,5 +146,113 @@ func TestMixinOverrides(t *testing.T) {
 		if a["for"] != d["for"] || a["labels"].(map[string]any)["severity"] != d["labels"].(map[string]any)["severity"] {
 			t.Errorf("%s changed without an override", name)
 		}
+	}
+}
+
+// TestMixinMatchesRender: each _config setting that needs no render gives exactly the rule groups
+// a render with the same setting gives (ignore lists, aggregation labels, selector), so a jsonnet
+// user gets what rules/config.yaml's user gets.
+func TestMixinMatchesRender(t *testing.T) {
+	jsonnet := harness.GoTool(t, "jsonnet")
+	for _, tc := range []struct {
+		name      string
+		overrides string
+		apply     func(*bundle.Config)
+	}{
+		{"ignore lists", `{ ignoreTasks: ['refresh_rates', 'billing.tasks.sync_ledger'], ignoreQueues: ['reports', 'bulk.low'] }`,
+			func(c *bundle.Config) {
+				c.Tasks.Ignore = []string{"refresh_rates", "billing.tasks.sync_ledger"}
+				c.Queues.Ignore = []string{"reports", "bulk.low"}
+			}},
+		{"namespace", `{ aggregationLabels: ['namespace', 'job'] }`,
+			func(c *bundle.Config) { c.AggregationLabels = []string{"namespace", "job"} }},
+		{"everything", `{ selector: 'job="shop"', aggregationLabels: ['cluster', 'namespace', 'job'], ignoreTasks: ['refresh_rates'], ignoreQueues: ['reports'] }`,
+			func(c *bundle.Config) {
+				c.Selector = `job="shop"`
+				c.AggregationLabels = []string{"cluster", "namespace", "job"}
+				c.Tasks.Ignore = []string{"refresh_rates"}
+				c.Queues.Ignore = []string{"reports"}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := loadSeedConfig(t)
+			tc.apply(cfg)
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			files, err := cfg.Files()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rf struct{ Groups []map[string]any }
+			if err := yaml.Unmarshal(files[bundle.RulesFile], &rf); err != nil {
+				t.Fatal(err)
+			}
+			m := evalMixin(t, jsonnet, tc.overrides)
+			got := append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...)
+			if len(got) != len(rf.Groups) {
+				t.Fatalf("mixin has %d groups, the render %d", len(got), len(rf.Groups))
+			}
+			for i := range got {
+				g, w := bundletest.AsJSON(t, got[i]), bundletest.AsJSON(t, rf.Groups[i])
+				if reflect.DeepEqual(g, w) {
+					continue
+				}
+				gr, wr := g.(map[string]any)["rules"].([]any), w.(map[string]any)["rules"].([]any)
+				for j := range min(len(gr), len(wr)) {
+					if !reflect.DeepEqual(gr[j], wr[j]) {
+						gj, _ := json.MarshalIndent(gr[j], "", " ")
+						wj, _ := json.MarshalIndent(wr[j], "", " ")
+						t.Errorf("group %v rule %d:\nmixin:  %s\nrender: %s", rf.Groups[i]["name"], j, gj, wj)
+					}
+				}
+				if len(gr) != len(wr) {
+					t.Errorf("group %v: mixin %d rules, render %d", rf.Groups[i]["name"], len(gr), len(wr))
+				}
+			}
+		})
+	}
+}
+
+// TestMixinReadsAnotherRender points the mixin at a render of another config (the payments
+// example, app alerts and all), as the mixin's header shows: its output is that render.
+func TestMixinReadsAnotherRender(t *testing.T) {
+	jsonnet := harness.GoTool(t, "jsonnet")
+	cfg, err := bundle.LoadConfig(filepath.Join(root, "rules", "examples", "payments", "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := bundle.Write(dir, files); err != nil {
+		t.Fatal(err)
+	}
+	var dash []string
+	for _, d := range bundle.Dashboards() {
+		dash = append(dash, fmt.Sprintf("%q: importstr %q", d.File(), filepath.Join(dir, bundle.DashboardsDir, d.File())))
+	}
+	m := evalMixin(t, jsonnet, fmt.Sprintf(`{ renderedSelector: %q, rulesYAML: importstr %q, dashboardsJSON: { %s } }`,
+		cfg.Selector, filepath.Join(dir, bundle.RulesFile), strings.Join(dash, ", ")))
+	var rf struct{ Groups []any }
+	if err := yaml.Unmarshal(files[bundle.RulesFile], &rf); err != nil {
+		t.Fatal(err)
+	}
+	if got := bundletest.AsJSON(t, append(append([]map[string]any{}, m.Rules.Groups...), m.Alerts.Groups...)); !reflect.DeepEqual(got, bundletest.AsJSON(t, rf.Groups)) {
+		t.Errorf("the mixin's groups differ from the payments render's")
+	}
+	for _, d := range bundle.Dashboards() {
+		var want any
+		if err := json.Unmarshal(files[bundle.DashboardsDir+"/"+d.File()], &want); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(bundletest.AsJSON(t, m.Dashboards[d.File()]), want) {
+			t.Errorf("grafanaDashboards[%q] differs from the payments render's", d.File())
+		}
+	}
+	if m.Selector != cfg.Selector {
+		t.Errorf("renderedSelector %q", m.Selector)
 	}
 }

@@ -22,12 +22,12 @@ func (c *Config) dashConfig() *Config {
 
 // DashboardJSON builds every dashboard document, keyed by dashboard.
 func (c *Config) DashboardJSON() map[Dashboard]obj {
-	return map[Dashboard]obj{
-		DashSuccess: c.successDashboard().json(c),
-		DashTasks:   c.tasksDashboard().json(c),
-		DashWorkers: c.workersDashboard().json(c),
-		DashApp:     c.appDashboard().json(c),
+	out := map[Dashboard]obj{}
+	for _, b := range []*board{c.successDashboard(), c.tasksDashboard(), c.workersDashboard(), c.appDashboard()} {
+		c.withTenants(b)
+		out[b.d] = b.json(c)
 	}
+	return out
 }
 
 func (c *Config) successDashboard() *board {

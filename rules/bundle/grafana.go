@@ -60,7 +60,7 @@ func ExpandVars(expr string, values map[string]string) string {
 // DefaultVarValues are stand-ins for every variable the generated dashboards use.
 func DefaultVarValues() map[string]string {
 	return map[string]string{
-		"datasource": "prometheus", "job": "celery", "instance": ".*", "queue": ".*", "task": ".*",
+		"datasource": "prometheus", "cluster": ".+", "namespace": ".+", "job": "celery", "instance": ".*", "queue": ".*", "task": ".*",
 		"hostname": ".*", "breaker": ".*",
 		"__rate_interval": "1m", "__interval": "30s", "__range": "1h", "__range_s": "3600",
 	}

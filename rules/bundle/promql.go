@@ -57,6 +57,9 @@ func notQueues(names []string) []string {
 	if len(names) == 0 {
 		return nil
 	}
+	if len(names) == 1 { // a regexp on a static string costs more and linters flag it
+		return []string{"queue_name!=" + strconv.Quote(names[0])}
+	}
 	return []string{"queue_name!~" + strconv.Quote(alternatives(names))}
 }
 

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // RuleGroup is one Prometheus rule group, in the rule-file layout.
@@ -24,7 +26,29 @@ type Rule struct {
 	For         string            `yaml:"for,omitempty"`
 	Labels      map[string]string `yaml:"labels,omitempty"`
 	Annotations map[string]string `yaml:"annotations,omitempty"`
+	// Lint is a comment rendered above the rule: a linter's disable with its reason.
+	Lint string `yaml:"-"`
 }
+
+// MarshalYAML writes the rule with its Lint comment above it, where pint reads its
+// `# pint disable` comments.
+func (r Rule) MarshalYAML() (any, error) {
+	type plain Rule // without this method
+	var n yaml.Node
+	if err := n.Encode(plain(r)); err != nil {
+		return nil, fmt.Errorf("encode rule %s%s: %w", r.Record, r.Alert, err)
+	}
+	n.HeadComment = r.Lint
+	return &n, nil
+}
+
+// bornCounter is what increaseNew's expressions hold: the counter's raw value, on purpose.
+const bornCounter = " and on (job, instance) (time() - celery_exporter_start_time_seconds"
+
+// pintCounterDisable answers pint's promql/counter on the rules that count a counter's first
+// events with increaseNew.
+const pintCounterDisable = "A counter born inside the window counts with its whole value, which increase() cannot see\n" +
+	"(increaseNew; docs/runbooks.md, \"How the rules count events\").\npint disable promql/counter"
 
 // Names of the recorded series; dashboards and alerts share them.
 const (
@@ -106,7 +130,11 @@ func (c *Config) RuleGroups() []RuleGroup {
 	}
 	for i := range groups {
 		for j := range groups[i].Rules {
-			groups[i].Rules[j].Expr = c.aggregate(groups[i].Rules[j].Expr)
+			r := &groups[i].Rules[j]
+			if strings.Contains(r.Expr, bornCounter) {
+				r.Lint = pintCounterDisable
+			}
+			r.Expr = c.aggregate(r.Expr)
 		}
 	}
 	if c.Interval > 0 {
@@ -244,7 +272,7 @@ func (c *Config) workerAlerts() []alert {
 		// one page), so the page names the queues left without a consumer itself.
 		descr: "Only {{ $value }} of " + n + " expected Celery workers of job {{ $labels.job }} are up (for " +
 			c.forText("CeleryWorkersBelowExpected") + "). Queues served only by the missing workers are not processed" +
-			`{{ with printf "` + RecQueueConsumers + `{job=%q} == 0" $labels.job | query | sortByLabel "queue_name" }}; without a live consumer now:` +
+			`{{ with printf "` + RecQueueConsumers + c.appMatchersTemplate() + ` == 0" ` + c.appLabelsTemplate() + ` | query | sortByLabel "queue_name" }}; without a live consumer now:` +
 			`{{ range . }} {{ .Labels.queue_name }}{{ end }}{{ end }}.`,
 		dash: DashWorkers,
 	}, {
@@ -434,8 +462,10 @@ func (c *Config) workerMemory() string {
 	if m.Source != MemoryCAdvisor {
 		return "max by (job, hostname) (celery_worker_max_rss_bytes" + c.sel() + ")\nand on (job, hostname)\n" + RecWorkerUp + " == 1"
 	}
-	l := m.CAdvisor.JoinLabel
-	return "max by (job, hostname) (\n  label_replace(" + RecWorkerUp + " == 1, " + strconv.Quote(l) + ", \"$1\", \"hostname\", " +
+	// With tenants (namespace), a pod is known by its namespace and name: the same StatefulSet
+	// pod name in two namespaces is two containers. cAdvisor's series carry the pod's namespace.
+	l := strings.Join(append(c.tenantLabels(), m.CAdvisor.JoinLabel), ", ")
+	return "max by (job, hostname) (\n  label_replace(" + RecWorkerUp + " == 1, " + strconv.Quote(m.CAdvisor.JoinLabel) + ", \"$1\", \"hostname\", " +
 		strconv.Quote(m.CAdvisor.HostnameRegex) + ")\n  * on (" + l + ") group_left ()\n  sum by (" + l +
 		") (container_memory_working_set_bytes{" + strings.TrimSpace(m.CAdvisor.Selector) + "})\n)"
 }
@@ -446,6 +476,24 @@ func (c *Config) memoryFigure() string {
 		return "working set of its container from cAdvisor, pool children included"
 	}
 	return "peak RSS of its main process from inspect stats; prefork pool children are not included"
+}
+
+// appMatchersTemplate is a printf format selecting the alert's app by its aggregation labels
+// (`{namespace=%q,job=%q}`), for a query in an annotation; appLabelsTemplate gives its arguments.
+func (c *Config) appMatchersTemplate() string {
+	var ms []string
+	for _, l := range c.aggregationLabels() {
+		ms = append(ms, l+"=%q")
+	}
+	return "{" + strings.Join(ms, ",") + "}"
+}
+
+func (c *Config) appLabelsTemplate() string {
+	var ls []string
+	for _, l := range c.aggregationLabels() {
+		ls = append(ls, "$labels."+l)
+	}
+	return strings.Join(ls, " ")
 }
 
 // forText is an alert's `for` in words for its description.
@@ -462,10 +510,15 @@ func (c *Config) renderAlert(a alert) Rule {
 		labels["severity"] = o.Severity
 	}
 	maps.Copy(labels, c.AlertLabels)
-	url := c.DashboardURL(a.dash) + "?var-job={{ $labels.job | urlquery }}"
-	for _, v := range a.dashVars {
-		url += "&var-" + v[0] + "={{ $labels." + v[1] + " | urlquery }}"
+	// The dashboard opens on the alert's app: its job and tenant labels (namespace, cluster).
+	var vars []string
+	for _, l := range c.aggregationLabels() {
+		vars = append(vars, "var-"+l+"={{ $labels."+l+" | urlquery }}")
 	}
+	for _, v := range a.dashVars {
+		vars = append(vars, "var-"+v[0]+"={{ $labels."+v[1]+" | urlquery }}")
+	}
+	url := c.DashboardURL(a.dash) + "?" + strings.Join(vars, "&")
 	runbook := a.runbook
 	if runbook == "" {
 		runbook = RunbookAnchor(a.name)

@@ -4,6 +4,10 @@
 //	go run ./rules/render                      # rewrite the committed files (make rules)
 //	go run ./rules/render -check               # exit 1 listing stale files (make rules-check)
 //	go run ./rules/render -config c.yaml -out /tmp/x   # render a variant elsewhere
+//	go run ./rules/render -config c.yaml -out /tmp/x -helm-values /tmp/x/values.yaml
+//	                                            # and its rules and dashboards as Helm chart values
+//
+// Without a checkout: go run github.com/celery-exporter/celery_exporter/rules/render@latest -config c.yaml -out dir
 package main
 
 import (
@@ -26,6 +30,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "rules/config.yaml", "rules config (selectors and thresholds)")
 	out := fs.String("out", ".", "output root: files go to <out>/rules, <out>/dashboards and <out>/deploy/kubernetes/base")
 	check := fs.Bool("check", false, "write nothing; exit 1 listing the files under -out that differ from a fresh render")
+	helmValues := fs.String("helm-values", "", "also write the rendered rules and dashboards as a values file of deploy/helm/celery-exporter to this path")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -64,5 +69,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "render: wrote %d files under %s\n", len(files), *out)
+	if *helmValues != "" {
+		values, err := bundle.HelmValues(*configPath, files)
+		if err == nil {
+			err = os.WriteFile(*helmValues, values, 0o644)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "render: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "render: wrote Helm values %s\n", *helmValues)
+	}
 	return 0
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const seedConfig = "../config.yaml"
@@ -79,5 +81,42 @@ func TestRunErrors(t *testing.T) {
 				t.Errorf("stderr %q lacks %q", errOut.String(), tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestRunHelmValues: -helm-values writes the render's rule file and dashboards as chart values.
+func TestRunHelmValues(t *testing.T) {
+	dir := t.TempDir()
+	values := filepath.Join(dir, "values.yaml")
+	var out, errOut bytes.Buffer
+	if code := run([]string{"-config", seedConfig, "-out", dir, "-helm-values", values}, &out, &errOut); code != 0 {
+		t.Fatalf("render: exit %d; stderr:\n%s", code, errOut.String())
+	}
+	b, err := os.ReadFile(values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		PrometheusRule struct{ Rules string } `yaml:"prometheusRule"`
+		Dashboards     struct{ Files map[string]string }
+	}
+	if err := yaml.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	rules, err := os.ReadFile(filepath.Join(dir, "rules", "celery.rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.PrometheusRule.Rules != strings.TrimRight(string(rules), "\n") {
+		t.Errorf("prometheusRule.rules is not the rendered rule file")
+	}
+	if len(v.Dashboards.Files) != 4 {
+		t.Errorf("dashboards.files holds %d dashboards, want 4", len(v.Dashboards.Files))
+	}
+	for name, js := range v.Dashboards.Files {
+		want, err := os.ReadFile(filepath.Join(dir, "dashboards", name))
+		if err != nil || js != strings.TrimRight(string(want), "\n") {
+			t.Errorf("dashboards.files[%s] is not dashboards/%s (%v)", name, name, err)
+		}
 	}
 }

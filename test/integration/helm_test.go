@@ -88,6 +88,70 @@ func comparableView(o map[string]any) any {
 	return strip(v)
 }
 
+// tenantLabels are the labels the Kubernetes profile (rules/examples/kubernetes) aggregates by
+// besides job: prometheus-operator puts namespace on every target of a ServiceMonitor, and a
+// cluster label comes from Prometheus' external labels or the user's relabelings.
+var tenantLabels = []string{"namespace", "cluster"}
+
+// keepsTenantLabels fails when a ServiceMonitor's relabelings would drop or overwrite a tenant
+// label: two apps in two namespaces would then merge however the rules were rendered.
+func keepsTenantLabels(t *testing.T, what string, sm map[string]any) {
+	t.Helper()
+	spec, _ := sm["spec"].(map[string]any)
+	endpoints, _ := spec["endpoints"].([]any)
+	if len(endpoints) == 0 {
+		t.Errorf("%s: no endpoint", what)
+	}
+	for _, e := range endpoints {
+		ep, _ := e.(map[string]any)
+		if ep["honorLabels"] == true {
+			t.Errorf("%s: honorLabels lets scraped labels override the target's namespace", what)
+		}
+		for _, field := range []string{"relabelings", "metricRelabelings"} {
+			rs, _ := ep[field].([]any)
+			for _, r := range rs {
+				rc, _ := r.(map[string]any)
+				action, _ := rc["action"].(string)
+				regex, _ := rc["regex"].(string)
+				target, _ := rc["targetLabel"].(string)
+				for _, l := range tenantLabels {
+					re, err := regexp.Compile("^(?:" + regex + ")$")
+					matches := err == nil && re.MatchString(l)
+					switch strings.ToLower(action) {
+					case "labeldrop":
+						if matches {
+							t.Errorf("%s: %s %v drops %s", what, field, rc, l)
+						}
+					case "labelkeep":
+						if !matches {
+							t.Errorf("%s: %s %v drops %s", what, field, rc, l)
+						}
+					default:
+						if target == l {
+							t.Errorf("%s: %s %v overwrites %s", what, field, rc, l)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// runIn runs a tool in dir and returns its standard output; a failure ends the test with both
+// outputs (helm warns on stderr about the chart's files/ links, which must not reach the YAML).
+func runIn(t *testing.T, dir, name string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s%s", filepath.Base(name), args, err, out, stderr.String())
+	}
+	return out
+}
+
 // TestHelmChartMatchesKustomize lints the chart and renders it with its defaults and with
 // values-ha.yaml: the objects are those of deploy/kubernetes/base and /ha (kustomize build), field
 // by field, and every object of both worlds carries the recommended labels with the VERSION file
@@ -108,15 +172,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 	}
 	run := func(name string, args ...string) []byte {
 		t.Helper()
-		cmd := exec.Command(name, args...)
-		cmd.Dir = root
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("%s %v: %v\n%s%s", filepath.Base(name), args, err, out, stderr.String())
-		}
-		return out
+		return runIn(t, root, name, args...)
 	}
 	for _, world := range []struct {
 		name, overlay string
@@ -151,6 +207,9 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 			}
 			for what, objs := range map[string]map[string]map[string]any{"kustomize": kust, "helm": chartOut} {
 				for key, o := range objs {
+					if o["kind"] == "ServiceMonitor" {
+						keepsTenantLabels(t, what+" "+key, o)
+					}
 					labels, _ := o["metadata"].(map[string]any)["labels"].(map[string]any)
 					for _, l := range recommendedLabels {
 						if v, _ := labels[l].(string); v == "" {

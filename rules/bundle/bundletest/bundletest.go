@@ -2,6 +2,7 @@
 package bundletest
 
 import (
+	"encoding/json"
 	"slices"
 	"testing"
 
@@ -15,8 +16,9 @@ var promql = parser.NewParser(parser.Options{})
 // CheckExpr parses expr with Prometheus' parser and checks every selector against the metric
 // contract: a known metric name (the exporter's, Prometheus' own or a recorded one) and, in its
 // matchers, only that metric's labels or the target labels. Failures are reported on t, prefixed
-// with where.
-func CheckExpr(t testing.TB, where, expr string) {
+// with where. extraTargetLabels are target labels the deployment adds besides job and instance
+// (aggregation_labels such as namespace).
+func CheckExpr(t testing.TB, where, expr string, extraTargetLabels ...string) {
 	t.Helper()
 	ast, err := promql.ParseExpr(expr)
 	if err != nil {
@@ -37,7 +39,7 @@ func CheckExpr(t testing.TB, where, expr string) {
 			return nil
 		}
 		for _, m := range vs.LabelMatchers {
-			if m.Name == "__name__" || slices.Contains(bundle.TargetLabels, m.Name) {
+			if m.Name == "__name__" || slices.Contains(bundle.TargetLabels, m.Name) || slices.Contains(extraTargetLabels, m.Name) {
 				continue
 			}
 			if !slices.Contains(labels, m.Name) {
@@ -46,4 +48,19 @@ func CheckExpr(t testing.TB, where, expr string) {
 		}
 		return nil
 	})
+}
+
+// AsJSON normalises a decoded YAML or JSON value (or a Go value) to what encoding/json makes of
+// it, so documents decoded by different means compare with reflect.DeepEqual.
+func AsJSON(t testing.TB, v any) any {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out any
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
