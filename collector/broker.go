@@ -1,3 +1,6 @@
+// Scrapes a Redis broker at scrape time: queue depths per priority, unacked messages, the age of
+// the oldest waiting message, and (from the model) who consumes each queue.
+
 package collector
 
 import (
@@ -19,23 +22,8 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/internal/clock"
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
-
-// SentTimes tells when a task was sent (the event stream's task-sent cache).
-type SentTimes interface {
-	TaskSentAt(uuid string) (time.Time, bool)
-}
-
-// QueueLister lists queues known from elsewhere (the workers' active_queues replies).
-type QueueLister interface {
-	Queues() []string
-}
-
-// queueConsumers is implemented by the ControlSource: who consumes each queue. The broker source
-// reports consumers because only it knows every queue, including those nobody consumes.
-type queueConsumers interface {
-	QueueConsumers() (map[string]QueueUse, bool)
-}
 
 // BrokerOptions configure the broker-state source; DefaultBrokerOptions has the defaults of the
 // command's flags.
@@ -64,14 +52,14 @@ const (
 )
 
 // BrokerScraper reads queue depths, unacked messages and the age of waiting messages from Redis
-// at scrape time, in a fixed number of round trips whatever the number of queues.
+// at scrape time, in a fixed number of round trips whatever the number of queues. From the model
+// it reads the task sent times (ages) and the queues and consumers remote control found.
 type BrokerScraper struct {
 	logger  log.Logger
 	client  redis.UniversalClient
 	ks      kombu.Keyspace
 	opts    BrokerOptions
-	sent    SentTimes
-	dynamic QueueLister
+	model   *state.Model
 	clock   clock.Clock
 	exclude map[string]bool // exchanges whose bindings are not task queues
 
@@ -88,8 +76,8 @@ type bindingTable struct {
 	routes map[string]map[string][]string // exchange -> routing key -> queues
 }
 
-// NewBrokerScraper returns the broker-state source. sent and dynamic may be nil.
-func NewBrokerScraper(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts BrokerOptions, sent SentTimes, dynamic QueueLister) *BrokerScraper {
+// NewBrokerScraper returns the broker-state source.
+func NewBrokerScraper(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts BrokerOptions, m *state.Model) *BrokerScraper {
 	def := DefaultBrokerOptions()
 	if opts.EventExchange == "" {
 		opts.EventExchange = def.EventExchange
@@ -104,7 +92,7 @@ func NewBrokerScraper(logger log.Logger, client redis.UniversalClient, ks kombu.
 		logger = log.NewNopLogger()
 	}
 	return &BrokerScraper{
-		logger: logger, client: client, ks: ks, opts: opts, sent: sent, dynamic: dynamic, clock: clock.Real{},
+		logger: logger, client: client, ks: ks, opts: opts, model: m, clock: m.Clock(),
 		exclude: map[string]bool{
 			opts.EventExchange:                         true,
 			kombu.PidboxExchange(opts.ControlExchange): true,
@@ -194,10 +182,8 @@ func (b *BrokerScraper) scrape(ctx context.Context, emit func(prometheus.Metric)
 		for _, pk := range d.keys {
 			d.lens = append(d.lens, pipe.LLen(ctx, pk.Key))
 		}
-		if b.sent != nil {
-			for _, pk := range d.keys {
-				d.tails = append(d.tails, pipe.LIndex(ctx, pk.Key, -1))
-			}
+		for _, pk := range d.keys {
+			d.tails = append(d.tails, pipe.LIndex(ctx, pk.Key, -1))
 		}
 		depths[i] = d
 	}
@@ -243,7 +229,7 @@ depths:
 		emitConst(emit, unackedScanTruncatedDesc, prometheus.GaugeValue, gaugeBool(truncated))
 	}
 
-	emitQueueUse(emit, b.dynamic, queues, true)
+	emitQueueUse(emit, b.model.Queues, queues, true)
 	return nil
 }
 
@@ -265,7 +251,7 @@ func (b *BrokerScraper) oldestAge(p *fastjson.Parser, d *queueDepth, now time.Ti
 		if id == "" {
 			continue
 		}
-		at, ok := b.sent.TaskSentAt(id)
+		at, ok := b.model.Tasks.SentTime(id)
 		if !ok {
 			continue
 		}
@@ -310,25 +296,21 @@ func (b *BrokerScraper) queueSet(table *bindingTable) []string {
 	for _, q := range table.queues {
 		set[q] = true
 	}
-	if b.dynamic != nil {
-		for _, q := range b.dynamic.Queues() {
-			if q != "" {
-				set[q] = true
-			}
+	for _, q := range b.model.Queues.Names() {
+		if q != "" {
+			set[q] = true
 		}
 	}
 	return b.queueCap.apply(b.logger, slices.Sorted(maps.Keys(set)))
 }
 
-// emitQueueUse sends who consumes each queue, from remote control (dynamic, when it is the
-// ControlSource and its last round succeeded); withConsumers also sends celery_queue_consumers,
-// which an AMQP broker knows itself.
-func emitQueueUse(emit func(prometheus.Metric), dynamic QueueLister, queues []string, withConsumers bool) {
-	qc, ok := dynamic.(queueConsumers)
-	if !ok {
-		return
-	}
-	use, ok := qc.QueueConsumers()
+// emitQueueUse sends who consumes each queue, from remote control; withConsumers also sends
+// celery_queue_consumers, which an AMQP broker knows itself. The broker source reports them
+// because only it knows every queue, including those nobody consumes. Nothing is sent while
+// remote control's answers are stale or missing (read-only mode), when the control source reports
+// itself failed: the series fail with the source they come from.
+func emitQueueUse(emit func(prometheus.Metric), qs *state.Queues, queues []string, withConsumers bool) {
+	use, ok := qs.Consumers()
 	if !ok {
 		return
 	}
@@ -500,12 +482,4 @@ func (b *BrokerScraper) queuesOf(table *bindingTable, e kombu.UnackedEntry) []st
 		return nil
 	}
 	return []string{e.RoutingKey}
-}
-
-// emitConst adds a metric, skipping a series Prometheus refuses (invalid UTF-8 in a queue or host
-// name read from Redis) instead of panicking as MustNewConstMetric would.
-func emitConst(emit func(prometheus.Metric), d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
-	if m, err := prometheus.NewConstMetric(d, t, v, labels...); err == nil {
-		emit(m)
-	}
 }

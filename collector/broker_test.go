@@ -15,25 +15,8 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/internal/clock"
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
-
-type sentMap map[string]time.Time
-
-func (m sentMap) TaskSentAt(id string) (time.Time, bool) { t, ok := m[id]; return t, ok }
-
-type staticLister []string
-
-func (l staticLister) Queues() []string { return l }
-
-// consumersLister is a QueueLister that also knows consumers, as the ControlSource does.
-type consumersLister struct {
-	queues []string
-	use    map[string]QueueUse
-	ok     bool
-}
-
-func (l consumersLister) Queues() []string                            { return l.queues }
-func (l consumersLister) QueueConsumers() (map[string]QueueUse, bool) { return l.use, l.ok }
 
 func TestBrokerQueueLengths(t *testing.T) {
 	custom := kombu.DefaultOptions()
@@ -109,7 +92,7 @@ celery_up{} 1
 			// Another app's keys in the same DB do not matter.
 			b.mr.Set(p+"session:1", "x")
 
-			s := NewBrokerScraper(log.NewNopLogger(), b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"dlq"}}, nil, nil)
+			s := NewBrokerScraper(log.NewNopLogger(), b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"dlq"}}, emptyModel())
 			got, err := collectText(t, s, tt.metrics...)
 			if err != nil {
 				t.Fatal(err)
@@ -128,7 +111,7 @@ func TestBrokerCustomStepsPerPriority(t *testing.T) {
 	b.mr.Lpush("q", taskMessage(t, "a"))
 	b.mr.Lpush("q\x06\x165", taskMessage(t, "b"))
 	b.mr.Lpush("q\x06\x165", taskMessage(t, "c"))
-	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"q"}}, nil, nil)
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"q"}}, emptyModel())
 	got, err := collectText(t, s, "celery_queue_priority_length")
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +152,7 @@ celery_queue_unacked{queue_name="idle"} 0
 			b.mr.HSet("unacked", "t4", unackedEntry(t, "chat", "chat"))             //
 			b.mr.HSet("unacked", "t5", unackedEntry(t, "tasks", "tasks.important")) // resolved by binding
 			b.mr.HSet("unacked", "t6", "garbage")                                   // counted by HLEN only
-			s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"idle"}, UnackedScanLimit: tt.limit}, nil, nil)
+			s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"idle"}, UnackedScanLimit: tt.limit}, emptyModel())
 			got, err := collectText(t, s, "celery_queue_unacked", "celery_broker_unacked_messages", "celery_exporter_unacked_scan_truncated")
 			if err != nil {
 				t.Fatal(err)
@@ -186,7 +169,7 @@ func TestBrokerUnackedScanIsBounded(t *testing.T) {
 	for i := 0; i < 1500; i++ {
 		b.mr.HSet("unacked", fmt.Sprintf("t%d", i), unackedEntry(t, "", "celery"))
 	}
-	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}, UnackedScanLimit: 1000}, nil, nil)
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}, UnackedScanLimit: 1000}, emptyModel())
 	got, err := collectText(t, s, "celery_queue_unacked", "celery_broker_unacked_messages", "celery_exporter_unacked_scan_truncated")
 	if err != nil {
 		t.Fatal(err)
@@ -216,12 +199,13 @@ func TestBrokerOldestMessageAge(t *testing.T) {
 	b.mr.Lpush("v1", string(p1))
 	// Producer clock ahead of ours: never negative.
 	b.mr.Lpush("future", taskMessage(t, "future"))
-	sent := sentMap{
+	m := emptyModel()
+	setSentAt(m, map[string]time.Time{
 		"old": now.Add(-30 * time.Second), "new": now.Add(-time.Second),
 		"starving": now.Add(-300 * time.Second), "p1": now.Add(-2500 * time.Millisecond),
 		"future": now.Add(3 * time.Second),
-	}
-	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery", "unknown", "v1", "future", "empty"}}, sent, nil).
+	})
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery", "unknown", "v1", "future", "empty"}}, m).
 		WithClock(clock.NewFake(now))
 	got, err := collectText(t, s, "celery_queue_oldest_message_age_seconds")
 	if err != nil {
@@ -239,15 +223,18 @@ celery_queue_oldest_message_age_seconds{queue_name="v1"} 2.5
 func TestBrokerConsumersFromControl(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	b.mr.SetAdd("_kombu.binding.dlq", "dlq\x06\x16\x06\x16dlq")
+	answered := state.QueueRound{At: t0, StaleAfter: time.Minute, Alive: []string{"w1", "w2"}, Known: []string{"w1", "w2"},
+		Queues: map[string][]string{"w1": {"chat"}, "w2": {"chat"}}, Procs: map[string]int{"w1": 2, "w2": 4}}
+	stale := answered
+	stale.At = t0.Add(-2 * time.Minute)
 	tests := []struct {
-		name    string
-		dynamic QueueLister
-		want    string
+		name  string
+		round *state.QueueRound // recorded by remote control, if any
+		want  string
 	}{
 		{
-			name: "control answered",
-			dynamic: consumersLister{queues: []string{"chat"}, ok: true,
-				use: map[string]QueueUse{"chat": {Workers: 2, Processes: 6}}},
+			name:  "control answered",
+			round: &answered,
 			want: `celery_active_process_count{queue_name="chat"} 6
 celery_active_process_count{queue_name="dlq"} 0
 celery_active_worker_count{queue_name="chat"} 2
@@ -259,21 +246,24 @@ celery_queue_length{queue_name="dlq"} 0
 `,
 		},
 		{
-			// The last round failed: consumers are unknown, not 0. Its queues are gone too.
-			name: "control failed", dynamic: consumersLister{ok: false},
+			// No round succeeded for StaleAfter: consumers are unknown, not 0. Its queues are gone too.
+			name: "control failed", round: &stale,
 			want: `celery_queue_length{queue_name="dlq"} 0
 `,
 		},
 		{
-			name: "no control (read-only mode)", dynamic: staticLister{"chat"},
-			want: `celery_queue_length{queue_name="chat"} 0
-celery_queue_length{queue_name="dlq"} 0
+			name: "no control (read-only mode)",
+			want: `celery_queue_length{queue_name="dlq"} 0
 `,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, nil, tt.dynamic)
+			m := emptyModel()
+			if tt.round != nil {
+				m.Queues.Record(*tt.round)
+			}
+			s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, m)
 			got, err := collectText(t, s, "celery_queue_consumers", "celery_active_worker_count", "celery_active_process_count", "celery_queue_length")
 			if err != nil {
 				t.Fatal(err)
@@ -283,22 +273,12 @@ celery_queue_length{queue_name="dlq"} 0
 			}
 		})
 	}
-	// A nil *ControlSource passed as the lister (a typed nil in the interface) knows nothing.
-	var cs *ControlSource
-	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, nil, cs)
-	got, err := collectText(t, s, "celery_queue_consumers", "celery_queue_length")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := "celery_queue_length{queue_name=\"dlq\"} 0\n"; got != want {
-		t.Errorf("nil *ControlSource: got %q, want %q", got, want)
-	}
 }
 
 func TestBrokerDown(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	b.mr.Lpush("celery", "x")
-	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}, UnackedScanLimit: 10}, nil, nil)
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}, UnackedScanLimit: 10}, emptyModel())
 	for _, breakIt := range []func(){
 		func() { b.mr.SetError("LOADING Redis is loading the dataset in memory") },
 		func() { b.mr.SetError(""); b.mr.Close() },
@@ -321,7 +301,7 @@ func TestBrokerOddKeys(t *testing.T) {
 	b.mr.SetAdd("_kombu.binding.bad", "no separator")
 	b.mr.Set("_kombu.binding.str", "not a set")
 	b.mr.HSet("unacked", "t1", `["x"]`)
-	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"notalist", "ok"}, UnackedScanLimit: 10}, nil, nil)
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"notalist", "ok"}, UnackedScanLimit: 10}, emptyModel())
 	got, err := collectText(t, s, "celery_queue_length", "celery_up")
 	if err != nil {
 		t.Fatal(err)
@@ -338,7 +318,7 @@ func TestBrokerDiscoveryIsCached(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	clk := clock.NewFake(time.Unix(1700000000, 0))
 	b.mr.SetAdd("_kombu.binding.a", "a\x06\x16\x06\x16a")
-	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, nil, nil).WithClock(clk)
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{}, emptyModel()).WithClock(clk)
 	scrape := func() string {
 		got, err := collectText(t, s, "celery_queue_length")
 		if err != nil {
@@ -393,7 +373,7 @@ func TestBrokerRoundTripsDoNotGrowWithQueues(t *testing.T) {
 			q := fmt.Sprintf("q%03d", i)
 			b.mr.SetAdd("_kombu.binding."+q, q+"\x06\x16\x06\x16"+q)
 		}
-		s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{UnackedScanLimit: 100}, sentMap{}, nil)
+		s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{UnackedScanLimit: 100}, emptyModel())
 		if _, err := collectText(t, s); err != nil {
 			t.Fatal(err)
 		}
@@ -408,7 +388,7 @@ func TestBrokerRoundTripsDoNotGrowWithQueues(t *testing.T) {
 
 func TestBrokerContextDeadline(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
-	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}}, nil, nil)
+	s := NewBrokerScraper(nil, b.rdb, b.ks, BrokerOptions{StaticQueues: []string{"celery"}}, emptyModel())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	ch := make(chan prometheus.Metric, 100)

@@ -1,3 +1,6 @@
+// Scrapes the workers by remote control (ping, active_queues, stats, active) every
+// --control.interval, and reports the last round.
+
 package collector
 
 import (
@@ -19,26 +22,7 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
 	"github.com/celery-exporter/celery_exporter/internal/pidbox"
-)
-
-// WorkerDirectory is what the event stream knows about workers.
-type WorkerDirectory interface {
-	// WorkerNames lists the workers the event stream knows: alive = heartbeating now, known = not
-	// yet purged.
-	WorkerNames() (alive, known []string)
-}
-
-// workerSystems is optionally implemented by the WorkerDirectory: the sw_sys ("Linux", "Darwin")
-// of a worker's heartbeats, which decides the unit of rusage.maxrss.
-type workerSystems interface {
-	WorkerSystem(hostname string) (string, bool)
-}
-
-// The optional interfaces are found by type assertion at run time; a rename would silently lose
-// them, so the compiler checks them here.
-var (
-	_ workerSystems  = (*EventSource)(nil)
-	_ queueConsumers = (*ControlSource)(nil)
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // ControlOptions configure the remote-control source; DefaultControlOptions has the defaults.
@@ -69,26 +53,18 @@ const (
 )
 
 // ControlSource asks every worker for ping, active_queues and stats on a timer, as `celery
-// inspect` does, and reports the last round's answers.
+// inspect` does, and reports the last round's answers. It reads the workers the event stream
+// knows from the model, and writes into it who consumes which queue and which tasks run.
 type ControlSource struct {
-	logger  log.Logger
-	client  ControlClient
-	opts    ControlOptions
-	workers WorkerDirectory
-	now     func() time.Time
+	logger log.Logger
+	client ControlClient
+	opts   ControlOptions
+	model  *state.Model
 
 	mu      sync.RWMutex
-	last    *controlRound         // the last round, failed or not
-	lastOK  *controlRound         // the last successful round
-	hosts   map[string]hostAnswer // each worker's last active_queues answer, kept while it is known
+	last    *controlRound // the last round, failed or not
+	lastOK  *controlRound // the last successful round
 	failing bool
-}
-
-// hostAnswer is what a worker last said about the queues it consumes.
-type hostAnswer struct {
-	at     time.Time
-	queues []string
-	procs  int // pool processes (see QueueUse.Processes)
 }
 
 type controlRound struct {
@@ -99,8 +75,7 @@ type controlRound struct {
 	ping    map[string]bool // hostname -> answered pong
 	queues  map[string][]string
 	stats   map[string]*workerStats
-	active  map[string][]ActiveTask // workers whose `active` reply could be read
-	allQs   []string
+	active  map[string][]state.ActiveTask // workers whose `active` reply could be read
 	replies int
 }
 
@@ -118,18 +93,18 @@ type ControlClient interface {
 	Broadcast(ctx context.Context, calls []pidbox.Call, o pidbox.Options) (pidbox.Result, error)
 }
 
-// NewControlSource returns the remote-control source on a Redis broker. workers may be nil (then
-// every round waits for the idle timeout, and only answering workers are reported).
-func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts ControlOptions, workers WorkerDirectory) *ControlSource {
+// NewControlSource returns the remote-control source on a Redis broker. A round expects the
+// workers the model knows alive; with none, it waits for the idle timeout.
+func NewControlSource(logger log.Logger, client redis.UniversalClient, ks kombu.Keyspace, opts ControlOptions, m *state.Model) *ControlSource {
 	exchange := opts.ControlExchange
 	if exchange == "" {
 		exchange = kombu.DefaultControlExchange
 	}
-	return NewControlSourceWith(logger, pidbox.New(client, ks, exchange), opts, workers)
+	return NewControlSourceWith(logger, pidbox.New(client, ks, exchange), opts, m)
 }
 
 // NewControlSourceWith returns the remote-control source on any broker's control client.
-func NewControlSourceWith(logger log.Logger, client ControlClient, opts ControlOptions, workers WorkerDirectory) *ControlSource {
+func NewControlSourceWith(logger log.Logger, client ControlClient, opts ControlOptions, m *state.Model) *ControlSource {
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultControlOptions().Interval
 	}
@@ -148,14 +123,7 @@ func NewControlSourceWith(logger log.Logger, client ControlClient, opts ControlO
 	if logger == nil {
 		logger = log.NewNopLogger()
 	}
-	return &ControlSource{
-		logger:  logger,
-		client:  client,
-		opts:    opts,
-		workers: workers,
-		now:     time.Now,
-		hosts:   map[string]hostAnswer{},
-	}
+	return &ControlSource{logger: logger, client: client, opts: opts, model: m}
 }
 
 // Name implements Scraper.
@@ -180,10 +148,7 @@ func (c *ControlSource) Run(ctx context.Context) {
 func (c *ControlSource) Round(parent context.Context) error {
 	ctx, cancel := context.WithTimeout(parent, c.opts.Deadline+controlRoundGracePeriod)
 	defer cancel()
-	var alive, known []string
-	if c.workers != nil {
-		alive, known = c.workers.WorkerNames()
-	}
+	alive, known := c.model.Workers.Names()
 	// active with safe=true: the arguments come as their bounded repr, not in full.
 	calls := []pidbox.Call{{Method: "ping"}, {Method: "active_queues"}, {Method: "stats"},
 		{Method: "active", Arguments: map[string]any{"safe": true}}}
@@ -208,11 +173,13 @@ func (c *ControlSource) Round(parent context.Context) error {
 	}
 	c.store(r)
 	c.logTransition(r)
-	if sink, ok := c.workers.(ActiveSink); ok && r.err == nil {
-		sink.ApplyActive(ActiveSnapshot{Sent: sent, Hosts: r.active})
+	if r.err == nil {
+		c.model.Active.Put(state.ActiveSnapshot{Sent: sent, Hosts: r.active})
 	}
 	return err
 }
+
+func (c *ControlSource) now() time.Time { return c.model.Clock().Now() }
 
 func (c *ControlSource) logTransition(r *controlRound) {
 	c.mu.Lock()
@@ -233,11 +200,9 @@ func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
 	r.ping = map[string]bool{}
 	r.queues = map[string][]string{}
 	r.stats = map[string]*workerStats{}
-	r.active = map[string][]ActiveTask{}
+	r.active = map[string][]state.ActiveTask{}
 	r.replies = len(res.Replies)
 	routingKeys := map[string][]string{}
-	sys, _ := c.workers.(workerSystems)
-	seen := map[string]bool{}
 	for _, rep := range res.Replies {
 		switch rep.Method {
 		case "ping":
@@ -262,21 +227,13 @@ func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
 			}
 			sort.Strings(names)
 			r.queues[rep.Hostname] = names
-			for _, n := range names {
-				if !seen[n] {
-					seen[n] = true
-					r.allQs = append(r.allQs, n)
-				}
-			}
 		case "stats":
 			st := parseStats(rep.Result)
 			if st == nil {
 				continue
 			}
-			if sys != nil {
-				if s, ok := sys.WorkerSystem(rep.Hostname); ok && strings.EqualFold(s, "Darwin") {
-					st.rusageDarwin = true
-				}
+			if s, ok := c.model.Workers.System(rep.Hostname); ok && strings.EqualFold(s, "Darwin") {
+				st.rusageDarwin = true
 			}
 			r.stats[rep.Hostname] = st
 		case "active":
@@ -286,7 +243,6 @@ func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
 			}
 		}
 	}
-	sort.Strings(r.allQs)
 	// The queue of an active task: its routing key when the worker consumes a queue of that name
 	// (Celery's default routing), else the worker's only queue, else unknown.
 	for h, list := range r.active {
@@ -304,7 +260,7 @@ func (c *ControlSource) digest(r *controlRound, res pidbox.Result) {
 
 // parseActive reads an `inspect active` reply: the tasks a worker runs now. Entries without an id
 // are skipped; keys are their delivery_info.routing_key, index for index.
-func parseActive(raw json.RawMessage) (list []ActiveTask, keys []string, ok bool) {
+func parseActive(raw json.RawMessage) (list []state.ActiveTask, keys []string, ok bool) {
 	var reqs []json.RawMessage
 	if json.Unmarshal(raw, &reqs) != nil {
 		return nil, nil, false // {"error": ...} from a worker that cannot answer
@@ -324,7 +280,7 @@ func parseActive(raw json.RawMessage) (list []ActiveTask, keys []string, ok bool
 		if json.Unmarshal(q, &a) != nil || a.ID == "" {
 			continue
 		}
-		t := ActiveTask{ID: a.ID, Name: a.Name}
+		t := state.ActiveTask{ID: a.ID, Name: a.Name}
 		if a.TimeStart != nil && *a.TimeStart > 0 {
 			t.Started = *a.TimeStart
 		}
@@ -381,35 +337,31 @@ func parseStats(raw json.RawMessage) *workerStats {
 	return st
 }
 
+// store keeps the round for Scrape and, when it succeeded, gives the model what it said about
+// queues.
 func (c *ControlSource) store(r *controlRound) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.last = r
+	if r.err == nil {
+		c.lastOK = r
+	}
+	c.mu.Unlock()
 	if r.err != nil {
 		return
 	}
-	c.lastOK = r
-	// A worker that missed one round keeps its last answer while the event stream still knows it,
-	// so its events keep their queue through a slow reply.
-	for h := range c.hosts {
-		if _, answered := r.queues[h]; !answered && !slices.Contains(r.known, h) {
-			delete(c.hosts, h)
+	procs := map[string]int{}
+	for h, st := range r.stats {
+		switch {
+		case st.processes != nil:
+			procs[h] = *st.processes
+		case st.maxConcurrency != nil:
+			procs[h] = int(*st.maxConcurrency)
+		default:
+			procs[h] = 0
 		}
 	}
-	for h, qs := range r.queues {
-		a := hostAnswer{at: r.at, queues: qs, procs: c.hosts[h].procs}
-		if st := r.stats[h]; st != nil {
-			switch {
-			case st.processes != nil:
-				a.procs = *st.processes
-			case st.maxConcurrency != nil:
-				a.procs = int(*st.maxConcurrency)
-			default:
-				a.procs = 0
-			}
-		}
-		c.hosts[h] = a
-	}
+	c.model.Queues.Record(state.QueueRound{At: r.at, StaleAfter: c.opts.StaleAfter, Alive: r.alive, Known: r.known,
+		Queues: r.queues, Procs: procs})
 }
 
 // current is the last successful round while it is fresh (no older than StaleAfter), else nil:
@@ -419,74 +371,6 @@ func (c *ControlSource) current() *controlRound {
 		return nil
 	}
 	return c.lastOK
-}
-
-// SingleQueue returns the queue of a worker that consumes exactly one.
-func (c *ControlSource) SingleQueue(hostname string) (string, bool) {
-	if c == nil {
-		return "", false
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	qs := c.hosts[hostname].queues
-	if len(qs) != 1 {
-		return "", false
-	}
-	return qs[0], true
-}
-
-// Queues lists the queues named in the current round's active_queues replies.
-func (c *ControlSource) Queues() []string {
-	if c == nil {
-		return nil
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	r := c.current()
-	if r == nil {
-		return nil
-	}
-	return append([]string(nil), r.allQs...)
-}
-
-// QueueUse says who consumes a queue.
-type QueueUse struct {
-	// Workers that named the queue in their active_queues reply.
-	Workers int
-	// Processes is the sum of those workers' pool sizes: the number of pool processes for prefork
-	// and solo (stats.pool.processes, as the Python celery-exporter counts), else the pool's
-	// max-concurrency (threads, gevent, eventlet report no processes).
-	Processes int
-}
-
-// QueueConsumers returns, per queue, who consumes it: the workers that answered the current round
-// (the last successful one, served for StaleAfter), and the workers that missed it but were still
-// heartbeating, with their answer of at most StaleAfter ago. One reply lost by a busy worker (a
-// pool restarting its children) must not make its queues look abandoned. ok is false when no round
-// succeeded for StaleAfter: nothing is known then, and the control source reports itself failed.
-func (c *ControlSource) QueueConsumers() (map[string]QueueUse, bool) {
-	if c == nil {
-		return nil, false
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	r := c.current()
-	if r == nil {
-		return nil, false
-	}
-	out := map[string]QueueUse{}
-	for h, a := range c.hosts {
-		if _, answered := r.queues[h]; !answered && (!slices.Contains(r.alive, h) || r.at.Sub(a.at) > c.opts.StaleAfter) {
-			continue
-		}
-		for _, q := range a.queues {
-			u := out[q]
-			u.Workers++
-			u.Processes += a.procs
-			out[q] = u
-		}
-	}
-	return out, true
 }
 
 var (
@@ -581,11 +465,4 @@ func (c *ControlSource) emitRound(ch chan<- prometheus.Metric, r *controlRound) 
 			emitConst(emit, workerTasksAcceptedDesc, prometheus.CounterValue, st.total[name], h, name)
 		}
 	}
-}
-
-func gaugeBool(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
 }

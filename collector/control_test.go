@@ -13,25 +13,11 @@ import (
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/celery-exporter/celery_exporter/internal/clock"
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/pidbox"
 	"github.com/celery-exporter/celery_exporter/internal/pidbox/pidboxtest"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
-
-// The stats reply of a prefork worker, as Celery 5.2.6 sends it (shape of the captured one).
-const preforkStats = `{"total": {"tasks.add": 3, "tasks.boom": 1}, "pid": 13410, "clock": "67", "uptime": 34,
- "pool": {"max-concurrency": 2, "processes": [13414, 13538], "max-tasks-per-child": "N/A",
-          "put-guarded-by-semaphore": false, "timeouts": [0, 0], "writes": "N/A"},
- "broker": {"hostname": "127.0.0.1", "port": 6379, "transport": "redis", "virtual_host": "0"},
- "prefetch_count": 8,
- "rusage": {"utime": 0.163718, "stime": 0.045023, "maxrss": 45548, "ixrss": 0, "idrss": 0}}`
-
-// A threads pool has no processes; rusage may be "N/A" (platforms without getrusage).
-const threadsStats = `{"total": {}, "pid": 2, "clock": "3", "uptime": 7,
- "pool": {"max-concurrency": 4, "threads": 1}, "prefetch_count": 16, "rusage": "N/A"}`
-
-const macStats = `{"total": {"tasks.add": 1}, "uptime": 9, "pool": {"max-concurrency": 1, "processes": [5]},
- "prefetch_count": 4, "rusage": {"utime": 1.5, "stime": 0.5, "maxrss": 1048576}}`
 
 func TestControlRoundMetrics(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
@@ -44,13 +30,11 @@ func TestControlRoundMetrics(t *testing.T) {
 	// Answers ping with an error: not a pong.
 	b.worker(t, "celery@odd", replies(t, map[string]string{"ping": `{"error": "KeyError('ping')"}`, "active_queues": `{"error": "x"}`}))
 
-	dir := &fakeDirectory{
-		alive:   []string{"celery@a", "celery@b", "celery@mac", "celery@stuck"},
-		known:   []string{"celery@a", "celery@b", "celery@mac", "celery@stuck", "celery@gone"},
-		systems: map[string]string{"celery@mac": "Darwin", "celery@a": "Linux"},
-	}
-	c := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 300 * time.Millisecond}, dir)
-	c.now = func() time.Time { return t0 }
+	m, _ := newTestModel(state.Options{})
+	setWorkers(m, []string{"celery@a", "celery@b", "celery@mac", "celery@stuck"},
+		[]string{"celery@a", "celery@b", "celery@mac", "celery@stuck", "celery@gone"},
+		map[string]string{"celery@mac": "Darwin", "celery@a": "Linux"})
+	c := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 300 * time.Millisecond}, m)
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -112,20 +96,20 @@ celery_worker_uptime_seconds{hostname="celery@mac"} 9
 		t.Errorf("scrape error: %v", sc.err)
 	}
 
-	if got, want := c.Queues(), []string{"celery", "chat", "default"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("Queues() = %q, want %q", got, want)
+	if got, want := m.Queues.Names(), []string{"celery", "chat", "default"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Queues.Names() = %q, want %q", got, want)
 	}
-	use, ok := c.QueueConsumers()
-	wantUse := map[string]QueueUse{
+	use, ok := m.Queues.Consumers()
+	wantUse := map[string]state.QueueUse{
 		"celery":  {Workers: 1, Processes: 2},
 		"chat":    {Workers: 2, Processes: 2 + 4},
 		"default": {Workers: 1, Processes: 1},
 	}
 	if !ok || !reflect.DeepEqual(use, wantUse) {
-		t.Errorf("QueueConsumers() = %v, %v, want %v", use, ok, wantUse)
+		t.Errorf("Queues.Consumers() = %v, %v, want %v", use, ok, wantUse)
 	}
 	for host, want := range map[string]string{"celery@a": "", "celery@b": "chat", "celery@mac": "default", "celery@stuck": "", "nobody": ""} {
-		got, ok := c.SingleQueue(host)
+		got, ok := m.Queues.SingleQueue(host)
 		if got != want || ok != (want != "") {
 			t.Errorf("SingleQueue(%s) = %q, %v; want %q", host, got, ok, want)
 		}
@@ -135,9 +119,10 @@ celery_worker_uptime_seconds{hostname="celery@mac"} 9
 func TestControlRoundEndsWhenAllAliveAnswered(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	b.worker(t, "celery@a", pidboxtest.Pong)
-	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
+	m, _ := newTestModel(state.Options{})
+	setWorkers(m, []string{"celery@a"}, []string{"celery@a"}, nil)
 	// With a 5s idle timeout, only knowing who is alive ends the round early.
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 5 * time.Second}, dir)
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 5 * time.Second}, m)
 	start := time.Now()
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
@@ -150,9 +135,10 @@ func TestControlRoundEndsWhenAllAliveAnswered(t *testing.T) {
 func TestControlEnableEventsIsACastEveryRound(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	w := b.worker(t, "celery@a", pidboxtest.Pong)
-	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
+	m, _ := newTestModel(state.Options{})
+	setWorkers(m, []string{"celery@a"}, []string{"celery@a"}, nil)
 	for _, enable := range []bool{false, true} {
-		c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond, EnableEvents: enable}, dir)
+		c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond, EnableEvents: enable}, m)
 		before := len(w.Requests())
 		for i := 0; i < 2; i++ {
 			if err := c.Round(context.Background()); err != nil {
@@ -188,10 +174,9 @@ func TestControlEnableEventsIsACastEveryRound(t *testing.T) {
 func TestControlFailedRound(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	b.worker(t, "celery@a", replies(t, map[string]string{"ping": `{"ok":"pong"}`, "active_queues": queuesReply("chat")}))
-	dir := &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}}
-	clk := clock.NewFake(t0)
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond, Interval: 10 * time.Second}, dir)
-	c.now = clk.Now
+	m, clk := newTestModel(state.Options{})
+	setWorkers(m, []string{"celery@a"}, []string{"celery@a"}, nil)
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond, Interval: 10 * time.Second}, m)
 	const lastOK = "celery_exporter_control_last_success_timestamp_seconds"
 	check := func(stage string, wantNames []string, wantErr bool, wantQueues []string) {
 		t.Helper()
@@ -205,11 +190,11 @@ func TestControlFailedRound(t *testing.T) {
 		if !reflect.DeepEqual(names, wantNames) || (err != nil) != wantErr {
 			t.Errorf("%s: series %q, err %v; want %q, error %v", stage, names, err, wantNames, wantErr)
 		}
-		if q := c.Queues(); !reflect.DeepEqual(q, wantQueues) {
-			t.Errorf("%s: Queues() = %q, want %q", stage, q, wantQueues)
+		if q := m.Queues.Names(); !reflect.DeepEqual(q, wantQueues) {
+			t.Errorf("%s: Queues.Names() = %q, want %q", stage, q, wantQueues)
 		}
-		if _, ok := c.QueueConsumers(); ok != (wantQueues != nil) {
-			t.Errorf("%s: QueueConsumers() ok = %v", stage, ok)
+		if _, ok := m.Queues.Consumers(); ok != (wantQueues != nil) {
+			t.Errorf("%s: Queues.Consumers() ok = %v", stage, ok)
 		}
 	}
 	all := []string{lastOK, "celery_worker_ping_ok", "celery_worker_queue_info"}
@@ -230,7 +215,7 @@ func TestControlFailedRound(t *testing.T) {
 	clk.Add(time.Second)
 	check("past StaleAfter", []string{lastOK}, true, nil)
 	// The queue of a worker is kept for event attribution through failed rounds.
-	if q, ok := c.SingleQueue("celery@a"); q != "chat" || !ok {
+	if q, ok := m.Queues.SingleQueue("celery@a"); q != "chat" || !ok {
 		t.Errorf("SingleQueue after a failed round = %q, %v", q, ok)
 	}
 	b.mr.SetError("")
@@ -246,8 +231,9 @@ func TestControlFailedRound(t *testing.T) {
 func TestControlSingleQueueRetention(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	w := b.worker(t, "celery@a", replies(t, map[string]string{"active_queues": queuesReply("chat")}))
-	dir := &fakeDirectory{known: []string{"celery@a"}}
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 150 * time.Millisecond}, dir)
+	m, _ := newTestModel(state.Options{})
+	setWorkers(m, nil, []string{"celery@a"}, nil)
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 150 * time.Millisecond}, m)
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -255,14 +241,14 @@ func TestControlSingleQueueRetention(t *testing.T) {
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if q, ok := c.SingleQueue("celery@a"); q != "chat" || !ok {
+	if q, ok := m.Queues.SingleQueue("celery@a"); q != "chat" || !ok {
 		t.Errorf("known worker that missed a round: SingleQueue = %q, %v; want chat", q, ok)
 	}
-	dir.set(nil, nil) // purged by the event stream
+	setWorkers(m, nil, nil, nil) // purged by the event stream
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if q, ok := c.SingleQueue("celery@a"); ok {
+	if q, ok := m.Queues.SingleQueue("celery@a"); ok {
 		t.Errorf("purged worker: SingleQueue = %q, want none", q)
 	}
 }
@@ -273,24 +259,24 @@ func TestControlQueueConsumersThroughAMissedReply(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	a := b.worker(t, "celery@a", replies(t, map[string]string{"active_queues": queuesReply("chat"), "stats": preforkStats}))
 	b.worker(t, "celery@b", replies(t, map[string]string{"active_queues": queuesReply("chat", "default"), "stats": threadsStats}))
-	dir := &fakeDirectory{alive: []string{"celery@a", "celery@b"}, known: []string{"celery@a", "celery@b"}}
-	clk := clock.NewFake(t0)
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 150 * time.Millisecond, Interval: 10 * time.Second}, dir)
-	c.now = clk.Now
+	m, clk := newTestModel(state.Options{})
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 150 * time.Millisecond, Interval: 10 * time.Second}, m)
+	alive, known := []string{"celery@a", "celery@b"}, []string{"celery@a", "celery@b"}
 	round := func() {
 		t.Helper()
+		setWorkers(m, alive, known, nil) // their heartbeats of the moment
 		if err := c.Round(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	check := func(stage string, want map[string]QueueUse) {
+	check := func(stage string, want map[string]state.QueueUse) {
 		t.Helper()
-		if got, ok := c.QueueConsumers(); !ok || !reflect.DeepEqual(got, want) {
-			t.Errorf("%s: QueueConsumers() = %v, %v; want %v", stage, got, ok, want)
+		if got, ok := m.Queues.Consumers(); !ok || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: Queues.Consumers() = %v, %v; want %v", stage, got, ok, want)
 		}
 	}
-	both := map[string]QueueUse{"chat": {Workers: 2, Processes: 2 + 4}, "default": {Workers: 1, Processes: 4}}
-	onlyB := map[string]QueueUse{"chat": {Workers: 1, Processes: 4}, "default": {Workers: 1, Processes: 4}}
+	both := map[string]state.QueueUse{"chat": {Workers: 2, Processes: 2 + 4}, "default": {Workers: 1, Processes: 4}}
+	onlyB := map[string]state.QueueUse{"chat": {Workers: 1, Processes: 4}, "default": {Workers: 1, Processes: 4}}
 	round()
 	check("both answered", both)
 
@@ -311,27 +297,28 @@ func TestControlQueueConsumersThroughAMissedReply(t *testing.T) {
 	round()
 	check("celery@a answers again", both)
 	a2.Stop()
-	dir.set([]string{"celery@b"}, []string{"celery@a", "celery@b"})
+	alive = []string{"celery@b"}
 	clk.Add(10 * time.Second)
 	round()
 	check("celery@a is no longer heartbeating", onlyB)
 }
 
-// roundCounter is a WorkerDirectory that counts rounds (each starts by asking for the workers) and
-// cancels Run at the start of round stopAt, before that round sends anything: the rounds before
-// it are whole, so what the worker received is exact and no late reply can outlive a round.
+// roundCounter is a ControlClient that counts rounds (one broadcast each) and cancels Run at the
+// start of round stopAt, before that round sends anything: the rounds before it are whole, so
+// what the worker received is exact and no late reply can outlive a round.
 type roundCounter struct {
-	*fakeDirectory
+	ControlClient
 	rounds atomic.Int32
 	stopAt int32
 	cancel context.CancelFunc
 }
 
-func (r *roundCounter) WorkerNames() (alive, known []string) {
+func (r *roundCounter) Broadcast(ctx context.Context, calls []pidbox.Call, o pidbox.Options) (pidbox.Result, error) {
 	if r.rounds.Add(1) == r.stopAt {
 		r.cancel()
+		return pidbox.Result{}, ctx.Err()
 	}
-	return r.fakeDirectory.WorkerNames()
+	return r.ControlClient.Broadcast(ctx, calls, o)
 }
 
 func TestControlRunRoundsUntilCancelled(t *testing.T) {
@@ -351,9 +338,10 @@ func TestControlRunRoundsUntilCancelled(t *testing.T) {
 			w := b.worker(t, "celery@a", pidboxtest.Pong)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			dir := &roundCounter{fakeDirectory: &fakeDirectory{alive: []string{"celery@a"}, known: []string{"celery@a"}},
-				stopAt: tt.stopAt, cancel: cancel}
-			c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Interval: tt.interval, Timeout: time.Second}, dir)
+			m, _ := newTestModel(state.Options{})
+			setWorkers(m, []string{"celery@a"}, []string{"celery@a"}, nil)
+			dir := &roundCounter{ControlClient: pidbox.New(b.rdb, b.ks, kombu.DefaultControlExchange), stopAt: tt.stopAt, cancel: cancel}
+			c := NewControlSourceWith(nil, dir, ControlOptions{Interval: tt.interval, Timeout: time.Second}, m)
 			done := make(chan struct{})
 			start := time.Now()
 			go func() { c.Run(ctx); close(done) }()
@@ -385,7 +373,7 @@ func TestControlBadInput(t *testing.T) {
 		"active_queues": `[{"name": 5}, "x", {"name": "q\u00ff"}]`,
 		"stats":         `{"total": 5, "pool": [], "rusage": {"maxrss": "big"}, "uptime": "long"}`,
 	}))
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond}, nil)
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 200 * time.Millisecond}, emptyModel())
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -397,13 +385,6 @@ func TestControlBadInput(t *testing.T) {
 		"celery_worker_queue_info{hostname=\"bad\ufffdhost\",queue_name=\"ok\"} 1\n"
 	if got != want || err != nil {
 		t.Errorf("got %q, %v; want %q", got, err, want)
-	}
-	var nilSource *ControlSource
-	if nilSource.Queues() != nil {
-		t.Error("nil source has queues")
-	}
-	if _, ok := nilSource.SingleQueue("x"); ok {
-		t.Error("nil source has a single queue")
 	}
 }
 
@@ -422,8 +403,9 @@ func TestControlRepliesAreBounded(t *testing.T) {
 	}
 	b.worker(t, "celery@big", replies(t, map[string]string{"ping": `{"ok": "pong"}`, "active_queues": queuesReply(queues...), "stats": string(stats)}))
 	// The round ends once the alive worker answered; the timeout only has to outlast a busy machine.
-	dir := &fakeDirectory{alive: []string{"celery@big"}, known: []string{"celery@big"}}
-	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 10 * time.Second}, dir)
+	m, _ := newTestModel(state.Options{})
+	setWorkers(m, []string{"celery@big"}, []string{"celery@big"}, nil)
+	c := NewControlSource(nil, b.rdb, b.ks, ControlOptions{Timeout: 10 * time.Second}, m)
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}

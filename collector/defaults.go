@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // The defaults of every source's options live here, and only here: the command's flags show them
@@ -20,13 +21,9 @@ var DefaultQueueWaitBuckets = []float64{0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30,
 // DefaultEventOptions returns the event source's defaults.
 func DefaultEventOptions() EventOptions {
 	return EventOptions{
-		WorkerTimeout:        5 * time.Second,
 		PurgeAfter:           time.Hour,
 		RuntimeBuckets:       slices.Clone(DefaultRuntimeBuckets),
 		QueueWaitBuckets:     slices.Clone(DefaultQueueWaitBuckets),
-		MaxTracked:           100000,
-		MaxTrackedBytes:      64 << 20,
-		TaskTTL:              6 * time.Hour,
 		SentWait:             2 * time.Second,
 		DefaultQueue:         "celery",
 		MaxTaskNames:         1000,
@@ -38,9 +35,8 @@ func DefaultEventOptions() EventOptions {
 }
 
 // withDefaults gives the fields that cannot meaningfully be zero their default: the caps (less
-// than 1 would be no cap, and memory and series must stay bounded), the TTL, the buckets and the
-// default queue. The durations WorkerTimeout, PurgeAfter and SentWait keep a zero: no slack, purge
-// at once, no wait.
+// than 1 would be no cap, and memory and series must stay bounded), the buckets and the default
+// queue. The durations PurgeAfter and SentWait keep a zero: purge at once, no wait.
 func (o EventOptions) withDefaults() EventOptions {
 	d := DefaultEventOptions()
 	if len(o.RuntimeBuckets) == 0 {
@@ -52,17 +48,11 @@ func (o EventOptions) withDefaults() EventOptions {
 	if o.DefaultQueue == "" {
 		o.DefaultQueue = d.DefaultQueue
 	}
-	if o.MaxTrackedBytes <= 0 {
-		o.MaxTrackedBytes = d.MaxTrackedBytes
-	}
-	if o.TaskTTL <= 0 {
-		o.TaskTTL = d.TaskTTL
-	}
 	if o.ActiveTTL <= 0 {
 		o.ActiveTTL = defaultActiveTTL // not a flag: how long a control-only running task is trusted
 	}
 	for _, c := range []struct{ v, def *int }{
-		{&o.MaxTracked, &d.MaxTracked}, {&o.MaxTaskNames, &d.MaxTaskNames}, {&o.MaxQueues, &d.MaxQueues},
+		{&o.MaxTaskNames, &d.MaxTaskNames}, {&o.MaxQueues, &d.MaxQueues},
 		{&o.MaxExceptionsPerTask, &d.MaxExceptionsPerTask}, {&o.MaxWorkers, &d.MaxWorkers},
 	} {
 		if *c.v < 1 {
@@ -70,6 +60,33 @@ func (o EventOptions) withDefaults() EventOptions {
 		}
 	}
 	return o
+}
+
+// DefaultModelOptions returns the defaults of the shared model (internal/state): the worker
+// liveness slack and the task cache's bounds.
+func DefaultModelOptions() state.Options {
+	return state.Options{
+		WorkerTimeout: 5 * time.Second,
+		MaxTasks:      100000,
+		MaxTaskBytes:  64 << 20,
+		TaskTTL:       6 * time.Hour,
+	}
+}
+
+// NewModel returns the model the sources share, with the defaults for the fields that cannot
+// meaningfully be zero (the task cache's caps and TTL; a zero WorkerTimeout is no slack).
+func NewModel(o state.Options) *state.Model {
+	d := DefaultModelOptions()
+	if o.MaxTasks < 1 {
+		o.MaxTasks = d.MaxTasks
+	}
+	if o.MaxTaskBytes <= 0 {
+		o.MaxTaskBytes = d.MaxTaskBytes
+	}
+	if o.TaskTTL <= 0 {
+		o.TaskTTL = d.TaskTTL
+	}
+	return state.New(o)
 }
 
 // DefaultControlOptions returns the remote-control source's defaults.

@@ -22,7 +22,7 @@ const (
 )
 
 func benchSource() *EventSource {
-	return NewEventSource(log.NewNopLogger(), nil, DefaultEventOptions())
+	return NewEventSource(log.NewNopLogger(), nil, DefaultEventOptions(), NewModel(DefaultModelOptions()))
 }
 
 func benchTaskUUID(i int) string { return fmt.Sprintf("%08x-f766-4cb7-9385-%012x", i, i*7919) }

@@ -1,7 +1,6 @@
 package collector
 
 import (
-	"context"
 	"fmt"
 	"reflect"
 	"strings"
@@ -10,13 +9,11 @@ import (
 	"time"
 
 	"github.com/go-kit/log"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/celery-exporter/celery_exporter/internal/clock"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
-
-var t0 = time.Unix(1795879460, 0)
 
 // The real traffic of a Celery 5.2.6 worker (test/fixtures/capture-5.2.6/psubscribe_raw.txt)
 // produces exactly these task and event metrics.
@@ -69,18 +66,16 @@ func TestEventSourceReplaysCapture(t *testing.T) {
 	}
 }
 
-type staticHints map[string]string
-
-func (h staticHints) SingleQueue(host string) (string, bool) { q, ok := h[host]; return q, ok }
-
 // The queue label comes from task-sent even when the worker's events arrive first, and from the
 // documented fallbacks when task-sent never comes.
 func TestEventSourceQueueAttribution(t *testing.T) {
 	tests := []struct {
 		name  string
-		hints staticHints
+		hints map[string]string // the only queue of a worker, from remote control
 		feed  func(src *EventSource, clk *clock.Fake)
 		want  map[string]float64
+		// absent are series that must not exist.
+		absent []string
 	}{
 		{
 			name: "received before sent waits for sent",
@@ -95,10 +90,10 @@ func TestEventSourceQueueAttribution(t *testing.T) {
 				`celery_task_received_total{hostname="celery@w1",name="t.a",queue_name="chat"}`:                        1,
 				`celery_task_started_total{hostname="celery@w1",name="t.a",queue_name="chat"}`:                         1,
 				`celery_task_succeeded_total{hostname="celery@w1",name="t.a",queue_name="chat"}`:                       1,
-				`celery_task_received_total{hostname="celery@w1",name="t.a",queue_name="celery"}`:                      -1,
 				`celery_task_queue_wait_seconds_sum{name="t.a",queue_name="chat"}`:                                     1.5,
 				`celery_task_runtime_seconds_sum{hostname="celery@w1",name="t.a",queue_name="chat",state="succeeded"}`: 1,
 			},
+			absent: []string{`celery_task_received_total{hostname="celery@w1",name="t.a",queue_name="celery"}`},
 		},
 		{
 			name: "no task-sent: the queue task-sent showed for that name before",
@@ -112,7 +107,7 @@ func TestEventSourceQueueAttribution(t *testing.T) {
 		},
 		{
 			name:  "no task-sent: the only queue the worker consumes",
-			hints: staticHints{"celery@w1": "background"},
+			hints: map[string]string{"celery@w1": "background"},
 			feed: func(src *EventSource, clk *clock.Fake) {
 				src.HandlePayload(payload(sent("u0", "t.a", "chat", 1)))
 				src.HandlePayload(payload(taskEv("task-received", "u1", "celery@w1", 1, "name", "t.a")))
@@ -128,7 +123,7 @@ func TestEventSourceQueueAttribution(t *testing.T) {
 				clk.Add(1999 * time.Millisecond)
 				src.Tick()
 			},
-			want: map[string]float64{`celery_task_received_total{hostname="celery@w1",name="t.b",queue_name="default"}`: -1},
+			absent: []string{`celery_task_received_total{hostname="celery@w1",name="t.b",queue_name="default"}`},
 		},
 		{
 			name: "nothing known: the default queue after the wait",
@@ -159,10 +154,16 @@ func TestEventSourceQueueAttribution(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			src, clk := newTestSource(EventOptions{DefaultQueue: "default"})
 			if tt.hints != nil {
-				src.SetQueueHints(tt.hints)
+				round := state.QueueRound{At: clk.Now(), StaleAfter: time.Hour, Queues: map[string][]string{}}
+				for h, q := range tt.hints {
+					round.Queues[h] = []string{q}
+				}
+				src.model.Queues.Record(round)
 			}
 			tt.feed(src, clk)
-			expectSamples(t, samples(t, AsCollector(src)), tt.want)
+			got := samples(t, AsCollector(src))
+			expectSamples(t, got, tt.want)
+			expectAbsent(t, got, tt.absent...)
 		})
 	}
 }
@@ -199,7 +200,7 @@ func TestEventSourceTimesAndFailures(t *testing.T) {
 }
 
 func TestEventSourceWorkerLiveness(t *testing.T) {
-	src, clk := newTestSource(EventOptions{WorkerTimeout: 5 * time.Second, PurgeAfter: time.Hour})
+	src, clk := newTestSourceModel(EventOptions{PurgeAfter: time.Hour}, state.Options{WorkerTimeout: 5 * time.Second})
 	src.HandlePayload(payload(ev{"type": "worker-online", "hostname": "celery@a", "freq": 2.0, "active": 0, "processed": 0}))
 	src.HandlePayload(payload(heartbeat("celery@a", 2, 3, 10)))
 	src.HandlePayload(payload(heartbeat("celery@b", 2, 1, 5)))
@@ -220,8 +221,8 @@ func TestEventSourceWorkerLiveness(t *testing.T) {
 		`celery_worker_info{hostname="celery@a",sw_ident="py-celery",sw_sys="Linux",sw_ver="5.2.6"}`: 1,
 	})
 
-	if sys, ok := src.WorkerSystem("celery@a"); !ok || sys != "Linux" {
-		t.Errorf("WorkerSystem = %q %v", sys, ok)
+	if sys, ok := src.model.Workers.System("celery@a"); !ok || sys != "Linux" {
+		t.Errorf("Workers.System = %q %v", sys, ok)
 	}
 	clk.Add(2*2*time.Second + 5*time.Second - time.Millisecond)
 	if up("celery@a") != 1 {
@@ -237,7 +238,7 @@ func TestEventSourceWorkerLiveness(t *testing.T) {
 	if up("celery@b") != 0 {
 		t.Fatal("worker-offline must make it 0 at once")
 	}
-	alive, known := src.WorkerNames()
+	alive, known := src.model.Workers.Names()
 	if len(alive) != 0 || strings.Join(known, ",") != "celery@a,celery@b" {
 		t.Fatalf("alive %v known %v", alive, known)
 	}
@@ -361,14 +362,14 @@ func TestEventSourceCardinalityCaps(t *testing.T) {
 		`celery_exporter_label_overflow_total{label="name"}`:                                           2,
 		`celery_exporter_label_overflow_total{label="exception"}`:                                      1,
 		`celery_exporter_label_overflow_total{label="hostname"}`:                                       1,
-		`celery_worker_up{hostname="celery@b"}`:                                                        -1,
 	})
+	expectAbsent(t, got, `celery_worker_up{hostname="celery@b"}`)
 }
 
 // Memory does not grow with the number of tasks: the cache holds at most MaxTracked and counts
 // what it drops.
 func TestEventSourceTaskCacheIsBounded(t *testing.T) {
-	src, _ := newTestSource(EventOptions{MaxTracked: 100})
+	src, _ := newTestSourceModel(EventOptions{}, state.Options{MaxTasks: 100})
 	for i := 0; i < 5000; i++ {
 		src.HandlePayload(payload(sent(fmt.Sprint(i), "t.a", "q", 1), taskEv("task-received", fmt.Sprint(i), "celery@a", 1, "name", "t.a")))
 	}
@@ -391,16 +392,9 @@ celery_exporter_collector_success{collector="broken"} 0
 	}
 }
 
-type failing struct{}
-
-func (failing) Name() string { return "broken" }
-func (failing) Scrape(_ context.Context, _ chan<- prometheus.Metric) error {
-	return fmt.Errorf("down")
-}
-
 // Scrapes, remote control and the broker source read while the pipeline writes (go test -race).
 func TestEventSourceConcurrentReaders(t *testing.T) {
-	src, clk := newTestSource(EventOptions{MaxTracked: 50})
+	src, clk := newTestSourceModel(EventOptions{}, state.Options{MaxTasks: 50})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -425,10 +419,10 @@ func TestEventSourceConcurrentReaders(t *testing.T) {
 			return
 		default:
 			_ = samples(t, AsCollector(src))
-			src.WorkerNames()
-			src.TaskSentAt("7")
-			src.WorkerSystem("celery@a")
-			src.ApplyActive(ActiveSnapshot{Sent: t0, Hosts: map[string][]ActiveTask{"celery@a": {{ID: "x", Name: "t.b"}}}})
+			src.model.Workers.Names()
+			src.model.Tasks.SentTime("7")
+			src.model.Workers.System("celery@a")
+			src.model.Active.Put(state.ActiveSnapshot{Sent: t0, Hosts: map[string][]state.ActiveTask{"celery@a": {{ID: "x", Name: "t.b"}}}})
 		}
 	}
 }
@@ -437,7 +431,7 @@ func TestEventSourceConcurrentReaders(t *testing.T) {
 // received before it is sent (so the cached task exists when task-sent sets its time), with a
 // reader polling the uuid being written: go test -race reports any write outside the cache's lock.
 func TestEventSourceSentAtRace(t *testing.T) {
-	src, _ := newTestSource(EventOptions{MaxTracked: 1000})
+	src, _ := newTestSourceModel(EventOptions{}, state.Options{MaxTasks: 1000})
 	var cur atomic.Int64
 	done := make(chan struct{})
 	go func() {
@@ -452,29 +446,31 @@ func TestEventSourceSentAtRace(t *testing.T) {
 	for {
 		select {
 		case <-done:
-			if at, ok := src.TaskSentAt("2999"); !ok || at.Unix() != 2 {
-				t.Fatalf("TaskSentAt(2999) = %v, %v", at, ok)
+			if at, ok := src.model.Tasks.SentTime("2999"); !ok || at.Unix() != 2 {
+				t.Fatalf("SentTime(2999) = %v, %v", at, ok)
 			}
 			return
 		default:
 			i := cur.Load()
-			src.TaskSentAt(fmt.Sprint(i))
-			src.TaskSentAt(fmt.Sprint(i - 1))
+			src.model.Tasks.SentTime(fmt.Sprint(i))
+			src.model.Tasks.SentTime(fmt.Sprint(i - 1))
 		}
 	}
 }
 
-// A zero cap, TTL, bucket list or default queue takes the default (a cap below 1 is never
-// unbounded); zero durations stay zero, and no initial exceptions stays none.
+// A zero cap, bucket list or default queue takes the default (a cap below 1 is never
+// unbounded); zero durations stay zero, and no initial exceptions stays none. The same for the
+// model: a zero task cap or TTL takes the default, a zero worker timeout stays zero.
 func TestEventOptionsDefaults(t *testing.T) {
-	s := NewEventSource(log.NewNopLogger(), nil, EventOptions{MaxTaskNames: -1, MaxWorkers: 7})
+	s := NewEventSource(log.NewNopLogger(), nil, EventOptions{MaxTaskNames: -1, MaxWorkers: 7}, NewModel(state.Options{}))
 	want := DefaultEventOptions()
-	want.WorkerTimeout, want.PurgeAfter, want.SentWait, want.MaxWorkers = 0, 0, 0, 7
+	want.PurgeAfter, want.SentWait, want.MaxWorkers = 0, 0, 7
 	want.InitialExceptions = nil
 	want.ActiveTTL = defaultActiveTTL
-	got := s.opts
-	got.Clock = nil
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("options %+v\nwant %+v", got, want)
+	if !reflect.DeepEqual(s.opts, want) {
+		t.Fatalf("options %+v\nwant %+v", s.opts, want)
+	}
+	if got, want := s.model.Tasks.Capacity(), DefaultModelOptions().MaxTasks; got != want {
+		t.Errorf("task cache capacity %d, want %d", got, want)
 	}
 }

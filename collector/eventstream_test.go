@@ -22,7 +22,7 @@ func (r rawStream) RawBodies() bool     { return true }
 // list count as they do inside kombu envelopes (Redis); a message the stream skipped is counted
 // under the envelope decoder's reason.
 func TestEventSourceRawBodies(t *testing.T) {
-	s := NewEventSource(log.NewNopLogger(), rawStream{}, EventOptions{SentWait: -1})
+	s := NewEventSource(log.NewNopLogger(), rawStream{}, EventOptions{SentWait: -1}, NewModel(DefaultModelOptions()))
 	s.HandlePayload(`{"type": "task-sent", "uuid": "u1", "name": "add", "queue": "q", "timestamp": 1}`)
 	s.HandlePayload(`[{"type": "task-received", "uuid": "u1", "name": "add", "hostname": "w@h", "timestamp": 2},
 		{"type": "task-succeeded", "uuid": "u1", "hostname": "w@h", "runtime": 0.5, "timestamp": 3}]`)

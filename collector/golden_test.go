@@ -167,7 +167,6 @@ func goldenExposition(t *testing.T) []byte {
 		taskEv("task-received", "5d0c1e2f-7a51-4c8e-9d13-2b8f0c6e4a77", "probe@localhost", 1795879471, "name", "app.tasks.long"),
 		taskEv("task-started", "5d0c1e2f-7a51-4c8e-9d13-2b8f0c6e4a77", "probe@localhost", 1795879472),
 		withPID(heartbeat("probe@localhost", 2, 1, 9), 13498))) // the capture's worker process
-	now := clk.Now()
 
 	// Broker: the capture's queues, with the three background tasks nobody consumed still waiting
 	// (so their age comes from their task-sent), one message unacked, and the worker's bindings.
@@ -185,15 +184,14 @@ func goldenExposition(t *testing.T) []byte {
 		"ping": `{"ok": "pong"}`, "active_queues": queuesReply("chat"), "stats": preforkStats,
 		"active": `[{"id": "5d0c1e2f-7a51-4c8e-9d13-2b8f0c6e4a77", "name": "app.tasks.long", "time_start": 1795879472.0, "delivery_info": {"routing_key": "chat"}}]`,
 	}))
-	dir := &fakeDirectory{alive: []string{"probe@localhost"}, known: []string{"probe@localhost"}}
-	control := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 10 * time.Second}, dir)
-	control.now = func() time.Time { return now }
+	// The workers it expects are those the events made known, in the model they share.
+	control := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 10 * time.Second}, events.model)
 	if err := control.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	brokerOpts := DefaultBrokerOptions()
 	brokerOpts.StaticQueues = []string{"celery"}
-	broker := NewBrokerScraper(log.NewNopLogger(), b.rdb, b.ks, brokerOpts, events, control)
+	broker := NewBrokerScraper(log.NewNopLogger(), b.rdb, b.ks, brokerOpts, events.model)
 	broker.clock = clk
 
 	// App signals: the seed app's breaker and a counter it keeps, in the broker's Redis.

@@ -6,9 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,28 +19,90 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/internal/clock"
+	"github.com/celery-exporter/celery_exporter/internal/event"
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
 	"github.com/celery-exporter/celery_exporter/internal/pidbox/pidboxtest"
+	"github.com/celery-exporter/celery_exporter/internal/state"
+	"github.com/celery-exporter/celery_exporter/internal/tasks"
 )
 
-// Helpers shared by the package's tests: building sources on fakes, feeding them, and reading
-// what they expose. Tests compare exposition lines (collectText, nonZero, waitFor) or, for many
-// series at once, sample maps (samples, expectSamples); HELP texts are checked once, by the
-// golden file (golden_test.go).
+// Helpers shared by the package's tests: building sources and the model on fakes, feeding them,
+// and reading what they expose. Every reading goes through samples, which gathers a source in a
+// pedantic registry: tests compare its exposition lines (collectText, compare, nonZero, waitFor)
+// or check series in its map (expectSamples, expectAbsent, only). HELP texts are checked once,
+// by the golden file (golden_test.go).
 
-func newTestSource(opts EventOptions) (*EventSource, *clock.Fake) {
+// t0 is the fake clocks' start: a moment of the captured traffic.
+var t0 = time.Unix(1795879460, 0)
+
+// emptyModel is the model of a source alone: no worker, no task sent time, no remote-control round.
+func emptyModel() *state.Model {
+	m, _ := newTestModel(state.Options{})
+	return m
+}
+
+// newTestModel returns a model on a fake clock at t0; a zero WorkerTimeout takes the default
+// (the constructor keeps a zero there), the other zero fields the constructor's defaults.
+func newTestModel(mo state.Options) (*state.Model, *clock.Fake) {
 	clk := clock.NewFake(t0)
-	opts.Clock = clk
-	// The constructor defaults the rest; these three keep a zero there.
+	mo.Clock = clk
+	if mo.WorkerTimeout == 0 {
+		mo.WorkerTimeout = DefaultModelOptions().WorkerTimeout
+	}
+	return NewModel(mo), clk
+}
+
+// newTestSource returns an event source on its own model (see newTestModel).
+func newTestSource(opts EventOptions) (*EventSource, *clock.Fake) {
+	return newTestSourceModel(opts, state.Options{})
+}
+
+// newTestSourceModel is newTestSource with the model's options.
+func newTestSourceModel(opts EventOptions, mo state.Options) (*EventSource, *clock.Fake) {
+	// The constructor defaults the rest; these two keep a zero there.
 	d := DefaultEventOptions()
-	for _, p := range []struct{ v, def *time.Duration }{
-		{&opts.WorkerTimeout, &d.WorkerTimeout}, {&opts.PurgeAfter, &d.PurgeAfter}, {&opts.SentWait, &d.SentWait},
-	} {
+	for _, p := range []struct{ v, def *time.Duration }{{&opts.PurgeAfter, &d.PurgeAfter}, {&opts.SentWait, &d.SentWait}} {
 		if *p.v == 0 {
 			*p.v = *p.def
 		}
 	}
-	return NewEventSource(log.NewNopLogger(), nil, opts), clk
+	m, clk := newTestModel(mo)
+	return NewEventSource(log.NewNopLogger(), nil, opts, m), clk
+}
+
+// setWorkers makes the model's workers what the event stream would say: alive heartbeat now
+// (with their sw_sys from systems), the rest of known went offline (down, not yet purged), and
+// every other worker is purged.
+func setWorkers(m *state.Model, alive, known []string, systems map[string]string) {
+	now := m.Clock().Now()
+	_, was := m.Workers.Names()
+	for _, h := range was {
+		if !slices.Contains(alive, h) {
+			m.Workers.Apply(&event.Event{Type: event.WorkerOffline, Hostname: h}, now, time.Time{})
+		}
+	}
+	m.Workers.Purge(now, 0)
+	for _, h := range known {
+		if !slices.Contains(alive, h) {
+			m.Workers.Apply(&event.Event{Type: event.WorkerOffline, Hostname: h}, now, time.Time{})
+		}
+	}
+	for _, h := range alive {
+		ev := event.Event{Type: event.WorkerHeartbeat, Hostname: h}
+		if sys, ok := systems[h]; ok {
+			ev.SWIdent, ev.SWVer, ev.SWSys = "py-celery", "5.2.6", sys
+		}
+		m.Workers.Apply(&ev, now, time.Time{})
+	}
+}
+
+// setSentAt records task-sent times in the model's task cache, as the event source does.
+func setSentAt(m *state.Model, sent map[string]time.Time) {
+	now := m.Clock().Now()
+	for id, at := range sent {
+		m.Tasks.GetOrCreate(id, now)
+		m.Tasks.Update(id, func(t *tasks.Task) { t.SentAt = float64(at.UnixNano()) / 1e9 })
+	}
 }
 
 // payload wraps events the way a worker publishes them: a kombu envelope with a base64 body; one
@@ -94,17 +156,24 @@ func samples(t *testing.T, c prometheus.Collector) map[string]float64 {
 	return out
 }
 
+// expectSamples checks that each series of want exists with its value.
 func expectSamples(t *testing.T, got map[string]float64, want map[string]float64) {
 	t.Helper()
 	for k, v := range want {
-		g, ok := got[k]
-		switch {
-		case !ok && v >= 0:
+		if g, ok := got[k]; !ok {
 			t.Errorf("missing %s (want %v)", k, v)
-		case ok && v < 0:
-			t.Errorf("%s = %v, want no such series", k, g)
-		case ok && g != v:
+		} else if g != v {
 			t.Errorf("%s = %v, want %v", k, g, v)
+		}
+	}
+}
+
+// expectAbsent checks that none of the series exist.
+func expectAbsent(t *testing.T, got map[string]float64, series ...string) {
+	t.Helper()
+	for _, k := range series {
+		if g, ok := got[k]; ok {
+			t.Errorf("%s = %v, want no such series", k, g)
 		}
 	}
 }
@@ -167,29 +236,21 @@ func unackedEntry(t *testing.T, exchange, routingKey string) string {
 	return string(b)
 }
 
+// collectText is samples as sorted exposition lines, "name{k="v",...} value", of the named
+// metrics (histograms: name_count and name_sum) or of all, with the scrape's error.
 func collectText(t *testing.T, s Scraper, names ...string) (string, error) {
 	t.Helper()
 	c := &errCapturingCollector{s: s}
-	got := gather(t, c)
-	var b strings.Builder
-	want := map[string]bool{}
-	for _, n := range names {
-		want[n] = true
-	}
-	for _, mf := range got {
-		if len(want) > 0 && !want[mf.GetName()] {
+	got := samples(t, c)
+	var lines []string
+	for k, v := range got {
+		name := k[:strings.IndexByte(k, '{')]
+		if len(names) > 0 && !slices.Contains(names, name) &&
+			!slices.Contains(names, strings.TrimSuffix(strings.TrimSuffix(name, "_count"), "_sum")) {
 			continue
 		}
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			fmt.Fprintf(&b, "%s{%s} %g\n", mf.GetName(), strings.Join(labels, ","), v)
-		}
+		lines = append(lines, fmt.Sprintf("%s %g\n", k, v))
 	}
-	lines := strings.SplitAfter(b.String(), "\n")
 	sort.Strings(lines)
 	return strings.Join(lines, ""), c.err
 }
@@ -204,29 +265,6 @@ func (c *errCapturingCollector) Describe(chan<- *prometheus.Desc) {}
 
 func (c *errCapturingCollector) Collect(ch chan<- prometheus.Metric) {
 	c.err = c.s.Scrape(context.Background(), ch)
-}
-
-type fakeDirectory struct {
-	mu           sync.Mutex
-	alive, known []string
-	systems      map[string]string
-}
-
-func (d *fakeDirectory) WorkerNames() (alive, known []string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.alive...), append([]string(nil), d.known...)
-}
-
-func (d *fakeDirectory) WorkerSystem(h string) (string, bool) {
-	s, ok := d.systems[h]
-	return s, ok
-}
-
-func (d *fakeDirectory) set(alive, known []string) {
-	d.mu.Lock()
-	d.alive, d.known = alive, known
-	d.mu.Unlock()
 }
 
 type miniBroker struct {
@@ -348,3 +386,26 @@ func replayCapture(t *testing.T, src *EventSource, clk interface{ Add(time.Durat
 	src.Tick()
 	return fed
 }
+
+// failing is a source that always fails.
+type failing struct{}
+
+func (failing) Name() string { return "broken" }
+func (failing) Scrape(_ context.Context, _ chan<- prometheus.Metric) error {
+	return fmt.Errorf("down")
+}
+
+// The stats reply of a prefork worker, as Celery 5.2.6 sends it (shape of the captured one).
+const preforkStats = `{"total": {"tasks.add": 3, "tasks.boom": 1}, "pid": 13410, "clock": "67", "uptime": 34,
+ "pool": {"max-concurrency": 2, "processes": [13414, 13538], "max-tasks-per-child": "N/A",
+          "put-guarded-by-semaphore": false, "timeouts": [0, 0], "writes": "N/A"},
+ "broker": {"hostname": "127.0.0.1", "port": 6379, "transport": "redis", "virtual_host": "0"},
+ "prefetch_count": 8,
+ "rusage": {"utime": 0.163718, "stime": 0.045023, "maxrss": 45548, "ixrss": 0, "idrss": 0}}`
+
+// A threads pool has no processes; rusage may be "N/A" (platforms without getrusage).
+const threadsStats = `{"total": {}, "pid": 2, "clock": "3", "uptime": 7,
+ "pool": {"max-concurrency": 4, "threads": 1}, "prefetch_count": 16, "rusage": "N/A"}`
+
+const macStats = `{"total": {"tasks.add": 1}, "uptime": 9, "pool": {"max-concurrency": 1, "processes": [5]},
+ "prefetch_count": 4, "rusage": {"utime": 1.5, "stime": 0.5, "maxrss": 1048576}}`

@@ -2,11 +2,13 @@ package collector
 
 import (
 	"math"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/celery-exporter/celery_exporter/internal/event"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // Events lost while the subscription was down (Redis pub/sub and the AMQP event queue keep
@@ -29,18 +31,20 @@ type gapStream interface {
 
 // lostMark is a worker's state at its last heartbeat with counts, for the estimate.
 type lostMark struct {
-	set       bool
 	gaps      uint64  // stream gaps passed then
-	processed float64 // processedTotal then
+	processed float64 // ProcessedTotal then
 	seen      float64 // task-started events received from it by then
 	at        float64 // heartbeat timestamp (the worker's clock)
 	pid       int64
 }
 
-// lostEvents is the estimate so far; written by the applying goroutine, read by scrapes (under
-// the source's mu).
+// lostEvents is the estimate so far. taken and marks are the applying goroutine's; the totals
+// are read by scrapes under mu.
 type lostEvents struct {
-	taken          uint64 // payloads taken from the stream so far
+	taken uint64              // payloads taken from the stream so far
+	marks map[string]lostMark // per hostname; dropped with the hostname's series
+
+	mu             sync.Mutex
 	started, beats float64
 }
 
@@ -50,36 +54,46 @@ func (s *EventSource) handleStreamed(p string) {
 	s.lost.taken++
 }
 
-// estimateLost runs at a worker's heartbeat with counts, after its processed count was taken,
-// under s.mu. Past a gap of the stream it adds the events lost in it.
-func (s *EventSource) estimateLost(ev *event.Event, w *workerState) {
+// estimateLost runs at a worker's heartbeat with counts, once the model has applied it. Past a
+// gap of the stream it adds the events lost in it.
+func (s *EventSource) estimateLost(ev *event.Event, w state.Worker) {
 	gs, ok := s.sub.(gapStream)
 	if !ok {
 		return
 	}
 	gaps := gs.GapsBefore(s.lost.taken)
 	seen := counterValue(s.series(mSeen, "", ev.Hostname, "", ""))
-	m := &w.lost
-	if m.set && gaps > m.gaps {
+	if m, ok := s.lost.marks[ev.Hostname]; ok && gaps > m.gaps {
+		var started, beats float64
 		// Only for a worker that sends task events: without them seen stays 0 and nothing was lost.
-		if seen > 0 && w.eventsEnabled {
-			s.lost.started += max(0, (w.processedTotal-m.processed)-(seen-m.seen))
+		if seen > 0 && w.EventsEnabled {
+			started = max(0, (w.ProcessedTotal-m.processed)-(seen-m.seen))
 		}
-		if ev.Type == event.WorkerHeartbeat && ev.PID == m.pid && m.at > 0 && w.freq > 0 {
-			s.lost.beats += max(0, math.Round((ev.Timestamp-m.at)/w.freq)-1)
+		if ev.Type == event.WorkerHeartbeat && ev.PID == m.pid && m.at > 0 && w.Freq > 0 {
+			beats = max(0, math.Round((ev.Timestamp-m.at)/w.Freq)-1)
 		}
+		s.lost.mu.Lock()
+		s.lost.started += started
+		s.lost.beats += beats
+		s.lost.mu.Unlock()
 	}
 	at := 0.0
 	if ev.Type == event.WorkerHeartbeat {
 		at = ev.Timestamp
 	}
-	*m = lostMark{set: true, gaps: gaps, processed: w.processedTotal, seen: seen, at: at, pid: ev.PID}
+	if s.lost.marks == nil {
+		s.lost.marks = map[string]lostMark{}
+	}
+	s.lost.marks[ev.Hostname] = lostMark{gaps: gaps, processed: w.ProcessedTotal, seen: seen, at: at, pid: ev.PID}
 }
 
-// collectLost sends the estimate; the caller holds s.mu.
+// collectLost sends the estimate.
 func (s *EventSource) collectLost(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, s.lost.started, event.TaskStarted.String())
-	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, s.lost.beats, event.WorkerHeartbeat.String())
+	s.lost.mu.Lock()
+	started, beats := s.lost.started, s.lost.beats
+	s.lost.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, started, event.TaskStarted.String())
+	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, beats, event.WorkerHeartbeat.String())
 }
 
 func counterValue(c prometheus.Counter) float64 {

@@ -47,7 +47,7 @@ func TestEventSourceEstimatesLostEvents(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gaps := &handoff.Gaps{}
-			s := NewEventSource(log.NewNopLogger(), gappyStream{gaps: gaps}, EventOptions{SentWait: -1})
+			s := NewEventSource(log.NewNopLogger(), gappyStream{gaps: gaps}, EventOptions{SentWait: -1}, emptyModel())
 			pos := uint64(0)
 			for _, p := range tc.stream {
 				if p == gap {

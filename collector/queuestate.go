@@ -1,3 +1,6 @@
+// Scrapes an AMQP broker (RabbitMQ) at scrape time: queue depths, consumers and, with the
+// management API, unacked messages and the oldest message's age.
+
 package collector
 
 import (
@@ -10,6 +13,7 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/internal/amqp"
 	"github.com/celery-exporter/celery_exporter/internal/clock"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // QueueStateReader reads queue state from a broker that keeps it itself (RabbitMQ).
@@ -27,17 +31,18 @@ type QueueStateScraper struct {
 	logger   log.Logger
 	reader   QueueStateReader
 	static   []string
-	dynamic  QueueLister
+	model    *state.Model
 	clock    clock.Clock
 	queueCap queueCap
 }
 
-// NewQueueStateScraper returns the broker-state source of an AMQP broker. dynamic may be nil.
-func NewQueueStateScraper(logger log.Logger, reader QueueStateReader, staticQueues []string, dynamic QueueLister) *QueueStateScraper {
+// NewQueueStateScraper returns the broker-state source of an AMQP broker; it adds the queues
+// remote control found (from the model) to staticQueues.
+func NewQueueStateScraper(logger log.Logger, reader QueueStateReader, staticQueues []string, m *state.Model) *QueueStateScraper {
 	if logger == nil {
 		logger = log.NewNopLogger()
 	}
-	return &QueueStateScraper{logger: logger, reader: reader, static: staticQueues, dynamic: dynamic, clock: clock.Real{}}
+	return &QueueStateScraper{logger: logger, reader: reader, static: staticQueues, model: m, clock: m.Clock()}
 }
 
 // Name implements Scraper.
@@ -49,10 +54,8 @@ func (q *QueueStateScraper) Scrape(ctx context.Context, ch chan<- prometheus.Met
 	for _, n := range q.static {
 		set[n] = true
 	}
-	if q.dynamic != nil {
-		for _, n := range q.dynamic.Queues() {
-			set[n] = true
-		}
+	for _, n := range q.model.Queues.Names() {
+		set[n] = true
 	}
 	delete(set, "")
 	states, err := q.reader.Read(ctx, slices.Sorted(maps.Keys(set)))
@@ -74,7 +77,7 @@ func (q *QueueStateScraper) Scrape(ctx context.Context, ch chan<- prometheus.Met
 			emitConst(emit, queueOldestAgeDesc, prometheus.GaugeValue, max(now.Sub(st.HeadTimestamp).Seconds(), 0), n)
 		}
 	}
-	emitQueueUse(emit, q.dynamic, names, false)
+	emitQueueUse(emit, q.model.Queues, names, false)
 	ch <- prometheus.MustNewConstMetric(brokerUpDesc, prometheus.GaugeValue, 1)
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/internal/amqp"
 	"github.com/celery-exporter/celery_exporter/internal/clock"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 type fakeQueueReader struct {
@@ -33,9 +34,12 @@ func (f *fakeQueueReader) Read(_ context.Context, names []string) (map[string]am
 	return out, nil
 }
 
-type staticQueues []string
-
-func (s staticQueues) Queues() []string { return s }
+// modelWithQueues is a model in which remote control found a worker consuming queues.
+func modelWithQueues(queues ...string) *state.Model {
+	m, clk := newTestModel(state.Options{})
+	m.Queues.Record(state.QueueRound{At: clk.Now(), StaleAfter: time.Minute, Queues: map[string][]string{"celery@w": queues}})
+	return m
+}
 
 func TestQueueStateScraper(t *testing.T) {
 	now := time.Unix(1700000100, 0)
@@ -82,7 +86,7 @@ celery_up{} 0
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s := NewQueueStateScraper(log.NewNopLogger(), tt.reader, []string{"missing", ""}, staticQueues{"dyn"})
+			s := NewQueueStateScraper(log.NewNopLogger(), tt.reader, []string{"missing", ""}, modelWithQueues("dyn"))
 			s.clock = clock.NewFake(now)
 			names := []string{"celery_up", "celery_queue_length", "celery_queue_consumers"}
 			if strings.Contains(tt.want, "unacked") {

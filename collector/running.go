@@ -11,32 +11,7 @@ import (
 // revoked, rejected, retried). Both ends travel as events that can be lost, and a task started
 // before the exporter has no task-started at all, so the workers' `inspect active` replies (from
 // the remote-control rounds) are merged in: they add the tasks the events missed and end the ones
-// whose final event was lost. The set is bounded by MaxTracked.
-
-// ActiveTask is one task of a worker's `inspect active` reply.
-type ActiveTask struct {
-	ID, Name string
-	// Queue is the queue the worker got it from, "" when the reply does not tell.
-	Queue string
-	// Started is the reply's time_start: epoch seconds on the worker's clock, 0 when unknown.
-	Started float64
-}
-
-// ActiveSnapshot is what one remote-control round learnt about running tasks.
-type ActiveSnapshot struct {
-	// Sent is when the round's request was published, on the exporter's clock: a worker's reply
-	// lists every task it accepted before then that still runs.
-	Sent time.Time
-	// Hosts holds the reply of every worker that answered `active`.
-	Hosts map[string][]ActiveTask
-}
-
-// ActiveSink takes the running tasks the workers reported (implemented by the EventSource).
-type ActiveSink interface {
-	ApplyActive(ActiveSnapshot)
-}
-
-var _ ActiveSink = (*EventSource)(nil)
+// whose final event was lost. The set is bounded by the task cache's capacity.
 
 type runningTask struct {
 	name, queue string // labels
@@ -49,10 +24,9 @@ type runningTask struct {
 
 // runningSet is written by the applying goroutine and read by scrapes.
 type runningSet struct {
-	mu      sync.Mutex
-	m       map[string]*runningTask
-	byHost  map[string]map[string]struct{} // uuids per worker: a heartbeat touches its own only
-	pending *ActiveSnapshot                // handed over by ApplyActive, merged by the applying goroutine
+	mu     sync.Mutex
+	m      map[string]*runningTask
+	byHost map[string]map[string]struct{} // uuids per worker: a heartbeat touches its own only
 }
 
 func newRunningSet() runningSet {
@@ -101,14 +75,6 @@ var (
 		"present while at least one runs.", "name", "queue_name")
 )
 
-// ApplyActive hands a remote-control round's `active` replies over to the applying goroutine,
-// which merges them on its next Tick. Only the newest snapshot is kept.
-func (s *EventSource) ApplyActive(snap ActiveSnapshot) {
-	s.run.mu.Lock()
-	s.run.pending = &snap
-	s.run.mu.Unlock()
-}
-
 // startRunning records a task-started.
 func (s *EventSource) startRunning(uuid, name, queue, host string, start float64) {
 	if start <= 0 {
@@ -150,12 +116,10 @@ func (s *EventSource) forgetWorkerTasks(host string) {
 	}
 }
 
-// mergeActive applies the pending snapshot, if any. Runs on the applying goroutine.
+// mergeActive applies the snapshot remote control left in the model, if any. Runs on the applying
+// goroutine.
 func (s *EventSource) mergeActive(now time.Time) {
-	s.run.mu.Lock()
-	snap := s.run.pending
-	s.run.pending = nil
-	s.run.mu.Unlock()
+	snap := s.model.Active.Take()
 	if snap == nil {
 		return
 	}
@@ -204,10 +168,10 @@ func (s *EventSource) mergeActive(now time.Time) {
 			}
 			continue
 		}
-		if len(s.run.m) >= s.opts.MaxTracked {
+		if len(s.run.m) >= s.cache.Capacity() {
 			continue
 		}
-		a.r.name = s.nameLabel(a.r.name)
+		a.r.name = s.names.Value(a.r.name)
 		if a.r.start <= 0 {
 			a.r.start = float64(now.UnixNano()) / 1e9
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 
 	"github.com/celery-exporter/celery_exporter/internal/clock"
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // now0 is t0 in event timestamps.
@@ -35,6 +35,8 @@ func TestRunningTasksFromEvents(t *testing.T) {
 		name string
 		feed func(src *EventSource, clk *clock.Fake)
 		want map[string]float64
+		// absent are series that must not exist.
+		absent []string
 	}{
 		{
 			name: "started, not finished",
@@ -62,7 +64,7 @@ func TestRunningTasksFromEvents(t *testing.T) {
 					src.HandlePayload(payload(end))
 				}
 			},
-			want: map[string]float64{running("t.a", "q"): -1, oldest("t.a", "q"): -1},
+			absent: []string{running("t.a", "q"), oldest("t.a", "q")},
 		},
 		{
 			name: "a down worker's tasks do not count, a purged worker's are forgotten",
@@ -71,7 +73,8 @@ func TestRunningTasksFromEvents(t *testing.T) {
 				startTask(src, "a", "t.a", "q", "celery@w1", now0)
 				clk.Add(10 * time.Second) // past 2×freq + 5s
 			},
-			want: map[string]float64{running("t.a", "q"): -1, `celery_worker_up{hostname="celery@w1"}`: 0},
+			want:   map[string]float64{`celery_worker_up{hostname="celery@w1"}`: 0},
+			absent: []string{running("t.a", "q")},
 		},
 		{
 			name: "a heartbeat with no active task ends tasks whose final event was lost",
@@ -108,6 +111,7 @@ func TestRunningTasksFromEvents(t *testing.T) {
 			tt.feed(src, clk)
 			got := samples(t, AsCollector(src))
 			expectSamples(t, got, tt.want)
+			expectAbsent(t, got, tt.absent...)
 			for k := range only(got, "celery_task_running") {
 				if _, ok := tt.want[k]; !ok {
 					t.Errorf("unexpected %s", k)
@@ -124,7 +128,7 @@ func TestRunningTasksPurgedWorker(t *testing.T) {
 	clk.Add(2 * time.Minute)
 	src.Tick()
 	src.HandlePayload(payload(heartbeat("celery@w1", 2, 1, 0))) // back, with no word of task a
-	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{running("t.a", "q"): -1})
+	expectAbsent(t, samples(t, AsCollector(src)), running("t.a", "q"))
 }
 
 // inspect active adds what the events missed (tasks started before the exporter) and ends what
@@ -139,7 +143,7 @@ func TestRunningTasksMergedWithActive(t *testing.T) {
 	sentAt := clk.Now()
 	clk.Add(time.Second)
 	startTask(src, "late", "t.a", "q", "celery@w1", now0) // started after the request went out
-	src.ApplyActive(ActiveSnapshot{Sent: sentAt, Hosts: map[string][]ActiveTask{
+	src.model.Active.Put(state.ActiveSnapshot{Sent: sentAt, Hosts: map[string][]state.ActiveTask{
 		"celery@w1": {
 			{ID: "listed", Name: "t.a", Queue: "q", Started: now0 - 50},
 			{ID: "before", Name: "t.old", Queue: "chat", Started: now0 - 3600},  // started before the exporter
@@ -168,37 +172,25 @@ func TestRunningTasksMergedWithActive(t *testing.T) {
 	clk.Add(10 * time.Second)
 	src.HandlePayload(payload(heartbeat("celery@w1", 2, 3, 0), heartbeat("celery@w2", 2, 1, 0)))
 	src.Tick()
-	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{
-		running("t.old", "chat"): -1, running("t.a", "q"): 3,
-	})
+	got = samples(t, AsCollector(src))
+	expectSamples(t, got, map[string]float64{running("t.a", "q"): 3})
+	expectAbsent(t, got, running("t.old", "chat"))
 }
 
-// The running set is bounded by MaxTracked, whatever control reports.
+// The running set is bounded by the task cache's capacity, whatever control reports.
 func TestRunningTasksBounded(t *testing.T) {
-	src, clk := newTestSource(EventOptions{MaxTracked: 10})
-	var list []ActiveTask
+	src, clk := newTestSourceModel(EventOptions{}, state.Options{MaxTasks: 10})
+	var list []state.ActiveTask
 	for i := range 100 {
-		list = append(list, ActiveTask{ID: fmt.Sprint(i), Name: "t.a", Queue: "q", Started: now0})
+		list = append(list, state.ActiveTask{ID: fmt.Sprint(i), Name: "t.a", Queue: "q", Started: now0})
 	}
-	src.ApplyActive(ActiveSnapshot{Sent: clk.Now(), Hosts: map[string][]ActiveTask{"celery@w1": list}})
+	src.model.Active.Put(state.ActiveSnapshot{Sent: clk.Now(), Hosts: map[string][]state.ActiveTask{"celery@w1": list}})
 	src.Tick()
 	expectSamples(t, samples(t, AsCollector(src)), map[string]float64{running("t.a", "q"): 10})
 }
 
-type activeRecorder struct {
-	*fakeDirectory
-	mu    sync.Mutex
-	snaps []ActiveSnapshot
-}
-
-func (r *activeRecorder) ApplyActive(s ActiveSnapshot) {
-	r.mu.Lock()
-	r.snaps = append(r.snaps, s)
-	r.mu.Unlock()
-}
-
-// Each control round asks `active` and hands the replies to the event source, with the queue
-// each task came from.
+// Each control round asks `active` and hands the replies to the event source through the model,
+// with the queue each task came from.
 func TestControlRoundReportsActiveTasks(t *testing.T) {
 	b := newMiniBroker(t, kombu.DefaultOptions())
 	activeW1 := `[{"id": "u1", "name": "t.hang", "time_start": 1795879000.5, "acknowledged": true,
@@ -209,20 +201,20 @@ func TestControlRoundReportsActiveTasks(t *testing.T) {
 	b.worker(t, "celery@w2", replies(t, map[string]string{"ping": `{"ok":"pong"}`, "active_queues": queuesReply("background"),
 		"active": `[{"id": "u3", "name": "t.y", "time_start": 1795879400, "delivery_info": {"routing_key": "x"}}]`}))
 	b.worker(t, "celery@old", replies(t, map[string]string{"ping": `{"ok":"pong"}`, "active": `{"error": "KeyError('active')"}`}))
-	rec := &activeRecorder{fakeDirectory: &fakeDirectory{alive: []string{"celery@w1", "celery@w2", "celery@old"}}}
-	c := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 300 * time.Millisecond}, rec)
-	before := time.Now()
+	m, clk := newTestModel(state.Options{})
+	setWorkers(m, []string{"celery@w1", "celery@w2", "celery@old"}, []string{"celery@w1", "celery@w2", "celery@old"}, nil)
+	c := NewControlSource(log.NewNopLogger(), b.rdb, b.ks, ControlOptions{Timeout: 300 * time.Millisecond}, m)
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if len(rec.snaps) != 1 {
-		t.Fatalf("%d snapshots, want 1", len(rec.snaps))
+	got := m.Active.Take()
+	if got == nil {
+		t.Fatal("no snapshot")
 	}
-	got := rec.snaps[0]
-	if got.Sent.Before(before) || got.Sent.After(time.Now()) {
-		t.Errorf("Sent %v not within the round", got.Sent)
+	if !got.Sent.Equal(clk.Now()) {
+		t.Errorf("Sent %v, want the round's start %v", got.Sent, clk.Now())
 	}
-	want := map[string][]ActiveTask{
+	want := map[string][]state.ActiveTask{
 		"celery@w1": {{ID: "u1", Name: "t.hang", Queue: "chat", Started: 1795879000.5}, {ID: "u2", Name: "t.x"}},
 		"celery@w2": {{ID: "u3", Name: "t.y", Queue: "background", Started: 1795879400}},
 	}
@@ -236,7 +228,7 @@ func TestControlRoundReportsActiveTasks(t *testing.T) {
 	// A failed round tells nothing: no snapshot, so nothing ends.
 	b.mr.SetError("LOADING")
 	_ = c.Round(context.Background())
-	if len(rec.snaps) != 1 {
+	if m.Active.Take() != nil {
 		t.Errorf("a failed round sent a snapshot")
 	}
 }

@@ -2,13 +2,6 @@ package collector
 
 import "github.com/celery-exporter/celery_exporter/internal/tasks"
 
-// newTaskCache returns the task cache, bounded by count, bytes and age.
-func newTaskCache(opts EventOptions) *tasks.Cache {
-	c := tasks.NewCache(opts.MaxTracked, opts.TaskTTL)
-	c.SetMaxBytes(opts.MaxTrackedBytes)
-	return c
-}
-
 // account measures t again after its names or held events changed, and settles the tasks the
 // cache evicted to stay within its byte budget as a count eviction is settled: their held events
 // are applied with a fallback queue and they stop counting as running.

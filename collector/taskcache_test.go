@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // Tasks whose events are held waiting for a task-sent that never comes, each with long values,
@@ -11,7 +13,7 @@ import (
 // held events still count, under the fallback queue.
 func TestEventSourceTaskCacheBytesBounded(t *testing.T) {
 	const budget = 512 << 10
-	src, _ := newTestSource(EventOptions{MaxTracked: 1_000_000, MaxTrackedBytes: budget})
+	src, _ := newTestSourceModel(EventOptions{}, state.Options{MaxTasks: 1_000_000, MaxTaskBytes: budget})
 	long := strings.Repeat("x", 300) // cut to 256 bytes
 	const tasks, perTask = 800, 8
 	for i := 0; i < tasks; i++ {

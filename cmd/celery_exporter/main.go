@@ -31,6 +31,7 @@ import (
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
 	"github.com/celery-exporter/celery_exporter/internal/listener"
 	"github.com/celery-exporter/celery_exporter/internal/pidbox"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 const name = "celery_exporter"
@@ -85,6 +86,7 @@ type flags struct {
 func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	f := &flags{}
 	ev, ctl, br := collector.DefaultEventOptions(), collector.DefaultControlOptions(), collector.DefaultBrokerOptions()
+	mo := collector.DefaultModelOptions()
 	app := kingpin.New(name, "Prometheus exporter for Celery on a Redis or RabbitMQ broker.")
 	app.DefaultEnvars() // every flag also from CELERY_EXPORTER_<FLAG>
 	app.Version(version.Print(name))
@@ -113,15 +115,15 @@ func parseFlags(args []string) (*flags, *web.FlagConfig, error) {
 	app.Flag("config.file", "YAML file of breakers, app values and log sources (see docs/configuration.md). Reloaded on SIGHUP and POST /-/reload.").
 		StringVar(&f.configFile)
 
-	app.Flag("worker.timeout", "Slack after 2×heartbeat interval past a worker's last heartbeat before it counts as down.").Default(durationFlag(ev.WorkerTimeout)).DurationVar(&f.workerTimeout)
+	app.Flag("worker.timeout", "Slack after 2×heartbeat interval past a worker's last heartbeat before it counts as down.").Default(durationFlag(mo.WorkerTimeout)).DurationVar(&f.workerTimeout)
 	app.Flag("worker.purge-after", "How long a down worker's series stay at celery_worker_up 0 before they are removed.").Default(durationFlag(ev.PurgeAfter)).DurationVar(&f.workerPurgeAfter)
 	app.Flag("worker.max-workers", "Cardinality cap on the hostname label; further workers are counted as \"other\".").Default(strconv.Itoa(ev.MaxWorkers)).IntVar(&f.maxWorkers)
 	app.Flag("task.runtime-buckets", "Buckets of celery_task_runtime_seconds, comma separated.").Default(joinFloats(ev.RuntimeBuckets)).StringVar(&f.runtimeBuckets)
 	app.Flag("task.queue-wait-buckets", "Buckets of celery_task_queue_wait_seconds, comma separated.").Default(joinFloats(ev.QueueWaitBuckets)).StringVar(&f.queueWaitBuckets)
-	app.Flag("task.max-tracked", "Cap of the task cache (uuid → name, queue, times); evictions are counted.").Default(strconv.Itoa(ev.MaxTracked)).IntVar(&f.maxTracked)
+	app.Flag("task.max-tracked", "Cap of the task cache (uuid → name, queue, times); evictions are counted.").Default(strconv.Itoa(mo.MaxTasks)).IntVar(&f.maxTracked)
 	app.Flag("task.max-tracked-bytes", "Byte budget of the task cache: uuids, names and the events held until task-sent names the queue, counted as an upper bound of their memory; past it the least recently used tasks are evicted and counted. Part of the memory budget, see docs/operations.md.").
-		Default(strconv.FormatInt(ev.MaxTrackedBytes, 10)).Int64Var(&f.maxTrackedBytes)
-	app.Flag("task.ttl", "A task not heard of for this long leaves the task cache.").Default(durationFlag(ev.TaskTTL)).DurationVar(&f.taskTTL)
+		Default(strconv.FormatInt(mo.MaxTaskBytes, 10)).Int64Var(&f.maxTrackedBytes)
+	app.Flag("task.ttl", "A task not heard of for this long leaves the task cache.").Default(durationFlag(mo.TaskTTL)).DurationVar(&f.taskTTL)
 	app.Flag("task.sent-wait", "How long a task's events wait for its task-sent (which names the queue) before a fallback queue is used.").Default(durationFlag(ev.SentWait)).DurationVar(&f.sentWait)
 	app.Flag("task.max-names", "Cardinality cap on the task name label.").Default(strconv.Itoa(ev.MaxTaskNames)).IntVar(&f.maxTaskNames)
 	app.Flag("task.max-exceptions-per-task", "Cardinality cap on the exception label per task name.").Default(strconv.Itoa(ev.MaxExceptionsPerTask)).IntVar(&f.maxExceptions)
@@ -261,11 +263,13 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 		return err
 	}
 	evOpts := collector.EventOptions{
-		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter,
-		RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets, MaxTracked: f.maxTracked, MaxTrackedBytes: f.maxTrackedBytes,
-		TaskTTL: f.taskTTL, SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxQueues: f.maxQueues,
+		PurgeAfter: f.workerPurgeAfter, RuntimeBuckets: runtimeBuckets, QueueWaitBuckets: waitBuckets,
+		SentWait: f.sentWait, DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxQueues: f.maxQueues,
 		MaxExceptionsPerTask: f.maxExceptions, MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
 	}
+	// The one model every source writes into and reads from (internal/state).
+	model := collector.NewModel(state.Options{WorkerTimeout: f.workerTimeout, MaxTasks: f.maxTracked,
+		MaxTaskBytes: f.maxTrackedBytes, TaskTTL: f.taskTTL})
 
 	// Before any source starts, so the limit is in force from the first allocation of size.
 	level.Info(logger).Log("msg", "memory limit", "memory_limit", setMemoryLimit("/", f.memoryLimitRatio))
@@ -277,7 +281,7 @@ func serve(logger log.Logger, webLogger *slog.Logger, f *flags, webConfig *web.F
 	if amqpbroker.IsURL(f.brokerURL) {
 		start = startAMQP
 	}
-	src, err := start(ctx, logger, f, evOpts)
+	src, err := start(ctx, logger, f, evOpts, model)
 	if err != nil {
 		return err
 	}
@@ -423,7 +427,7 @@ type sources struct {
 }
 
 // startRedis starts the sources of a Redis broker.
-func startRedis(ctx context.Context, logger log.Logger, f *flags, evOpts collector.EventOptions) (*sources, error) {
+func startRedis(ctx context.Context, logger log.Logger, f *flags, evOpts collector.EventOptions, model *state.Model) (*sources, error) {
 	redis.SetLogger(redisLogger{logger})
 	broker, err := kombu.ParseURL(f.brokerURL)
 	if err != nil {
@@ -445,36 +449,35 @@ func startRedis(ctx context.Context, logger log.Logger, f *flags, evOpts collect
 		"read_only", f.controlDisabled)
 
 	sub := listener.New(log.With(logger, "source", "events"), client, ks.EventPatterns(f.eventExchange), f.eventBuffer, f.eventBufferBytes)
-	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, evOpts)
+	events := collector.NewEventSource(log.With(logger, "source", "events"), sub, evOpts, model)
 	go events.Run(ctx)
 
-	scrapers, dynamicQueues := startControl(ctx, logger, f, func() collector.ControlClient {
+	scrapers := startControl(ctx, logger, f, func() collector.ControlClient {
 		return pidbox.New(client, ks, f.controlExchange)
-	}, events)
+	}, events, model)
 	scrapers = append(scrapers, collector.NewBrokerScraper(log.With(logger, "source", "broker"), client, ks, collector.BrokerOptions{
 		StaticQueues: splitList(f.queues), UnackedScanLimit: f.unackedScanLimit, DiscoveryInterval: f.discovery,
 		EventExchange: f.eventExchange, ControlExchange: f.controlExchange,
-	}, events, dynamicQueues))
+	}, model))
 	return &sources{events: events, scrapers: scrapers, redis: client,
 		collectors: []prometheus.Collector{collector.NewSubscriptionCollector(sub)},
 		ping:       func(ctx context.Context) error { return client.Ping(ctx).Err() }, close: func() { client.Close() }}, nil
 }
 
 // startControl starts the remote-control source on the broker's control client, unless in
-// read-only mode; it returns the scrapers so far and the queues remote control names.
-func startControl(ctx context.Context, logger log.Logger, f *flags, client func() collector.ControlClient, events *collector.EventSource) ([]collector.Scraper, collector.QueueLister) {
+// read-only mode; it returns the scrapers so far. Without it the model's queues stay empty.
+func startControl(ctx context.Context, logger log.Logger, f *flags, client func() collector.ControlClient, events *collector.EventSource, model *state.Model) []collector.Scraper {
 	scrapers := []collector.Scraper{events}
 	if f.controlDisabled {
 		if f.enableEvents {
 			level.Warn(logger).Log("msg", "--celery.enable-events needs remote control; ignored in read-only mode (--control.disabled)")
 		}
-		return scrapers, nil
+		return scrapers
 	}
 	control := collector.NewControlSourceWith(log.With(logger, "source", "control"), client(), collector.ControlOptions{
 		Interval: f.controlInterval, Timeout: f.controlTimeout, Deadline: f.controlDeadline,
 		EnableEvents: f.enableEvents, ControlExchange: f.controlExchange,
-	}, events)
-	events.SetQueueHints(control)
+	}, model)
 	go control.Run(ctx)
-	return append(scrapers, control), control
+	return append(scrapers, control)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/celery-exporter/celery_exporter/collector"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // The broker URL is required; the tests of other flags get one from the environment (those of the
@@ -148,13 +149,15 @@ func TestFlagDefaultsAreTheCollectors(t *testing.T) {
 	runtime, _ := parseBuckets("task.runtime-buckets", f.runtimeBuckets)
 	wait, _ := parseBuckets("task.queue-wait-buckets", f.queueWaitBuckets)
 	got := collector.EventOptions{
-		WorkerTimeout: f.workerTimeout, PurgeAfter: f.workerPurgeAfter, RuntimeBuckets: runtime,
-		QueueWaitBuckets: wait, MaxTracked: f.maxTracked, MaxTrackedBytes: f.maxTrackedBytes, TaskTTL: f.taskTTL, SentWait: f.sentWait,
+		PurgeAfter: f.workerPurgeAfter, RuntimeBuckets: runtime, QueueWaitBuckets: wait, SentWait: f.sentWait,
 		DefaultQueue: f.defaultQueue, MaxTaskNames: f.maxTaskNames, MaxQueues: f.maxQueues, MaxExceptionsPerTask: f.maxExceptions,
 		MaxWorkers: f.maxWorkers, InitialExceptions: splitList(f.initialExc),
 	}
 	if !reflect.DeepEqual(got, ev) {
 		t.Errorf("event flags %+v\nwant %+v", got, ev)
+	}
+	if gotModel := (state.Options{WorkerTimeout: f.workerTimeout, MaxTasks: f.maxTracked, MaxTaskBytes: f.maxTrackedBytes, TaskTTL: f.taskTTL}); gotModel != collector.DefaultModelOptions() {
+		t.Errorf("model flags %+v, want %+v", gotModel, collector.DefaultModelOptions())
 	}
 	if gotCtl := (collector.ControlOptions{Interval: f.controlInterval, Timeout: f.controlTimeout,
 		Deadline: f.controlDeadline, ControlExchange: f.controlExchange}); gotCtl != ctl {

@@ -125,7 +125,7 @@ func newExporter(b *testing.B, client redis.UniversalClient, patterns []string) 
 
 func startExporter(b *testing.B, sub eventStream) consumer {
 	logger := benchLogger()
-	src := collector.NewEventSource(logger, sub, collector.DefaultEventOptions())
+	src := collector.NewEventSource(logger, sub, collector.DefaultEventOptions(), collector.NewModel(collector.DefaultModelOptions()))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector.AsCollector(src))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -19,7 +19,7 @@ func TestTraffic(t *testing.T) {
 	g := NewTraffic(7, 1, Options{})
 	var env kombu.EnvelopeDecoder
 	dec := event.NewDecoder(event.NewInterner(1000))
-	src := collector.NewEventSource(log.NewNopLogger(), nil, collector.EventOptions{SentWait: 2e9})
+	src := collector.NewEventSource(log.NewNopLogger(), nil, collector.EventOptions{SentWait: 2e9}, collector.NewModel(collector.DefaultModelOptions()))
 
 	type life struct{ sent, received, started, done int }
 	tasks := map[string]*life{}

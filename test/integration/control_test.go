@@ -20,7 +20,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/celery-exporter/celery_exporter/collector"
+	"github.com/celery-exporter/celery_exporter/internal/event"
 	"github.com/celery-exporter/celery_exporter/internal/kombu"
+	"github.com/celery-exporter/celery_exporter/internal/state"
 	"github.com/celery-exporter/celery_exporter/test/harness"
 )
 
@@ -143,10 +145,15 @@ func queueInfo(m harness.Metrics) []string {
 	return out
 }
 
-// aliveWorkers is a WorkerDirectory that says the given workers heartbeat.
-type aliveWorkers []string
-
-func (a aliveWorkers) WorkerNames() (alive, known []string) { return a, a }
+// aliveWorkers is a model in which the given workers heartbeat (for an hour: the rounds expect
+// them to answer).
+func aliveWorkers(names ...string) *state.Model {
+	m := collector.NewModel(state.Options{WorkerTimeout: time.Hour})
+	for _, h := range names {
+		m.Workers.Apply(&event.Event{Type: event.WorkerHeartbeat, Hostname: h}, time.Now(), time.Time{})
+	}
+	return m
+}
 
 // TestControlThousandRounds runs a thousand remote-control rounds (ping, active_queues, stats, active)
 // against real workers of each pool. Every round ends as soon as each worker answered every call,
@@ -160,7 +167,7 @@ func TestControlThousandRounds(t *testing.T) {
 		harness.WorkerOptions{BrokerURL: url, Pool: "threads", Concurrency: 2},
 		harness.WorkerOptions{BrokerURL: url, Pool: "solo"},
 	)
-	var names aliveWorkers
+	var names []string
 	for _, w := range ws {
 		names = append(names, w.NodeName)
 	}
@@ -175,7 +182,7 @@ func TestControlThousandRounds(t *testing.T) {
 	}
 	defer client.Close()
 	c := collector.NewControlSource(log.NewNopLogger(), client, kombu.NewKeyspace(b, opts),
-		collector.ControlOptions{Timeout: 2 * time.Second, Deadline: 10 * time.Second}, names)
+		collector.ControlOptions{Timeout: 2 * time.Second, Deadline: 10 * time.Second}, aliveWorkers(names...))
 
 	const rounds = 1000
 	start := time.Now()
@@ -447,7 +454,7 @@ func TestControlRoundOnTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := collector.NewControlSource(nil, rdb, kombu.NewKeyspace(b, kombu.DefaultOptions()),
-		collector.ControlOptions{Timeout: 2 * time.Second}, aliveWorkers{w.NodeName})
+		collector.ControlOptions{Timeout: 2 * time.Second}, aliveWorkers(w.NodeName))
 	mon := startMonitor(t, r.Addr())
 	if err := c.Round(context.Background()); err != nil {
 		t.Fatal(err)
