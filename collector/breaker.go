@@ -101,21 +101,20 @@ type BreakerScraper struct {
 type breakerState struct {
 	open     bool
 	openedAt float64 // of the current open period; NaN when unknown
-	trips    map[string]float64
-	refused  float64
+	// reasons bounds the reason label of trips (see maxTripReasons); guarded by the scraper's mu.
+	reasons *labelSet
+	trips   map[string]float64 // by reason label value
+	refused float64
 }
 
 // maxTripReasons bounds the reason values of one breaker's trip counter: the reason is read from
 // Redis, and an application that wrote an error message there would add a series with every trip.
+// Past the cap a trip counts under overflowValue, as every capped label of this exporter does;
+// the value is already cut to maxLabelBytes by labelValue, so the set has no byte cap of its own.
 const maxTripReasons = 32
 
-// tripReason is the reason label of a new trip: past the cap, the overflow value every capped
-// label of this exporter uses.
-func (st *breakerState) tripReason(reason string) string {
-	if _, ok := st.trips[reason]; ok || len(st.trips) < maxTripReasons {
-		return reason
-	}
-	return overflowValue
+func newBreakerState() *breakerState {
+	return &breakerState{reasons: newLabelSet(maxTripReasons, 0, nil), trips: map[string]float64{}, openedAt: math.NaN()}
 }
 
 // NewBreakerScraper returns a scraper with no breakers until ApplyConfig. dial connects to a
@@ -267,7 +266,7 @@ func (s *BreakerScraper) Scrape(ctx context.Context, ch chan<- prometheus.Metric
 		r := reads[i]
 		st := s.state[b.Name]
 		if st == nil {
-			st = &breakerState{trips: map[string]float64{}, openedAt: math.NaN()}
+			st = newBreakerState()
 			s.state[b.Name] = st
 		}
 		s.logChange("breaker "+b.Name, r.err)
@@ -282,7 +281,7 @@ func (s *BreakerScraper) Scrape(ctx context.Context, ch chan<- prometheus.Metric
 			// force_write_only() call is one trip, as the app's own downgrade counter counts.
 			reopened := st.open && r.open && !math.IsNaN(r.openedAt) && !math.IsNaN(st.openedAt) && r.openedAt != st.openedAt
 			if r.open && (!st.open || reopened) {
-				st.trips[st.tripReason(r.reason)]++
+				st.trips[st.reasons.Value(r.reason)]++
 			}
 			st.open, st.openedAt = r.open, r.openedAt
 			if !r.open {
