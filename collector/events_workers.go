@@ -64,9 +64,7 @@ func (s *EventSource) applyWorker(ev *event.Event, now time.Time) {
 	}
 	s.model.Workers.Apply(ev, now, s.lastTaskEvent[ev.Hostname])
 	if ev.HasCounts && ev.Type != event.WorkerOffline {
-		if w, ok := s.model.Workers.Get(ev.Hostname, now); ok {
-			s.estimateLost(ev, w)
-		}
+		s.estimateLost(ev, now)
 	}
 }
 

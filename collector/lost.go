@@ -3,12 +3,12 @@ package collector
 import (
 	"math"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/celery-exporter/celery_exporter/internal/event"
-	"github.com/celery-exporter/celery_exporter/internal/state"
 )
 
 // Events lost while the subscription was down (Redis pub/sub and the AMQP event queue keep
@@ -56,8 +56,12 @@ func (s *EventSource) handleStreamed(p string) {
 
 // estimateLost runs at a worker's heartbeat with counts, once the model has applied it. Past a
 // gap of the stream it adds the events lost in it.
-func (s *EventSource) estimateLost(ev *event.Event, w state.Worker) {
+func (s *EventSource) estimateLost(ev *event.Event, now time.Time) {
 	gs, ok := s.sub.(gapStream)
+	if !ok {
+		return
+	}
+	w, ok := s.model.Workers.Get(ev.Hostname, now)
 	if !ok {
 		return
 	}
