@@ -63,3 +63,17 @@ func runTool(t *testing.T, name string, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+// writeRender renders cfg into a temporary directory and returns it with the rendered files.
+func writeRender(t *testing.T, cfg *bundle.Config) (string, map[string][]byte) {
+	t.Helper()
+	files, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := bundle.Write(dir, files); err != nil {
+		t.Fatal(err)
+	}
+	return dir, files
+}

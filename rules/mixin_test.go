@@ -222,14 +222,7 @@ func TestMixinReadsAnotherRender(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := cfg.Files()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := bundle.Write(dir, files); err != nil {
-		t.Fatal(err)
-	}
+	dir, files := writeRender(t, cfg)
 	var dash []string
 	for _, d := range bundle.Dashboards() {
 		dash = append(dash, fmt.Sprintf("%q: importstr %q", d.File(), filepath.Join(dir, bundle.DashboardsDir, d.File())))

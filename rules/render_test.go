@@ -84,15 +84,7 @@ func shortConfig(t *testing.T) *bundle.Config {
 }
 
 func TestRenderVariantIntoTempDir(t *testing.T) {
-	cfg := shortConfig(t)
-	files, err := cfg.Files()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := bundle.Write(dir, files); err != nil {
-		t.Fatal(err)
-	}
+	dir, files := writeRender(t, shortConfig(t))
 	rf := readRuleFile(t, filepath.Join(dir, bundle.RulesFile))
 	for _, g := range rf.Groups {
 		if g.Interval != "5s" {
@@ -137,14 +129,7 @@ func TestRenderVariantIntoTempDir(t *testing.T) {
 }
 
 func TestCheckListsStaleFiles(t *testing.T) {
-	files, err := loadSeedConfig(t).Files()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := bundle.Write(dir, files); err != nil {
-		t.Fatal(err)
-	}
+	dir, files := writeRender(t, loadSeedConfig(t))
 	edit := filepath.Join(dir, "rules", "celery.rules.yml")
 	if err := os.WriteFile(edit, append(files[bundle.RulesFile], '\n'), 0o644); err != nil {
 		t.Fatal(err)
